@@ -1,0 +1,193 @@
+"""
+The upload wire protocol: client messages parsed into typed values, and server replies.
+
+Nothing here touches sockets or files. Every way a message can be wrong ends in
+`ProtocolError`, whose `code` is one of the documented error codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+# Error codes a client can receive, as documented in docs/protocol.md.
+BAD_JSON = "bad-json"
+MISSING_SESSION_ID = "missing-session-id"
+UNKNOWN_TYPE = "unknown-type"
+BAD_EVENT = "bad-event"
+BAD_MESSAGE = "bad-message"
+TOO_LARGE = "too-large"
+CONFLICT = "conflict"
+GAP = "gap"
+INVALID_PATH = "invalid-path"
+STORAGE_FAILED = "storage-failed"
+STORAGE_FULL = "storage-full"
+
+MAX_SESSION_ID_LENGTH = 1024
+
+SESSION_META_KEYS = ("project", "source", "originator", "cwd", "remote-source", "parent-session-id")
+
+
+class ProtocolError(Exception):
+    """A message that is refused; the connection stays open."""
+
+    def __init__(self, code: str, detail: str, **extra: Any):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.extra = extra
+
+    def reply(self, session_id: str | None = None) -> dict:
+        message = {"type": "error", "err": self.code, "detail": self.detail}
+        if session_id is not None:
+            message["session-id"] = session_id
+        message.update(self.extra)
+        return message
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True)
+class Resume:
+    session_id: str
+
+
+@dataclass(frozen=True)
+class Append:
+    """Lines for a session: `init`, `event` and `events` all become this.
+
+    `seq` is the 0-based index of the first line, or None for an old-style
+    `event` that appends at the end.  `meta` is set only for `init`.
+    """
+
+    kind: str
+    session_id: str | None
+    seq: int | None
+    lines: list[bytes]
+    meta: dict | None = None
+
+
+@dataclass(frozen=True)
+class Par:
+    session_id: str | None
+    par: dict = field(default_factory=dict)
+
+
+def decode(payload: bytes | str) -> dict:
+    try:
+        message = orjson.loads(payload)
+    except orjson.JSONDecodeError as e:
+        raise ProtocolError(BAD_JSON, f"message is not valid JSON: {e}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(BAD_JSON, "message must be a JSON object with a \"type\" field")
+    return message
+
+
+def parse(payload: bytes | str):
+    """Parse one client text frame into Ping, Resume, Append or Par."""
+    message = decode(payload)
+    kind = message.get("type")
+    if kind == "ping":
+        return Ping()
+    if kind == "resume":
+        session_id = session_id_of(message)
+        if session_id is None:
+            raise ProtocolError(MISSING_SESSION_ID, "resume needs a \"session-id\"")
+        return Resume(session_id)
+    if kind == "init":
+        events = message.get("events", [])
+        if not isinstance(events, list):
+            raise ProtocolError(BAD_EVENT, "\"events\" must be a list of lines")
+        meta = {key: message[key] for key in SESSION_META_KEYS if key in message}
+        return Append("init", session_id_of(message), 0, encode_lines(events), meta)
+    if kind == "event":
+        if "event" not in message:
+            raise ProtocolError(BAD_EVENT, "an event message needs an \"event\" field")
+        return Append("event", session_id_of(message), seq_of(message, required=False),
+                      encode_lines([message["event"]]))
+    if kind == "events":
+        events = message.get("events")
+        if not isinstance(events, list):
+            raise ProtocolError(BAD_EVENT, "\"events\" must be a list of lines")
+        return Append("events", session_id_of(message), seq_of(message, required=True),
+                      encode_lines(events))
+    if kind == "par":
+        par = message.get("par")
+        if not isinstance(par, dict):
+            raise ProtocolError(BAD_EVENT, "\"par\" must be a JSON object")
+        return Par(session_id_of(message), par)
+    if kind is None:
+        raise ProtocolError(UNKNOWN_TYPE, "message has no \"type\"; expected init, event, events, par, resume or ping")
+    raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind!r}; expected init, event, events, par, resume or ping")
+
+
+def session_id_of(message: dict) -> str | None:
+    """The session id from `session-id`, `session/id` or `id`, as the old clients send it."""
+    for key in ("session-id", "session/id", "id"):
+        value = message.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ProtocolError(MISSING_SESSION_ID, f"\"{key}\" must be a string")
+        value = str(value)
+        if not value:
+            raise ProtocolError(MISSING_SESSION_ID, f"\"{key}\" is empty")
+        if len(value) > MAX_SESSION_ID_LENGTH:
+            raise ProtocolError(MISSING_SESSION_ID,
+                                f"session id is {len(value)} characters; at most {MAX_SESSION_ID_LENGTH} are accepted")
+        return value
+    return None
+
+
+def seq_of(message: dict, required: bool) -> int | None:
+    seq = message.get("seq")
+    if seq is None:
+        if required:
+            raise ProtocolError(BAD_EVENT, "an events message needs \"seq\", the index of its first line")
+        return None
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise ProtocolError(BAD_EVENT, "\"seq\" must be a non-negative integer")
+    return seq
+
+
+def encode_lines(events: list) -> list[bytes]:
+    """Each event as the bytes of one stored line (without its newline).
+
+    A string is a raw JSONL line and is kept byte for byte; any other JSON
+    value is stored as compact JSON.
+    """
+    lines = []
+    for index, event in enumerate(events):
+        if isinstance(event, str):
+            if "\n" in event:
+                raise ProtocolError(BAD_EVENT, f"event {index} contains a newline; send one JSONL line per event",
+                                    index=index)
+            try:
+                lines.append(event.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise ProtocolError(BAD_EVENT, f"event {index} is not valid UTF-8 text", index=index) from None
+        else:
+            lines.append(orjson.dumps(event))
+    return lines
+
+
+def now_iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def pong(seconds: float) -> dict:
+    return {"type": "pong", "at": now_iso(seconds)}
+
+
+def ack(session_id: str, count: int, appended: int, dedup: bool) -> dict:
+    return {"type": "ack", "session-id": session_id, "count": count, "appended": appended, "dedup": dedup}
+
+
+def encode(message: dict) -> bytes:
+    return orjson.dumps(message)

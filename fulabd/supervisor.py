@@ -1,0 +1,169 @@
+"""
+The supervisor owns one listening port: it listens, retries while the port
+cannot be had, and every interval proves the port answers by doing a real
+WebSocket handshake and ping against it, re-listening when it does not.
+"""
+
+from __future__ import annotations
+
+import orjson
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.application import service
+from twisted.internet import defer, endpoints, task
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.logger import Logger
+
+PROBE_PATH = "/fulab/lab/upload/ws"
+PROBE_TIMEOUT = 5.0
+
+
+class ListenerSupervisor(service.Service):
+    _log = Logger()
+
+    def __init__(self, description: str, endpoint, factory, clock, interval: float, probe_endpoint=None):
+        """
+        `probe_endpoint(address)` returns a client endpoint that reaches the
+        listening port (None disables the probe for that kind of port).
+        """
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.clock = clock
+        self.interval = interval
+        self.probe_endpoint = probe_endpoint or loopback_endpoint
+        self.port = None
+        self.restarts = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._ever_listened = False
+        self._busy = False
+        self._loop = None
+
+    def startService(self):
+        super().startService()
+        self._loop = task.LoopingCall(self._check)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=True).addErrback(
+            lambda f: self._log.failure("supervisor of {description} stopped", f, description=self.description))
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        port, self.port = self.port, None
+        if port is not None:
+            return defer.maybeDeferred(port.stopListening)
+
+    @property
+    def address(self):
+        return self.port.getHost() if self.port is not None else None
+
+    @defer.inlineCallbacks
+    def _check(self):
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            if self.port is None:
+                yield self._listen()
+            else:
+                yield self._probe()
+        finally:
+            self._busy = False
+
+    @defer.inlineCallbacks
+    def _listen(self):
+        try:
+            port = yield self.endpoint.listen(self.factory)
+        except Exception as e:
+            self.failures += 1
+            self.last_error = str(e)
+            self._log.error("cannot listen on {description}: {error}; retrying every {interval} s",
+                            description=self.description, error=e, interval=self.interval)
+            return
+        if not self.running:
+            yield port.stopListening()
+            return
+        self.port = port
+        self.last_error = None
+        if self._ever_listened:
+            self.restarts += 1
+        self._ever_listened = True
+        self._log.info("listening on {description} ({address})", description=self.description,
+                       address=port.getHost())
+
+    @defer.inlineCallbacks
+    def _probe(self):
+        client = self.probe_endpoint(self.port.getHost())
+        if client is None:
+            return
+        try:
+            yield probe(client, self.clock, PROBE_PATH)
+        except Exception as e:
+            self.failures += 1
+            self.last_error = f"self-probe failed: {e}"
+            self._log.error("{description} did not answer a WebSocket ping ({error}); listening again",
+                            description=self.description, error=e)
+            port, self.port = self.port, None
+            try:
+                yield port.stopListening()
+            except Exception as stop_error:
+                self._log.warn("stopping the dead listener failed: {error}", error=stop_error)
+            yield self._listen()
+
+    def describe(self) -> dict:
+        address = self.address
+        return {"endpoint": self.description, "listening": self.port is not None,
+                "port": getattr(address, "port", None), "restarts": self.restarts,
+                "failures": self.failures, "last-error": self.last_error}
+
+
+def loopback_endpoint(address, reactor=None):
+    """A client endpoint reaching a port listening at `address` from this machine."""
+    if reactor is None:
+        from twisted.internet import reactor
+    if isinstance(address, IPv6Address):
+        host = "::1" if address.host in ("::", "") else address.host
+        return endpoints.TCP6ClientEndpoint(reactor, host, address.port, timeout=PROBE_TIMEOUT)
+    if isinstance(address, IPv4Address):
+        host = "127.0.0.1" if address.host in ("0.0.0.0", "") else address.host
+        return endpoints.TCP4ClientEndpoint(reactor, host, address.port, timeout=PROBE_TIMEOUT)
+    if isinstance(address, UNIXAddress):
+        return endpoints.UNIXClientEndpoint(reactor, address.name, timeout=PROBE_TIMEOUT)
+    return None
+
+
+class _ProbeProtocol(WebSocketClientProtocol):
+    def onOpen(self):
+        self.sendMessage(b'{"type":"ping"}')
+
+    def onMessage(self, payload, isBinary):
+        try:
+            reply = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            reply = {}
+        if reply.get("type") == "pong" and not self.factory.result.called:
+            self.factory.result.callback(True)
+        self.sendClose(1000)
+
+    def onClose(self, wasClean, code, reason):
+        if not self.factory.result.called:
+            self.factory.result.errback(ConnectionError(f"closed before pong (code {code}: {reason})"))
+
+
+def probe(client_endpoint, clock, path: str, timeout: float = PROBE_TIMEOUT) -> defer.Deferred:
+    """Handshake and ping; fires True on pong, fails otherwise or after `timeout`."""
+    factory = WebSocketClientFactory(f"ws://localhost{path}", headers={"User-Agent": "fulabd-self-probe"})
+    factory.protocol = _ProbeProtocol
+    factory.noisy = False
+    factory.result = defer.Deferred()
+    connecting = client_endpoint.connect(factory)
+    connecting.addErrback(lambda failure: factory.result.called or factory.result.errback(failure))
+    factory.result.addTimeout(timeout, clock)
+
+    def done(result):
+        connecting.addCallback(lambda proto: proto.transport.loseConnection() if proto.transport else None)
+        connecting.addErrback(lambda failure: None)
+        return result
+
+    return factory.result.addBoth(done)

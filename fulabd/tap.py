@@ -1,0 +1,92 @@
+"""
+`twistd fulab`: command-line options and the wiring of the daemon's services.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.python import usage
+
+import fulabd
+from fulabd import supervisor, web
+from fulabd.hub import Hub
+from fulabd.store import SessionStore
+from fulabd.upload import UploadFactory
+
+MiB = 1024 * 1024
+
+
+def endpoint_description(port: str, interface: str) -> str:
+    """`5056` means TCP on `interface`; anything else is a Twisted endpoint string."""
+    if port.isdigit():
+        escaped = interface.replace(":", "\\:")
+        return f"tcp:{port}:interface={escaped}"
+    return port
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Receive AI coding agents' session transcripts over WebSocket, store them durably "
+                "under --root, list them over HTTP and stream them live to viewers, all on one port.")
+
+    optParameters = [
+        ["port", "p", "5056", "Port number (listens on --interface) or a Twisted endpoint string."],
+        ["interface", None, "127.0.0.1", "Interface a numeric --port listens on."],
+        ["root", "r", None, "Session store folder [default: $LAB_UPLOAD_ROOT, else lab/remote]."],
+        ["active-window", None, 3600.0, "Seconds since the last write for a session to count as active.", float],
+        ["restart-interval", None, 10.0, "Seconds between listen retries and self-probes.", float],
+        ["max-message-size", None, 64 * MiB, "Largest WebSocket message accepted, in bytes.", int],
+        ["ping-interval", None, 30.0, "Seconds between WebSocket pings to each client (0: off).", float],
+        ["ping-timeout", None, 30.0, "Seconds to wait for a pong before dropping a client.", float],
+        ["handshake-timeout", None, 10.0, "Seconds a client may take to finish the opening handshake.", float],
+    ]
+
+    def postOptions(self):
+        if self["root"] is None:
+            self["root"] = os.environ.get("LAB_UPLOAD_ROOT") or "lab/remote"
+        for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be positive")
+        self["endpoints"] = [endpoint_description(self["port"], self["interface"])]
+
+
+def makeService(config, reactor=None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    started = reactor.seconds()
+    parent = service.MultiService()
+
+    hub = Hub()
+    store = SessionStore(config["root"], clock=reactor, hub=hub)
+    store.setServiceParent(parent)
+
+    uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
+                            peer_of=lambda request, transport: request.peer, reactor=reactor)
+    for factory in (uploads,):
+        factory.setProtocolOptions(autoPingInterval=config["ping-interval"], autoPingTimeout=config["ping-timeout"],
+                                   openHandshakeTimeout=config["handshake-timeout"])
+    dispatch = web.WebSocketDispatch(uploads)
+
+    listeners = []
+    for description in config["endpoints"]:
+        listener = supervisor.ListenerSupervisor(
+            description, endpoints.serverFromString(reactor, description), web.LabSite(dispatch), reactor,
+            config["restart-interval"], lambda address: supervisor.loopback_endpoint(address, reactor))
+        listener.setServiceParent(parent)
+        listeners.append(listener)
+
+    def status() -> dict:
+        ports = [listener.describe() for listener in listeners]
+        return {"running": any(port["listening"] for port in ports),
+                "port": next((port["port"] for port in ports if port["port"] is not None), None),
+                "clients": len(uploads.connections), "uploads": len(uploads.connections),
+                "viewers": 0, "sessions": len(store.sessions()),
+                "restarts": sum(port["restarts"] for port in ports),
+                "uptime": round(reactor.seconds() - started, 3), "version": fulabd.__version__,
+                "root": store.root, "listeners": ports}
+
+    web.build_tree(dispatch, store.sessions, reactor, config["active-window"], status)
+    return parent

@@ -1,0 +1,149 @@
+"""
+The upload WebSocket: laptop → server, one JSON message per frame.
+
+Each message is handled as it arrives (so a `gap` or `conflict` is judged
+against everything sent before it), and its reply is sent in message order
+once the store says the lines are durable.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from fulabd import messages
+from fulabd.messages import MISSING_SESSION_ID, TOO_LARGE, ProtocolError
+
+
+class UploadProtocol(WebSocketServerProtocol):
+    _log = Logger()  # autobahn claims .log
+
+    def __init__(self):
+        super().__init__()
+        self._session_id: str | None = None
+        self._outbox: deque = deque()
+        self._touched: dict[str, int] = {}
+        self._peer = "?"
+
+    def onConnect(self, request):
+        self._peer = self.factory.peer_of(request, self.transport)
+        self.uploader = self.factory.uploader_of(request)
+
+    def onOpen(self):
+        self.factory.connections.add(self)
+        self._log.info("upload connection open from {peer}", peer=self._peer)
+
+    def onClose(self, wasClean, code, reason):
+        if self not in self.factory.connections:
+            return
+        self.factory.connections.discard(self)
+        for session_id, appended in self._touched.items():
+            session = self.factory.store.get(session_id)
+            if session is not None:
+                session.uploaders -= 1
+            self._log.info("upload of session {session_id} from {peer}: {appended} lines appended, {count} stored",
+                           session_id=session_id, peer=self._peer, appended=appended,
+                           count=session.count if session else 0)
+        self._log.info("upload connection from {peer} closed (code {code})", peer=self._peer, code=code)
+
+    def onMessage(self, payload, isBinary):
+        self.factory.messages_in += 1
+        self.factory.bytes_in += len(payload)
+        if isBinary:
+            self._reply(defer.fail(ProtocolError(messages.BAD_JSON, "binary frames are not accepted; "
+                                                                    "send JSON text frames")))
+            return
+        try:
+            message = messages.parse(payload)
+            self._reply(self._handle(message))
+        except ProtocolError as e:
+            self._reply(defer.fail(e))
+
+    def _handle(self, message) -> defer.Deferred:
+        if isinstance(message, messages.Ping):
+            return defer.succeed(messages.pong(self.factory.clock.seconds()))
+        if isinstance(message, messages.Resume):
+            self._session_id = message.session_id
+            return self.factory.store.resume(message.session_id).addCallback(
+                lambda count: messages.ack(message.session_id, count, 0, False) | {"resume": True})
+        session_id = message.session_id or self._session_id
+        if session_id is None:
+            raise ProtocolError(MISSING_SESSION_ID, "no \"session-id\" given and no init on this connection; "
+                                                    "send init first or name the session in every message")
+        if isinstance(message, messages.Append) and message.kind == "init":
+            self._session_id = session_id
+        self._attach(session_id)
+        if isinstance(message, messages.Par):
+            return self.factory.store.add_par(session_id, message.par).addCallback(
+                lambda result: {"type": "ack", "session-id": session_id, "par-id": result[1]["id"],
+                                "pars": result[0] + 1, "dedup": not result[2]})
+        return self.factory.store.append(session_id, message.seq, message.lines, message.meta).addCallback(
+            self._appended, session_id)
+
+    def _appended(self, result, session_id: str) -> dict:
+        self._touched[session_id] += result.appended
+        self.factory.lines_in += result.appended
+        return messages.ack(session_id, result.count, result.appended, result.dedup)
+
+    def _attach(self, session_id: str):
+        if session_id not in self._touched:
+            self._touched[session_id] = 0
+            self.factory.store.session(session_id).uploaders += 1
+            if self.uploader:
+                self.factory.store.update_meta(session_id, uploader=self.uploader)
+
+    def _reply(self, result: defer.Deferred):
+        """Queue a reply; replies leave in the order their messages came."""
+        entry = [None]
+        self._outbox.append(entry)
+
+        def settle(value):
+            if isinstance(value, defer.Failure):
+                error = value.value
+                if not isinstance(error, ProtocolError):
+                    self._log.failure("upload message from {peer} failed", value, peer=self._peer)
+                    error = ProtocolError(messages.STORAGE_FAILED, "the server failed to handle this message; "
+                                                                   "it was not stored, resend it")
+                self.factory.errors[error.code] = self.factory.errors.get(error.code, 0) + 1
+                value = error.reply(self._session_id)
+            entry[0] = value
+            self._flush()
+
+        result.addBoth(settle)
+
+    def _flush(self):
+        while self._outbox and self._outbox[0][0] is not None:
+            reply = self._outbox.popleft()[0]
+            if self.state == self.STATE_OPEN:
+                if reply.get("type") == "ack" and "count" in reply:
+                    self.factory.acks += 1
+                self.sendMessage(messages.encode(reply))
+
+    def _max_message_size_exceeded(self, msg_size, max_msg_size, reason):
+        self.factory.errors[TOO_LARGE] = self.factory.errors.get(TOO_LARGE, 0) + 1
+        error = ProtocolError(TOO_LARGE, f"message of {msg_size} bytes exceeds the server's limit of {max_msg_size}; "
+                                         "send the lines in smaller events batches", limit=max_msg_size)
+        self.sendMessage(messages.encode(error.reply(self._session_id)))
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
+
+class UploadFactory(WebSocketServerFactory):
+    protocol = UploadProtocol
+
+    def __init__(self, store, clock, max_message_size: int, peer_of, uploader_of=lambda request: None, **kw):
+        super().__init__(**kw)
+        self.store = store
+        self.clock = clock
+        self.peer_of = peer_of
+        self.uploader_of = uploader_of
+        self.connections: set = set()
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.lines_in = 0
+        self.acks = 0
+        self.errors: dict[str, int] = {}
+        self.setProtocolOptions(maxMessagePayloadSize=max_message_size, maxFramePayloadSize=max_message_size,
+                                failByDrop=False)

@@ -1,0 +1,168 @@
+"""
+The HTTP side of the one port: session listings, status, and the dispatch of
+WebSocket upgrades to the upload or viewer endpoint by request path.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import orjson
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.web import resource, server
+
+from fulabd import edn
+from fulabd.messages import INVALID_PATH, now_iso
+
+UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
+STREAM_PATH = "/fulab/lab/stream/ws"
+
+
+def is_upload_path(path: str) -> bool:
+    return path in UPLOAD_PATHS or path.endswith("/lab/upload/ws")
+
+
+def is_websocket(request) -> bool:
+    return (request.getHeader(b"upgrade") or b"").lower() == b"websocket"
+
+
+def wants_edn(request) -> bool:
+    return request.args.get(b"format", [b""])[0] == b"edn" or b"application/edn" in (
+        request.getHeader(b"accept") or b"")
+
+
+def render_data(request, data: dict, code: int = 200) -> bytes:
+    """`data` as JSON, or as EDN when the client asks for it."""
+    request.setResponseCode(code)
+    request.setHeader(b"cache-control", b"no-store")
+    if wants_edn(request):
+        request.setHeader(b"content-type", b"application/edn; charset=utf-8")
+        return edn.dumps(data)
+    request.setHeader(b"content-type", b"application/json")
+    return orjson.dumps(data)
+
+
+class RefusedProtocol(WebSocketServerProtocol):
+    """A WebSocket on a path nobody serves: say so, then close."""
+
+    def onOpen(self):
+        path = self.http_request_path
+        self.sendMessage(orjson.dumps({
+            "type": "error", "err": INVALID_PATH, "path": path,
+            "detail": f"no WebSocket endpoint at {path}; uploads go to /fulab/lab/upload/ws, "
+                      f"viewers to {STREAM_PATH}?session=ID or /?path=PATH"}))
+        self.sendCloseFrame(code=1008, reasonUtf8=b"invalid path")
+
+
+class RefusedFactory(WebSocketServerFactory):
+    protocol = RefusedProtocol
+
+
+class WebSocketDispatch(resource.Resource):
+    """The root of the site: WebSocket upgrades go by path, everything else to the HTTP tree."""
+
+    def __init__(self, upload_factory, stream_factory=None):
+        super().__init__()
+        self.upload = WebSocketResource(upload_factory)
+        self.stream = WebSocketResource(stream_factory) if stream_factory is not None else None
+        self.refused = WebSocketResource(RefusedFactory())
+
+    def getChildWithDefault(self, name, request):
+        if is_websocket(request):
+            return self.websocket_for(request)
+        return super().getChildWithDefault(name, request)
+
+    def websocket_for(self, request):
+        path = urlsplit(request.uri.decode("utf-8", "replace")).path
+        if self.stream is not None and (path == STREAM_PATH or b"path" in request.args):
+            return self.stream
+        if is_upload_path(path):
+            return self.upload
+        return self.refused
+
+    def render(self, request):
+        if is_websocket(request):
+            return self.websocket_for(request).render(request)
+        return resource.Resource.render(self, request)
+
+    def render_GET(self, request):
+        request.redirect(b"/fulab/lab/")
+        return b""
+
+
+def describe(session, now: float, active_window: float) -> dict:
+    """One entry of the session listings."""
+    meta = session.meta
+    entry = {
+        "id": session.safe_id,
+        "session-id": session.session_id,
+        "project": meta.get("project"),
+        "path": session.path,
+        "modified": now_iso(session.modified),
+        "size-kb": session.size // 1024,
+        "active": now - session.modified <= active_window,
+        "source": meta.get("source"),
+        "originator": meta.get("originator"),
+        "cwd": meta.get("cwd"),
+        "events": session.count,
+        "pars": session.par_count,
+        "uploading": session.uploaders > 0,
+    }
+    for key in ("created-at", "remote-source", "uploader", "parent-session-id"):
+        if meta.get(key) is not None:
+            entry[key] = meta[key]
+    return entry
+
+
+class Sessions(resource.Resource):
+    """`GET /fulab/lab/sessions[/active]`: the listings, from memory, newest first."""
+
+    isLeaf = False
+
+    def __init__(self, catalog, clock, active_window: float, active_only: bool = False):
+        super().__init__()
+        self.catalog = catalog
+        self.clock = clock
+        self.active_window = active_window
+        self.active_only = active_only
+
+    def render_GET(self, request):
+        now = self.clock.seconds()
+        sessions = sorted(self.catalog(), key=lambda session: session.modified, reverse=True)
+        entries = [describe(session, now, self.active_window) for session in sessions]
+        if self.active_only:
+            entries = [entry for entry in entries if entry["active"]]
+        return render_data(request, {"ok": True, "sessions": entries})
+
+
+class Status(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, status):
+        super().__init__()
+        self.status = status
+
+    def render_GET(self, request):
+        return render_data(request, self.status())
+
+
+def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float, status) -> resource.Resource:
+    """Mount the HTTP resources under `/fulab/lab/` of the dispatching root."""
+    fulab = resource.Resource()
+    lab = resource.Resource()
+    sessions = Sessions(catalog, clock, active_window)
+    sessions.putChild(b"active", Sessions(catalog, clock, active_window, active_only=True))
+    sessions.putChild(b"", sessions)
+    lab.putChild(b"sessions", sessions)
+    lab.putChild(b"status", Status(status))
+    fulab.putChild(b"lab", lab)
+    dispatch.putChild(b"fulab", fulab)
+    return lab
+
+
+class LabSite(server.Site):
+    """A Site that does not write an access-log line per request (the UI polls)."""
+
+    def log(self, request):
+        pass
