@@ -1,0 +1,51 @@
+"""
+`fulab`: operator commands for a running daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import urllib.error
+import urllib.request
+
+import orjson
+
+DEFAULT_URL = "http://127.0.0.1:5056"
+
+
+def status(args) -> int:
+    url = args.url.rstrip("/") + "/fulab/lab/status"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            data = orjson.loads(response.read())
+    except (urllib.error.URLError, OSError) as e:
+        print(f"fulab: cannot read {url}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        print("Is the daemon running? Start it with: twistd -n fulab --port 5056", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for key in ("running", "port", "uploads", "viewers", "sessions", "restarts", "uptime", "root", "version"):
+        if key in data:
+            print(f"{key:>10}: {data[key]}")
+    for listener in data.get("listeners", []):
+        state = "listening" if listener["listening"] else f"NOT listening ({listener.get('last-error')})"
+        print(f"{'listener':>10}: {listener['endpoint']} {state}")
+    return 0 if data.get("running") else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fulab", description="Operate a fulabd daemon.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    status_parser = commands.add_parser("status", help="print the daemon's status")
+    status_parser.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's base URL [{DEFAULT_URL}]")
+    status_parser.add_argument("--json", action="store_true", help="print the raw JSON")
+    status_parser.add_argument("--timeout", type=float, default=10.0)
+    status_parser.set_defaults(run=status)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
