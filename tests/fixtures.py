@@ -16,13 +16,16 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO.parent / "shared" / "samples"
+SAMPLES = next((folder / "shared" / "samples" for folder in (REPO.parent, REPO.parent.parent)
+                if (folder / "shared" / "samples").is_dir()), REPO.parent / "shared" / "samples")
 LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
 
 
 def sample_files() -> list[Path]:
     """Every real and curated sample session file."""
-    return sorted(SAMPLES.rglob("*.jsonl"))
+    files = sorted(SAMPLES.rglob("*.jsonl"))
+    assert files, f"no sample sessions under {SAMPLES}"
+    return files
 
 
 def sample_lines(path: Path) -> list[str]:
@@ -111,3 +114,40 @@ def get_json(url: str, headers: dict | None = None):
     request = urllib.request.Request(url, headers=headers or {})
     with urllib.request.urlopen(request, timeout=30) as response:
         return orjson.loads(response.read())
+
+
+def real_sample_files() -> list[Path]:
+    """The samples recorded by the real agents (not the curated format-coverage files)."""
+    return [path for path in sample_files() if "curated-not-real" not in path.parts]
+
+
+def derived_session(path: Path, size: int, seed: int = 0, big_lines: int = 3, big_line_size: int = 3 << 20) -> Path:
+    """Write a real-shaped session of about `size` bytes to `path`, derived from the real samples.
+
+    Its lines are the real samples' lines, byte for byte, in runs of whole
+    sessions; `big_lines` of them, spread through the file, are the samples'
+    longest real line (a Claude tool result) with its output replaced by real
+    sample text repeated to 1 to `big_line_size` bytes, as a session that
+    printed a huge file would have.  Same arguments, same bytes.
+    """
+    import random
+
+    rng = random.Random(seed)
+    sessions = [path.read_bytes() for path in real_sample_files()]
+    longest = max((line for data in sessions for line in data.split(b"\n")), key=len)
+    template = orjson.loads(longest)
+    text = b"".join(sessions).decode("utf-8")
+    big_at = sorted(rng.sample(range(1, 100), big_lines)) if big_lines else []
+    written = 0
+    with open(path, "wb") as out:
+        while written < size:
+            if big_at and written >= size * big_at[0] // 100:
+                big_at.pop(0)
+                wanted = rng.randint(1 << 20, max(1 << 20, big_line_size))
+                template["toolUseResult"]["stdout"] = (text * (wanted // len(text) + 1))[:wanted]
+                data = orjson.dumps(template) + b"\n"
+            else:
+                data = sessions[rng.randrange(len(sessions))]
+            out.write(data)
+            written += len(data)
+    return path
