@@ -5,6 +5,7 @@ EDN files as the old Clojure lab reads them: maps with keyword keys, written ato
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,8 +13,18 @@ import edn_format
 from edn_format import Keyword
 
 
+_NAME = r"[A-Za-z_*!?<>=][A-Za-z0-9_*!?<>=.#:+-]*"
+_KEYWORD = re.compile(rf"{_NAME}(/{_NAME})?")
+
+
+def keyword_or_string(text: str) -> Keyword | str:
+    """`text` as a keyword when it makes one that reads back; otherwise it stays a string."""
+    name = text[1:] if text.startswith(":") else text
+    return Keyword(name) if _KEYWORD.fullmatch(name) else text
+
+
 def to_edn(value: Any, keyword_values: frozenset = frozenset()) -> Any:
-    """Python/JSON data to EDN data: every map key becomes a keyword.
+    """Python/JSON data to EDN data: every map key becomes a keyword (when it can be one).
 
     String items of the lists named in `keyword_values` (e.g. PAR `tags`)
     become keywords too.
@@ -23,8 +34,8 @@ def to_edn(value: Any, keyword_values: frozenset = frozenset()) -> Any:
         for key, item in value.items():
             item = to_edn(item, keyword_values)
             if key in keyword_values and isinstance(item, (list, tuple)):
-                item = [Keyword(x.lstrip(":")) if isinstance(x, str) and x.strip(":") else x for x in item]
-            converted[Keyword(str(key).lstrip(":"))] = item
+                item = [keyword_or_string(x) if isinstance(x, str) else x for x in item]
+            converted[keyword_or_string(str(key))] = item
         return converted
     if isinstance(value, (list, tuple)):
         return [to_edn(item, keyword_values) for item in value]

@@ -17,8 +17,8 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 # `shared/samples` beside the clone, or beside a parent folder (git worktrees live one level deeper)
-SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents if (folder / "shared" / "samples").is_dir()),
-               REPO.parent / "shared" / "samples")
+SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents
+                if any((folder / "shared" / "samples").glob("*/**/*.jsonl"))), REPO.parent / "shared" / "samples")
 LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
 
 
@@ -101,6 +101,11 @@ class Daemon:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def rss(self) -> int:
+        """The daemon process's resident memory, in bytes."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)[1]) * 1024
 
     def restart(self, kill: bool = True) -> "Daemon":
         """Stop (SIGKILL by default) and start again on the same port."""
