@@ -157,3 +157,126 @@ def derived_session(path: Path, size: int, seed: int = 0, big_lines: int = 3, bi
             out.write(data)
             written += len(data)
     return path
+
+
+class Uploader:
+    """The real `fulab-upload --once` in a subprocess, uploading one file."""
+
+    def __init__(self, url: str, path: Path, *args: str):
+        self.command = [sys.executable, str(REPO / "bin" / "fulab-upload"), "--url", url, "--path", str(path),
+                        "--once", "--quiet", *args]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Uploader":
+        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        env=dict(os.environ, PYTHONPATH=str(REPO)))
+        return self
+
+    def kill(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+        self.wait()
+
+    def wait(self, timeout: float = 300) -> int:
+        """Its exit code once it has exited (after its last ack, with `--once`)."""
+        try:
+            output, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            output, _ = self.process.communicate()
+            raise AssertionError(f"fulab-upload did not finish in {timeout} s:\n{output.decode()[-2000:]}")
+        self.output = output.decode("utf-8", "replace")
+        return self.process.returncode
+
+
+class CuttingProxy:
+    """A loopback TCP proxy to the daemon that can fire a fault at an exact byte of the upload stream.
+
+    `arm(at, cut=True)` resets the connection in both directions after
+    exactly `at` more client→server bytes (so mid-frame, almost always);
+    with `cut=False` it only sets the returned event at that byte, for the
+    test to kill something at that moment.
+    """
+
+    def __init__(self, target_port):
+        import socket
+
+        self.target_port = target_port  # a callable: the daemon's current port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.forwarded = 0
+        self._lock = threading.Lock()
+        self._armed: tuple[int, bool, threading.Event] | None = None
+        self._pairs: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def arm(self, at: int, cut: bool) -> threading.Event:
+        fired = threading.Event()
+        with self._lock:
+            self._armed = (self.forwarded + max(1, at), cut, fired)
+        return fired
+
+    def close(self):
+        self.listener.close()
+        for pair in list(self._pairs):
+            self._abort(pair)
+
+    def _accept(self):
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port()), timeout=10)
+                server.settimeout(None)
+            except OSError:
+                self._abort((client,))
+                continue
+            pair = (client, server)
+            self._pairs.append(pair)
+            threading.Thread(target=self._pump, args=(client, server, pair, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, pair, False), daemon=True).start()
+
+    def _pump(self, source, destination, pair, upstream: bool):
+        try:
+            while chunk := source.recv(1 << 16):
+                cut_here = None
+                if upstream:
+                    with self._lock:
+                        armed = self._armed
+                        if armed and self.forwarded + len(chunk) >= armed[0]:
+                            self._armed = None
+                            cut_here = armed[0] - self.forwarded
+                        self.forwarded += len(chunk)
+                if cut_here is not None and armed[1]:
+                    destination.sendall(chunk[:cut_here])
+                    armed[2].set()
+                    break
+                destination.sendall(chunk)
+                if cut_here is not None:
+                    armed[2].set()
+        except OSError:
+            pass
+        self._abort(pair)
+
+    def _abort(self, sockets):
+        """Close with a reset, as a dropped network path does."""
+        import socket
+        import struct
+
+        for sock in sockets:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv on it
+            except OSError:
+                pass
+            sock.close()
+        if sockets in self._pairs:
+            self._pairs.remove(sockets)
