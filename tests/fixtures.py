@@ -160,11 +160,11 @@ def derived_session(path: Path, size: int, seed: int = 0, big_lines: int = 3, bi
 
 
 class Uploader:
-    """The real `fulab-upload --once` in a subprocess, uploading one file."""
+    """The real `fulab-upload` in a subprocess, uploading one file (and exiting once done, with `once`)."""
 
-    def __init__(self, url: str, path: Path, *args: str):
+    def __init__(self, url: str, path: Path, *args: str, once: bool = True):
         self.command = [sys.executable, str(REPO / "bin" / "fulab-upload"), "--url", url, "--path", str(path),
-                        "--once", "--quiet", *args]
+                        "--quiet", *(["--once"] if once else []), *args]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Uploader":
