@@ -35,7 +35,11 @@ def recovered(root, name: str) -> tuple[int, bytes]:
     return counts[0], (root / f"{name}.jsonl").read_bytes()
 
 
-@pytest.mark.parametrize("sample", real_sample_files(), ids=lambda path: path.stem[:13])
+# A real Codex rollout and a real Claude session (recovery fsyncs each cut file, so not every sample).
+TORN_SAMPLES = [path for path in real_sample_files() if path.name.startswith(("rollout-", "fe5e1c67"))]
+
+
+@pytest.mark.parametrize("sample", TORN_SAMPLES, ids=lambda path: path.stem[:13])
 def test_torn_last_line_recovers_to_the_whole_lines_at_every_byte_offset(tmp_path, sample):
     data = sample.read_bytes()
     whole = data[:data.rstrip(b"\n").rfind(b"\n") + 1]
