@@ -36,7 +36,7 @@ def recovered(root, name: str) -> tuple[int, bytes]:
 
 
 # A real Codex rollout and a real Claude session (recovery fsyncs each cut file, so not every sample).
-TORN_SAMPLES = [path for path in real_sample_files() if path.name.startswith(("rollout-", "fe5e1c67"))]
+TORN_SAMPLES = [path for path in real_sample_files() if path.name.startswith(("rollout-", "06090cb1"))]
 
 
 @pytest.mark.parametrize("sample", TORN_SAMPLES, ids=lambda path: path.stem[:13])
