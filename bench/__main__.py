@@ -45,8 +45,8 @@ def table(rows) -> str:
         reference = next((r for r in rows if r.scenario == row.scenario and r.kind == "fulabd"), None)
         value = f"{row.value:,.1f} {row.unit}" if row.value >= 10 else f"{row.value:,.3g} {row.unit}"
         met = "" if row.met is None else ("yes" if row.met else "NO")
-        lines.append((row.scenario, row.what, value, row.kind, speed_ratio(row, reference) if row.kind != "fulabd"
-                      else "", row.target or "", met))
+        ratio = speed_ratio(row, reference) if row.kind != "fulabd" and row.unit == reference.unit else ""
+        lines.append((row.scenario, row.what, value, row.kind, ratio, row.target or "", met))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     out = [" | ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines]
     out.insert(1, "-+-".join("-" * width for width in widths))

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from bench import clients, rawcopy
 from bench.common import MB, Row, read_lines, session_file, start_daemon
-from tests.fixtures import Uploader
+from tests.fixtures import REPO, Uploader
 
 NAME = "1 bulk backfill"
 
@@ -54,6 +57,7 @@ def run(work: Path, quick: bool) -> list[Row]:
     batches = measured("events", lambda d: asyncio.run(clients.events_batches(d.url, "bulk", lines)))
     per_line = measured("event-per-line", lambda d: asyncio.run(clients.event_per_line(d.url, "bulk", lines)))
 
+    startup = uploader_startup()
     rate = lambda seconds: total / MB / seconds  # noqa: E731
     ratio = rate(uploader) / rate(raw)
     return [
@@ -66,4 +70,17 @@ def run(work: Path, quick: bool) -> list[Row]:
             kind="baseline", extra={"seconds": per_line}),
         Row(NAME, "events batches from a websockets client (no file reading)", rate(batches), "MB/s",
             kind="context", extra={"seconds": batches}),
+        Row(NAME, "of fulab-upload's time: process start-up (fulab-upload --help)", startup, "s", kind="context",
+            higher_is_better=False, extra={"MB/s without start-up": rate(uploader - startup)}),
     ]
+
+
+def uploader_startup() -> float:
+    """The median wall time of `fulab-upload --help`: interpreter start and imports."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(REPO / "bin" / "fulab-upload"), "--help"], check=True,
+                       stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
