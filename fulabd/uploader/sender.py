@@ -61,6 +61,7 @@ class Sender:
         self.live = False
         self.idle = False
         self._retry = None
+        self._resync_delay = 0.0
 
     @property
     def session_id(self) -> str:
@@ -223,31 +224,29 @@ class Sender:
         err = reply.get("err", "?")
         if self.state in (BLOCKED, STOPPED):
             return
+        if self.state == RESYNCING:
+            return self._settled()
         if err == "conflict":
             return self._conflict(reply.get("detail", "the server holds different lines"))
         if err in ("too-large", "bad-event", "missing-session-id", "bad-json", "invalid-path", "unknown-type"):
             self.state = BLOCKED
             self.reporter.error(self, reply, blocked=True)
             return
-        self.reporter.error(self, reply, blocked=False)
+        if err != "gap":
+            self.reporter.error(self, reply, blocked=False)
         self.state = RESYNCING
-        self._settled(RETRY_SECONDS if err != "storage-full" else FULL_RETRY_SECONDS)
+        self._resync_delay = {"gap": 0, "storage-full": FULL_RETRY_SECONDS}.get(err, RETRY_SECONDS)
+        self._settled()
 
-    def _settled(self, delay: float = 0):
-        """Once nothing of this session is in flight, ask the server again where it stands."""
-        if self.inflight or self.state != RESYNCING:
+    def _settled(self):
+        """Once nothing of this session is in flight, wait a little, then ask the server where it stands."""
+        if self.inflight or self.state != RESYNCING or self._retry is not None:
             return
-        if delay:
-            self._retry = self.clock.callLater(delay, self._retry_now)
-        else:
-            self._resume()
+        self._retry = self.clock.callLater(self._resync_delay, self._retry_now)
 
     def _retry_now(self):
         self._retry = None
-        if self.state == RESYNCING and not self.inflight:
-            self._resume()
-        elif self.state == RESYNCING:
-            self._settled()
+        self._resume()
 
     def _check_live(self):
         self.idle = True
