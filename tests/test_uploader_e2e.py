@@ -16,7 +16,7 @@ import pytest
 
 from fulabd.store import safe_id
 from fulabd.uploader.identity import identify
-from tests.fixtures import SAMPLES, CuttableProxy, Daemon, Uploader, sample_files
+from tests.fixtures import SAMPLES, CuttableProxy, Daemon, Uploader, make_certificates, sample_files
 
 UPLOAD = "/fulab/lab/upload/ws"
 
@@ -186,3 +186,23 @@ def test_par_is_sent_with_the_token(daemon, tmp_path):
     assert b"authorization: bearer sekrit" in proxy.requests[0].lower()
     stored_pars = edn_format.loads((daemon.root / "s1.par.edn").read_text())
     assert stored_pars[0][edn_format.Keyword("title")] == "Uploader"
+
+
+def test_tls_verifies_the_server_certificate(tmp_path):
+    certificates = make_certificates(tmp_path / "certs")
+    # A long restart interval: the daemon's self-probe speaks plain WebSocket, not TLS.
+    daemon = Daemon(tmp_path / "remote", "--restart-interval", "3600",
+                    port=f"ssl:0:interface=127.0.0.1:privateKey={certificates['key']}:certKey={certificates['cert']}")
+    daemon.start()
+    session = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "5c0375b4-57a5-4f26-b12d-d022ee4e51b7.jsonl"
+    url = f"wss://localhost:{daemon.port}{UPLOAD}"
+    try:
+        untrusted = Uploader("--url", url, "--path", str(session), "--once").start()
+        untrusted.wait_for_output("certificate verify failed.*pass --cafile")
+        assert untrusted.terminate() == 0
+        assert not stored(daemon, session.stem).exists()
+        trusted = Uploader("--url", url, "--path", str(session), "--once", "--cafile", str(certificates["ca"])).start()
+        assert trusted.wait() == 0, "\n".join(trusted.output)
+        assert stored(daemon, session.stem).read_bytes() == session.read_bytes()
+    finally:
+        daemon.stop()

@@ -35,6 +35,7 @@ class UploadClientProtocol(WebSocketClientProtocol):
 
     def onOpen(self):
         self.opened = True
+        self.factory.refused_handshakes = 0
         self.factory.uploads.connected(self)
 
     def send(self, message: dict, on_reply):
@@ -63,6 +64,7 @@ class UploadClientProtocol(WebSocketClientProtocol):
             self.opened = False
             self.factory.uploads.disconnected(self, code, reason)
         else:
+            self.factory.refused_handshakes += 1
             self.factory.uploads.reporter.connect_failed(reason or f"closed with code {code}")
 
     def close(self):
@@ -76,6 +78,7 @@ class UploadClientFactory(WebSocketClientFactory):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         super().__init__(url, headers=headers, **kw)
         self.uploads = uploads
+        self.refused_handshakes = 0
         self.setProtocolOptions(autoPingInterval=PING_INTERVAL, autoPingTimeout=PING_TIMEOUT,
                                 openHandshakeTimeout=HANDSHAKE_TIMEOUT, closeHandshakeTimeout=5,
                                 maxMessagePayloadSize=0, maxFramePayloadSize=0, failByDrop=True)
@@ -108,7 +111,10 @@ def connection_service(reactor, url: str, uploads, token: str | None = None, caf
                        max_delay: float = 30) -> ClientService:
     """A service that keeps one upload connection open, reconnecting with backoff and jitter."""
     factory = UploadClientFactory(url, uploads, token=token, reactor=reactor)
-    return ClientService(endpoint_for(reactor, url, cafile), factory,
-                         retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=max_delay, factor=2,
-                                                   jitter=random.random),
-                         clock=reactor)
+    policy = backoffPolicy(initialDelay=0.5, maxDelay=max_delay, factor=2, jitter=random.random)
+
+    def retry_delay(failed_attempts: int) -> float:
+        """ClientService counts a TCP connection as success; a refused handshake (TLS, HTTP 401, 502) backs off too."""
+        return policy(max(failed_attempts, factory.refused_handshakes))
+
+    return ClientService(endpoint_for(reactor, url, cafile), factory, retryPolicy=retry_delay, clock=reactor)

@@ -23,6 +23,13 @@ ADVICE = {
     "bad-event": "the server refused a line; report this as a bug with the file",
 }
 
+CONNECT_ADVICE = {
+    "certificate verify failed": "the server's certificate is not trusted: pass --cafile with the CA that signed it",
+    "401": "the server wants a token: pass --token or set FULAB_TOKEN",
+    "403": "the server refused the token: check --token / FULAB_TOKEN",
+    "404": "nothing serves that URL path: use a URL ending in /fulab/lab/upload/ws",
+}
+
 
 class Reporter:
     def __init__(self, stream=None, quiet: bool = False, bar: bool | None = None, clock=None):
@@ -36,6 +43,7 @@ class Reporter:
         self._last = (0.0, 0)
         self._rate = 0.0
         self._backlog = set()
+        self._last_failure = None
         self._ticker = LoopingCall(self._draw) if self.bar else None
         if self._ticker is not None:
             self._ticker.clock = clock
@@ -50,13 +58,19 @@ class Reporter:
         self.stream.flush()
 
     def connected(self, sessions: int):
+        self._last_failure = None
         self.say(f"connected; resuming {sessions} session(s)")
 
     def disconnected(self, code, reason):
         self.say(f"connection lost ({reason or code}); reconnecting with backoff", always=True)
 
-    def connect_failed(self, reason):
-        self.say(f"could not connect: {reason}; retrying with backoff", always=True)
+    def connect_failed(self, reason: str):
+        """Said once per distinct reason, with what to do about it."""
+        if reason == self._last_failure:
+            return
+        self._last_failure = reason
+        advice = next((text for key, text in CONNECT_ADVICE.items() if key in reason), "")
+        self.say(f"could not connect: {reason}{'; ' + advice if advice else ''}; retrying with backoff", always=True)
 
     def tracking(self, sender):
         self._backlog.add(sender)
