@@ -206,3 +206,21 @@ def test_tls_verifies_the_server_certificate(tmp_path):
         assert stored(daemon, session.stem).read_bytes() == session.read_bytes()
     finally:
         daemon.stop()
+
+
+def test_a_line_over_the_server_limit_is_reported_and_the_rest_goes_in_smaller_batches(tmp_path):
+    daemon = Daemon(tmp_path / "remote", "--max-message-size", "200000").start()
+    session = tmp_path / "limited.jsonl"
+    derived = derived_lines(1200)
+    lines = [line for line in derived if len(line) < 60_000]
+    huge = next(line for line in derived if len(line) > 1_000_000)
+    session.write_bytes(b"".join(line + b"\n" for line in lines + [huge, lines[0]]))
+    try:
+        uploader = Uploader("--url", daemon.url + UPLOAD, "--path", str(session), "--source", "claude").start()
+        uploader.wait_for_output(r"server refused .*too-large.*raise the server's --max-message-size")
+        server_copy = stored(daemon, identify(session, "claude").session_id)
+        wait_until(lambda: size_of(server_copy) == sum(len(line) + 1 for line in lines), what="all lines but the huge")
+        assert server_copy.read_bytes() == b"".join(line + b"\n" for line in lines)
+        assert uploader.terminate() == 0
+    finally:
+        daemon.stop()

@@ -131,9 +131,9 @@ class ScriptedServer:
         self.pending = []
         self.sent_bytes = []
 
-    def send(self, message, on_reply):
-        self.sent_bytes.append(len(orjson.dumps(message)))
-        self.pending.append((message, on_reply))
+    def send(self, payload, on_reply):
+        self.sent_bytes.append(len(payload))
+        self.pending.append((orjson.loads(payload), on_reply))
 
     def answer(self, limit=None):
         answered = 0

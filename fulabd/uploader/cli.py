@@ -174,7 +174,7 @@ def send_par(args) -> int:
 
         def connected(self, channel):
             self.channel = channel
-            channel.send({"type": "par", "session-id": args.session, "par": par}, self.replied)
+            channel.send(orjson.dumps({"type": "par", "session-id": args.session, "par": par}), self.replied)
 
         def replied(self, reply):
             if reply.get("type") == "ack":

@@ -38,10 +38,10 @@ class UploadClientProtocol(WebSocketClientProtocol):
         self.factory.refused_handshakes = 0
         self.factory.uploads.connected(self)
 
-    def send(self, message: dict, on_reply):
-        """Send one message; `on_reply` gets the server's reply to it."""
+    def send(self, payload: bytes, on_reply):
+        """Send one encoded message; `on_reply` gets the server's reply to it."""
         self._replies.append(on_reply)
-        self.sendMessage(orjson.dumps(message))
+        self.sendMessage(payload)
 
     def onMessage(self, payload, isBinary):
         try:
@@ -50,6 +50,10 @@ class UploadClientProtocol(WebSocketClientProtocol):
             self._log.error("the server sent something that is not JSON: {payload!r}", payload=payload[:200])
             return
         if not isinstance(reply, dict) or reply.get("type") == "pong":
+            return
+        if reply.get("err") == "too-large":
+            # Sent at once, ahead of the replies still due, and followed by a close: not a reply to match.
+            self.factory.uploads.too_large(reply)
             return
         if not self._replies:
             self._log.warn("unexpected message from the server: {reply}", reply=reply)
