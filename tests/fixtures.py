@@ -181,6 +181,7 @@ class CuttableProxy:
         self.requests: list[bytes] = []
         self.cuts = 0
         self._pairs: list = []
+        self._frozen: set = set()
         self._budget: int | None = None
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -216,6 +217,8 @@ class CuttableProxy:
                 data = b""
             if not data:
                 break
+            if source in self._frozen:
+                continue
             if first:
                 self.requests.append(data)
                 first = False
@@ -239,6 +242,11 @@ class CuttableProxy:
                 end.close()
             except OSError:
                 pass
+
+    def freeze(self):
+        """Open connections go silent both ways but stay open: a dead link (laptop asleep, Wi-Fi gone)."""
+        with self._lock:
+            self._frozen.update(end for pair in self._pairs for end in pair)
 
     def cut_after(self, client_bytes: int):
         with self._lock:

@@ -122,7 +122,7 @@ def test_live_file_survives_server_kills_and_cut_connections(tmp_path):
 def test_uploader_killed_mid_file_resumes_without_duplicates(daemon, tmp_path):
     session = tmp_path / "big.jsonl"
     with open(session, "wb") as out:
-        for line in derived_lines(4000):
+        for line in derived_lines(8000):
             out.write(line + b"\n")
     args = ("--url", daemon.url + UPLOAD, "--path", str(session), "--source", "claude", "--once")
     first = Uploader(*args).start()
@@ -130,11 +130,17 @@ def test_uploader_killed_mid_file_resumes_without_duplicates(daemon, tmp_path):
     wait_until(lambda: size_of(server_copy) > 3_000_000, what="part of the file on the server")
     first.kill()
     assert 0 < size_of(server_copy) < session.stat().st_size
+    killed_at = size_of(server_copy)
     second = Uploader(*args).start()
-    assert second.wait() == 0, "\n".join(second.output)
-    assert sha256(server_copy) == sha256(session)
+    wait_until(lambda: size_of(server_copy) > killed_at + 3_000_000, what="more of the file on the server")
+    assert second.terminate() == 0, "\n".join(second.output)
+    held = server_copy.read_bytes()
+    assert held.endswith(b"\n") and session.read_bytes().startswith(held) and len(held) < session.stat().st_size
     third = Uploader(*args).start()
-    assert third.wait() == 0
+    assert third.wait() == 0, "\n".join(third.output)
+    assert sha256(server_copy) == sha256(session)
+    again = Uploader(*args).start()
+    assert again.wait() == 0
     assert sha256(server_copy) == sha256(session)
 
 
@@ -224,3 +230,23 @@ def test_a_line_over_the_server_limit_is_reported_and_the_rest_goes_in_smaller_b
         assert uploader.terminate() == 0
     finally:
         daemon.stop()
+
+
+def test_a_dead_link_is_noticed_by_pings_and_the_upload_goes_on(daemon, tmp_path):
+    proxy = CuttableProxy(daemon.port)
+    session = tmp_path / "quiet.jsonl"
+    lines = derived_lines(300)
+    session.write_bytes(b"".join(line + b"\n" for line in lines[:100]))
+    uploader = Uploader("--url", proxy.url + UPLOAD, "--path", str(session), "--source", "codex",
+                        "--ping-interval", "1").start()
+    try:
+        uploader.wait_for_output("live quiet ")
+        proxy.freeze()
+        with open(session, "ab") as out:
+            out.write(b"".join(line + b"\n" for line in lines[100:]))
+        uploader.wait_for_output("connection lost")
+        wait_until(lambda: stored(daemon, "quiet").read_bytes() == session.read_bytes(), what="the lines after")
+        assert uploader.terminate() == 0
+    finally:
+        uploader.kill()
+        proxy.close()

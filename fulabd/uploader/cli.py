@@ -22,7 +22,7 @@ from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredica
 from twisted.logger import textFileLogObserver
 
 from fulabd import edn
-from fulabd.uploader.connection import connection_service
+from fulabd.uploader.connection import PING_INTERVAL, connection_service
 from fulabd.uploader.progress import Reporter
 from fulabd.uploader.uploads import Uploads
 from fulabd.uploader.watch import Watcher
@@ -61,6 +61,9 @@ def upload_parser() -> argparse.ArgumentParser:
                         help="upload the complete lines there are, wait for the server's ack, exit")
     parser.add_argument("--quiet", action="store_true", help="print only problems")
     parser.add_argument("--poll", action="store_true", help="poll files instead of using file events")
+    parser.add_argument("--ping-interval", type=float, default=PING_INTERVAL,
+                        help="seconds between keepalive pings; a link silent for twice this is dropped and "
+                             "reconnected (default %(default)s)")
     return parser
 
 
@@ -106,7 +109,8 @@ def upload(args) -> int:
     overrides = {"project": args.project, "originator": args.originator, "cwd": args.cwd}
     uploads = Uploads(reactor, reporter, source=args.source, overrides=overrides)
     try:
-        service = connection_service(reactor, args.url, uploads, token=args.token, cafile=args.cafile)
+        service = connection_service(reactor, args.url, uploads, token=args.token, cafile=args.cafile,
+                                     ping_interval=args.ping_interval)
     except (OSError, ValueError) as e:
         print(f"fulab-upload: {e}", file=sys.stderr)
         return 1

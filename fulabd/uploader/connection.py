@@ -3,7 +3,7 @@ The one WebSocket connection that carries every session, kept up forever.
 
 `ClientService` reconnects with exponential backoff and jitter; Autobahn's
 autoPing notices a dead link (a laptop that slept, a Wi-Fi drop) within
-`PING_INTERVAL + PING_TIMEOUT` seconds.  The server answers every message,
+twice `PING_INTERVAL` seconds (a ping, then as long for its pong).  The server answers every message,
 in order, so replies are matched to their callbacks by position.
 """
 
@@ -21,7 +21,6 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFrom
 from twisted.logger import Logger
 
 PING_INTERVAL = 20
-PING_TIMEOUT = 20
 HANDSHAKE_TIMEOUT = 15
 
 
@@ -78,12 +77,12 @@ class UploadClientProtocol(WebSocketClientProtocol):
 class UploadClientFactory(WebSocketClientFactory):
     protocol = UploadClientProtocol
 
-    def __init__(self, url: str, uploads, token: str | None = None, **kw):
+    def __init__(self, url: str, uploads, token: str | None = None, ping_interval: float = PING_INTERVAL, **kw):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         super().__init__(url, headers=headers, **kw)
         self.uploads = uploads
         self.refused_handshakes = 0
-        self.setProtocolOptions(autoPingInterval=PING_INTERVAL, autoPingTimeout=PING_TIMEOUT,
+        self.setProtocolOptions(autoPingInterval=ping_interval, autoPingTimeout=ping_interval,
                                 openHandshakeTimeout=HANDSHAKE_TIMEOUT, closeHandshakeTimeout=5,
                                 maxMessagePayloadSize=0, maxFramePayloadSize=0, failByDrop=True)
 
@@ -112,9 +111,9 @@ def endpoint_for(reactor, url: str, cafile: str | None = None):
 
 
 def connection_service(reactor, url: str, uploads, token: str | None = None, cafile: str | None = None,
-                       max_delay: float = 30) -> ClientService:
+                       max_delay: float = 30, ping_interval: float = PING_INTERVAL) -> ClientService:
     """A service that keeps one upload connection open, reconnecting with backoff and jitter."""
-    factory = UploadClientFactory(url, uploads, token=token, reactor=reactor)
+    factory = UploadClientFactory(url, uploads, token=token, ping_interval=ping_interval, reactor=reactor)
     policy = backoffPolicy(initialDelay=0.5, maxDelay=max_delay, factor=2, jitter=random.random)
 
     def retry_delay(failed_attempts: int) -> float:
