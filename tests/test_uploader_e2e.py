@@ -144,12 +144,14 @@ def test_uploader_killed_mid_file_resumes_without_duplicates(daemon, tmp_path):
     assert sha256(server_copy) == sha256(session)
 
 
-def test_watch_finds_new_files_subagents_and_uploads_a_rewritten_file_as_a_new_generation(daemon, tmp_path):
+@pytest.mark.parametrize("notice", ["events", "poll"])
+def test_watch_finds_new_files_subagents_and_uploads_a_rewritten_file_as_a_new_generation(daemon, tmp_path, notice):
     codex = tmp_path / "home" / ".codex" / "sessions"
     claude = tmp_path / "home" / ".claude" / "projects"
     codex.mkdir(parents=True)
     claude.mkdir(parents=True)
-    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(codex), "--watch", str(claude)).start()
+    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(codex), "--watch", str(claude),
+                        *(["--poll"] if notice == "poll" else [])).start()
     uploader.wait_for_output("connected")
 
     rollout_sample = next(p for p in sample_files() if "rollout-" in p.name)
@@ -250,3 +252,40 @@ def test_a_dead_link_is_noticed_by_pings_and_the_upload_goes_on(daemon, tmp_path
     finally:
         uploader.kill()
         proxy.close()
+
+
+def run_in_terminal(*args: str) -> tuple[int, str]:
+    """`fulab-upload` with a pseudo-terminal as its stdout and stderr: what a user at a terminal sees."""
+    import os
+    import pty
+
+    from tests.fixtures import REPO
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, str(REPO / "bin" / "fulab-upload"), *args], stdout=slave,
+                               stderr=slave, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    return process.wait(60), output.decode("utf-8", "replace")
+
+
+def test_progress_bar_on_a_terminal_only(daemon, tmp_path):
+    session = tmp_path / "backlog.jsonl"
+    session.write_bytes(b"".join(line + b"\n" for line in derived_lines(2000)))
+    args = ("--url", daemon.url + UPLOAD, "--path", str(session), "--source", "claude", "--once")
+    code, output = run_in_terminal(*args)
+    assert code == 0, output
+    assert "catching up 1 session(s):" in output and "MB to go" in output
+    assert "live " in output and "done: 2,000 lines" in output
+    piped = Uploader(*args).start()
+    assert piped.wait() == 0
+    assert not any("catching up" in line for line in piped.output)

@@ -75,6 +75,7 @@ class Reporter:
     def tracking(self, sender):
         self._backlog.add(sender)
         if self._ticker is not None and not self._ticker.running:
+            self._last = (self.clock.seconds(), self.bytes)
             self._ticker.start(0.5, now=False)
 
     def live(self, sender):
@@ -87,6 +88,8 @@ class Reporter:
     def acked(self, sender, lines: int, size: int, count: int):
         self.lines += lines
         self.bytes += size
+        if self._ticker is not None and not self._drawn and not sender.live:
+            self._draw()
 
     def conflict(self, sender, successor, detail: str):
         if successor is None:
@@ -119,16 +122,18 @@ class Reporter:
         now = self.clock.seconds()
         then, before = self._last
         if now > then:
-            self._rate = 0.7 * self._rate + 0.3 * (self.bytes - before) / (now - then) if then else 0.0
+            rate = (self.bytes - before) / (now - then)
+            self._rate = 0.7 * self._rate + 0.3 * rate if self._rate else rate
         self._last = (now, self.bytes)
-        behind = sum(1 for sender in self._backlog if not sender.live)
+        behind = [sender for sender in self._backlog if not sender.live]
         if not behind:
             if self._drawn:
                 self.stream.write("\r\x1b[K")
                 self.stream.flush()
                 self._drawn = False
             return
-        self.stream.write(f"\r\x1b[Kcatching up {behind} session(s): {self.lines:,} lines, "
-                          f"{self.bytes / 1e6:,.1f} MB, {self._rate / 1e6:,.1f} MB/s")
+        to_go = sum(sender.reader.pending_bytes() for sender in behind)
+        self.stream.write(f"\r\x1b[Kcatching up {len(behind)} session(s): {self.lines:,} lines, "
+                          f"{self.bytes / 1e6:,.1f} MB sent, {to_go / 1e6:,.1f} MB to go, {self._rate / 1e6:,.1f} MB/s")
         self.stream.flush()
         self._drawn = True
