@@ -28,6 +28,7 @@ from fulabd.uploader.uploads import Uploads
 from fulabd.uploader.watch import Watcher
 
 DEFAULT_URL = "ws://127.0.0.1:5056/fulab/lab/upload/ws"
+PAR_ATTEMPTS = 3
 
 
 def connection_arguments(parser: argparse.ArgumentParser):
@@ -167,20 +168,34 @@ def send_par(args) -> int:
         print(f"fulab-upload: cannot read the PAR: {e}", file=sys.stderr)
         return 1
     outcome = {"code": 1}
-    reporter = Reporter(clock=reactor, bar=False)
+
+    class ParReporter(Reporter):
+        """Gives up after a few refused connections: a PAR is a one-off, not a daemon."""
+
+        failures = 0
+
+        def connect_failed(self, reason: str):
+            super().connect_failed(reason)
+            self.failures += 1
+            if self.failures >= PAR_ATTEMPTS and reactor.running:
+                reactor.stop()
+
+    reporter = ParReporter(clock=reactor, bar=False)
 
     class OneMessage:
-        """Sends the PAR on the first connection and stops on the reply."""
+        """Sends the PAR on the first connection and stops once the reply is in."""
 
         def __init__(self):
             self.reporter = reporter
             self.channel = None
+            self.done = False
 
         def connected(self, channel):
             self.channel = channel
             channel.send(orjson.dumps({"type": "par", "session-id": args.session, "par": par}), self.replied)
 
         def replied(self, reply):
+            self.done = True
             if reply.get("type") == "ack":
                 state = "already stored" if reply.get("dedup") else "stored"
                 reporter.say(f"PAR {reply.get('par-id')} {state} for session {args.session}", always=True)
@@ -188,10 +203,11 @@ def send_par(args) -> int:
             else:
                 reporter.server_error(reply)
             self.channel.close()
-            reactor.callLater(0.2, reactor.stop)
 
         def disconnected(self, channel, code, reason):
             self.channel = None
+            if self.done and reactor.running:
+                reactor.stop()
 
     try:
         service = connection_service(reactor, args.url, OneMessage(), token=args.token, cafile=args.cafile)
@@ -205,7 +221,7 @@ def send_par(args) -> int:
             reactor.stop()
 
     reactor.callWhenRunning(service.startService)
-    reactor.callWhenRunning(lambda: service.whenConnected(failAfterFailures=5).addErrback(give_up))
+    reactor.callWhenRunning(lambda: service.whenConnected(failAfterFailures=PAR_ATTEMPTS).addErrback(give_up))
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return outcome["code"]
