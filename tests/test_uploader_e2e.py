@@ -4,6 +4,7 @@ the daemon SIGKILLed and restarted, the connection cut inside a frame, the uploa
 """
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -150,9 +151,15 @@ def test_watch_finds_new_files_subagents_and_uploads_a_rewritten_file_as_a_new_g
     claude = tmp_path / "home" / ".claude" / "projects"
     codex.mkdir(parents=True)
     claude.mkdir(parents=True)
+    old_sample = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "1af7fc5e-8455-4414-9ccd-011d40f70b2a.jsonl"
+    old = claude / "-path-to-Demo" / old_sample.name
+    old.parent.mkdir()
+    old.write_bytes(old_sample.read_bytes())
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
     uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(codex), "--watch", str(claude),
                         *(["--poll"] if notice == "poll" else [])).start()
-    uploader.wait_for_output("connected")
+    uploader.wait_for_output("connected; resuming 0 session")
 
     rollout_sample = next(p for p in sample_files() if "rollout-" in p.name)
     rollout = codex / "2026" / "06" / "05" / rollout_sample.name
@@ -168,6 +175,12 @@ def test_watch_finds_new_files_subagents_and_uploads_a_rewritten_file_as_a_new_g
     assert stored(daemon, identify(rollout).session_id).read_bytes() == rollout_sample.read_bytes()
     assert stored(daemon, subagent_id).read_bytes() == (layout / parent_id / "subagents" /
                                                         "agent-a0ad4f44468bdf20d.jsonl").read_bytes()
+
+    assert not stored(daemon, old.stem).exists(), "a file older than --active-minutes was uploaded"
+    with open(old, "ab") as out:
+        out.write(b'{"type":"summary","summary":"appended later","leafUuid":"x"}\n')
+    uploader.wait_for_output(f"live {old.stem} ")
+    assert stored(daemon, old.stem).read_bytes() == old.read_bytes()
 
     rewritten = b"".join(line + b"\n" for line in rollout_sample.read_bytes().split(b"\n")[:3])
     rewritten += b'{"type":"event_msg","payload":{"type":"agent_message","message":"rewritten"}}\n'
