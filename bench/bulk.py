@@ -50,8 +50,9 @@ def run(work: Path, quick: bool) -> list[Row]:
         return elapsed
 
     def with_uploader(daemon):
-        uploader = Uploader(daemon.url + "/fulab/lab/upload/ws", source).start()
-        assert uploader.wait() == 0, uploader.output
+        uploader = Uploader("--url", daemon.url + "/fulab/lab/upload/ws", "--path", str(source), "--once",
+                            "--quiet").start()
+        assert uploader.wait(600) == 0, "\n".join(uploader.output)
 
     uploader = measured("fulab-upload", with_uploader)
     batches = measured("events", lambda d: asyncio.run(clients.events_batches(d.url, "bulk", lines)))

@@ -33,7 +33,7 @@ def run(work: Path, quick: bool) -> list[Row]:
     shutil.copy(sample, watched)
     initial = sample.read_bytes().count(b"\n")
     daemon = start_daemon(work / "e2e-remote")
-    uploader = Uploader(daemon.url + "/fulab/lab/upload/ws", watched, once=False).start()
+    uploader = Uploader("--url", daemon.url + "/fulab/lab/upload/ws", "--path", str(watched), "--quiet").start()
     try:
         wait_until_stored(daemon, session_id, initial)
         latencies = asyncio.run(measure(daemon, session_id, watched, initial, count, small_lines()))

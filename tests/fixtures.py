@@ -16,9 +16,8 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-# `shared/samples` beside the clone, or beside a parent folder (git worktrees live one level deeper)
-SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents
-                if any((folder / "shared" / "samples").glob("*/**/*.jsonl"))), REPO.parent / "shared" / "samples")
+SAMPLES = next((folder for folder in (REPO.parent / "shared" / "samples", REPO.parent.parent / "shared" / "samples")
+                if any(folder.rglob("*.jsonl"))), REPO.parent / "shared" / "samples")
 LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
 
 
@@ -160,70 +159,82 @@ def derived_session(path: Path, size: int, seed: int = 0, big_lines: int = 3, bi
 
 
 class Uploader:
-    """The real `fulab-upload` in a subprocess, uploading one file (and exiting once done, with `once`)."""
+    """The real `fulab-upload` command in a subprocess; its output is collected line by line."""
 
-    def __init__(self, url: str, path: Path, *args: str, once: bool = True):
-        self.command = [sys.executable, str(REPO / "bin" / "fulab-upload"), "--url", url, "--path", str(path),
-                        "--quiet", *(["--once"] if once else []), *args]
+    def __init__(self, *args: str):
+        self.args = list(args)
         self.process: subprocess.Popen | None = None
+        self.output: list[str] = []
+        self._lines = threading.Condition()
 
     def start(self) -> "Uploader":
-        self.process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        env=dict(os.environ, PYTHONPATH=str(REPO)))
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen([sys.executable, str(REPO / "bin" / "fulab-upload"), *self.args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         return self
+
+    def _read(self, process):
+        for raw in process.stdout:
+            with self._lines:
+                self.output.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._lines.notify_all()
+
+    def wait_for_output(self, pattern: str, timeout: float = 60, count: int = 1) -> list[str]:
+        """The first `count` output lines matching `pattern` (waiting for them)."""
+        regex = re.compile(pattern)
+
+        def found():
+            matches = [line for line in self.output if regex.search(line)]
+            return matches if len(matches) >= count else None
+
+        with self._lines:
+            matches = self._lines.wait_for(found, timeout)
+        if not matches:
+            raise AssertionError(f"no {count} output line(s) matching {pattern!r}:\n" + "\n".join(self.output[-40:]))
+        return matches
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.process.wait(timeout)
 
     def kill(self):
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
-        self.wait()
+            self.process.wait(30)
 
-    def wait(self, timeout: float = 300) -> int:
-        """Its exit code once it has exited (after its last ack, with `--once`)."""
-        try:
-            output, _ = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            output, _ = self.process.communicate()
-            raise AssertionError(f"fulab-upload did not finish in {timeout} s:\n{output.decode()[-2000:]}")
-        self.output = output.decode("utf-8", "replace")
-        return self.process.returncode
+    def terminate(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout)
 
 
-class CuttingProxy:
-    """A loopback TCP proxy to the daemon that can fire a fault at an exact byte of the upload stream.
+class CuttableProxy:
+    """A loopback TCP proxy to `port` whose connections can be cut at will: a real network fault.
 
-    `arm(at, cut=True)` resets the connection in both directions after
-    exactly `at` more client→server bytes (so mid-frame, almost always);
-    with `cut=False` it only sets the returned event at that byte, for the
-    test to kill something at that moment.
+    `cut_after(n)` lets n more client bytes through and then drops every
+    connection, so the cut lands inside a WebSocket frame.  `requests` keeps the
+    first bytes each client sent (its HTTP upgrade request).
     """
 
-    def __init__(self, target_port):
+    def __init__(self, port: int):
         import socket
 
-        self.target_port = target_port  # a callable: the daemon's current port
+        self.target = port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.forwarded = 0
-        self._lock = threading.Lock()
-        self._armed: tuple[int, bool, threading.Event] | None = None
+        self.requests: list[bytes] = []
+        self.cuts = 0
+        self.forwarded = 0  # client bytes let through, over all connections
+        self._marks: list[tuple[int, threading.Event]] = []
         self._pairs: list = []
+        self._frozen: set = set()
+        self._budget: int | None = None
+        self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
-
-    def arm(self, at: int, cut: bool) -> threading.Event:
-        fired = threading.Event()
-        with self._lock:
-            self._armed = (self.forwarded + max(1, at), cut, fired)
-        return fired
-
-    def close(self):
-        self.listener.close()
-        for pair in list(self._pairs):
-            self._abort(pair)
 
     def _accept(self):
         import socket
@@ -234,49 +245,126 @@ class CuttingProxy:
             except OSError:
                 return
             try:
-                server = socket.create_connection(("127.0.0.1", self.target_port()), timeout=10)
-                server.settimeout(None)
+                server = socket.create_connection(("127.0.0.1", self.target))
             except OSError:
-                self._abort((client,))
+                client.close()
                 continue
-            pair = (client, server)
-            self._pairs.append(pair)
-            threading.Thread(target=self._pump, args=(client, server, pair, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, pair, False), daemon=True).start()
+            with self._lock:
+                self._pairs.append((client, server))
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
 
-    def _pump(self, source, destination, pair, upstream: bool):
-        try:
-            while chunk := source.recv(1 << 16):
-                cut_here = None
-                if upstream:
-                    with self._lock:
-                        armed = self._armed
-                        if armed and self.forwarded + len(chunk) >= armed[0]:
-                            self._armed = None
-                            cut_here = armed[0] - self.forwarded
-                        self.forwarded += len(chunk)
-                if cut_here is not None and armed[1]:
-                    destination.sendall(chunk[:cut_here])
-                    armed[2].set()
-                    break
-                destination.sendall(chunk)
-                if cut_here is not None:
-                    armed[2].set()
-        except OSError:
-            pass
-        self._abort(pair)
+    def _pipe(self, source, sink, upstream: bool):
+        first = upstream
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            if source in self._frozen:
+                continue
+            if first:
+                self.requests.append(data)
+                first = False
+            cut, reached = False, []
+            if upstream:
+                with self._lock:
+                    if self._budget is not None:
+                        if len(data) >= self._budget:
+                            data, cut = data[:self._budget], True
+                        else:
+                            self._budget -= len(data)
+                    self.forwarded += len(data)
+                    reached = [mark for mark in self._marks if mark[0] <= self.forwarded]
+                    self._marks = [mark for mark in self._marks if mark[0] > self.forwarded]
+            try:
+                sink.sendall(data)
+            except OSError:
+                break
+            for _, event in reached:
+                event.set()
+            if cut:
+                self.cut()
+                break
+        for end in (source, sink):
+            try:
+                end.close()
+            except OSError:
+                pass
 
-    def _abort(self, sockets):
-        """Close with a reset, as a dropped network path does."""
+    def freeze(self):
+        """Open connections go silent both ways but stay open: a dead link (laptop asleep, Wi-Fi gone)."""
+        with self._lock:
+            self._frozen.update(end for pair in self._pairs for end in pair)
+
+    def reached(self, client_bytes: int) -> threading.Event:
+        """An event set once `client_bytes` more client bytes have gone through (to kill something right there)."""
+        event = threading.Event()
+        with self._lock:
+            self._marks.append((self.forwarded + max(1, client_bytes), event))
+        return event
+
+    def cut_after(self, client_bytes: int):
+        with self._lock:
+            self._budget = client_bytes
+
+    def cut(self):
+        """Drop every open connection at once (RST, as a dead link or a crashed proxy would)."""
         import socket
         import struct
 
-        for sock in sockets:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv on it
-            except OSError:
-                pass
-            sock.close()
-        if sockets in self._pairs:
-            self._pairs.remove(sockets)
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            self._budget = None
+            self.cuts += 1
+        for pair in pairs:
+            for end in pair:
+                try:
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    end.shutdown(socket.SHUT_RDWR)
+                    end.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+        self.cut()
+
+
+def make_certificates(folder: Path) -> dict[str, Path]:
+    """A private CA and a server certificate it signed for localhost/127.0.0.1 (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def build(subject, issuer, public_key, signing_key, ca: bool):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=2))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(signing_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fulabd test CA")])
+    ca = build(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), ca_name, key.public_key(),
+                 ca_key, ca=False)
+    paths = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    return paths

@@ -15,7 +15,7 @@ import random
 import pytest
 
 from fulabd import edn
-from tests.fixtures import CuttingProxy, Daemon, Uploader, derived_session
+from tests.fixtures import CuttableProxy, Daemon, Uploader, derived_session
 
 TRIALS = int(os.environ.get("FULAB_CRASH_TRIALS", "10"))
 SIZE = int(os.environ.get("FULAB_CRASH_MB", "32")) << 20
@@ -41,20 +41,23 @@ def test_upload_survives_kills_and_cuts_at_random_moments(tmp_path, source, tria
     # Each fault fires at a random byte of the stream (which is longer than the file: JSON framing, resends).
     moments = sorted(rng.randrange(1, source.stat().st_size) for _ in faults)
     daemon = Daemon(tmp_path / "remote").start()
-    proxy = CuttingProxy(lambda: daemon.port)
-    uploader = Uploader(proxy.url + "/fulab/lab/upload/ws", source).start()
+    proxy = CuttableProxy(daemon.port)
+    upload = ("--url", proxy.url + "/fulab/lab/upload/ws", "--path", str(source), "--once", "--quiet")
+    uploader = Uploader(*upload).start()
     fired = []
     try:
         for fault, moment in zip(faults, moments):
-            reached = proxy.arm(moment - proxy.forwarded, cut=fault == "cut-tcp")
-            assert reached.wait(300), f"the upload stream never reached byte {moment} for {fault}"
+            ahead = moment - proxy.forwarded
+            if fault == "cut-tcp":
+                proxy.cut_after(ahead)
+            assert proxy.reached(ahead).wait(300), f"the upload stream never reached byte {moment} for {fault}"
             if fault == "kill-daemon":
                 daemon.restart(kill=True)
             elif fault == "kill-uploader":
                 uploader.kill()
-                uploader = Uploader(proxy.url + "/fulab/lab/upload/ws", source).start()
+                uploader = Uploader(*upload).start()
             fired.append((fault, moment))
-        assert uploader.wait() == 0, uploader.output
+        assert uploader.wait(300) == 0, "\n".join(uploader.output)
         daemon.stop()
         check_stored(daemon.root, source)
     finally:

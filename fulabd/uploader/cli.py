@@ -22,12 +22,13 @@ from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredica
 from twisted.logger import textFileLogObserver
 
 from fulabd import edn
-from fulabd.uploader.connection import connection_service
+from fulabd.uploader.connection import PING_INTERVAL, connection_service
 from fulabd.uploader.progress import Reporter
 from fulabd.uploader.uploads import Uploads
 from fulabd.uploader.watch import Watcher
 
 DEFAULT_URL = "ws://127.0.0.1:5056/fulab/lab/upload/ws"
+PAR_ATTEMPTS = 3
 
 
 def connection_arguments(parser: argparse.ArgumentParser):
@@ -61,6 +62,9 @@ def upload_parser() -> argparse.ArgumentParser:
                         help="upload the complete lines there are, wait for the server's ack, exit")
     parser.add_argument("--quiet", action="store_true", help="print only problems")
     parser.add_argument("--poll", action="store_true", help="poll files instead of using file events")
+    parser.add_argument("--ping-interval", type=float, default=PING_INTERVAL,
+                        help="seconds between keepalive pings; a link silent for twice this is dropped and "
+                             "reconnected (default %(default)s)")
     return parser
 
 
@@ -106,7 +110,8 @@ def upload(args) -> int:
     overrides = {"project": args.project, "originator": args.originator, "cwd": args.cwd}
     uploads = Uploads(reactor, reporter, source=args.source, overrides=overrides)
     try:
-        service = connection_service(reactor, args.url, uploads, token=args.token, cafile=args.cafile)
+        service = connection_service(reactor, args.url, uploads, token=args.token, cafile=args.cafile,
+                                     ping_interval=args.ping_interval)
     except (OSError, ValueError) as e:
         print(f"fulab-upload: {e}", file=sys.stderr)
         return 1
@@ -163,20 +168,34 @@ def send_par(args) -> int:
         print(f"fulab-upload: cannot read the PAR: {e}", file=sys.stderr)
         return 1
     outcome = {"code": 1}
-    reporter = Reporter(clock=reactor, bar=False)
+
+    class ParReporter(Reporter):
+        """Gives up after a few refused connections: a PAR is a one-off, not a daemon."""
+
+        failures = 0
+
+        def connect_failed(self, reason: str):
+            super().connect_failed(reason)
+            self.failures += 1
+            if self.failures >= PAR_ATTEMPTS and reactor.running:
+                reactor.stop()
+
+    reporter = ParReporter(clock=reactor, bar=False)
 
     class OneMessage:
-        """Sends the PAR on the first connection and stops on the reply."""
+        """Sends the PAR on the first connection and stops once the reply is in."""
 
         def __init__(self):
             self.reporter = reporter
             self.channel = None
+            self.done = False
 
         def connected(self, channel):
             self.channel = channel
-            channel.send({"type": "par", "session-id": args.session, "par": par}, self.replied)
+            channel.send(orjson.dumps({"type": "par", "session-id": args.session, "par": par}), self.replied)
 
         def replied(self, reply):
+            self.done = True
             if reply.get("type") == "ack":
                 state = "already stored" if reply.get("dedup") else "stored"
                 reporter.say(f"PAR {reply.get('par-id')} {state} for session {args.session}", always=True)
@@ -184,10 +203,11 @@ def send_par(args) -> int:
             else:
                 reporter.server_error(reply)
             self.channel.close()
-            reactor.callLater(0.2, reactor.stop)
 
         def disconnected(self, channel, code, reason):
             self.channel = None
+            if self.done and reactor.running:
+                reactor.stop()
 
     try:
         service = connection_service(reactor, args.url, OneMessage(), token=args.token, cafile=args.cafile)
@@ -201,7 +221,7 @@ def send_par(args) -> int:
             reactor.stop()
 
     reactor.callWhenRunning(service.startService)
-    reactor.callWhenRunning(lambda: service.whenConnected(failAfterFailures=5).addErrback(give_up))
+    reactor.callWhenRunning(lambda: service.whenConnected(failAfterFailures=PAR_ATTEMPTS).addErrback(give_up))
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return outcome["code"]

@@ -3,7 +3,7 @@ The one WebSocket connection that carries every session, kept up forever.
 
 `ClientService` reconnects with exponential backoff and jitter; Autobahn's
 autoPing notices a dead link (a laptop that slept, a Wi-Fi drop) within
-`PING_INTERVAL + PING_TIMEOUT` seconds.  The server answers every message,
+twice `PING_INTERVAL` seconds (a ping, then as long for its pong).  The server answers every message,
 in order, so replies are matched to their callbacks by position.
 """
 
@@ -21,7 +21,6 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFrom
 from twisted.logger import Logger
 
 PING_INTERVAL = 20
-PING_TIMEOUT = 20
 HANDSHAKE_TIMEOUT = 15
 
 
@@ -35,12 +34,13 @@ class UploadClientProtocol(WebSocketClientProtocol):
 
     def onOpen(self):
         self.opened = True
+        self.factory.refused_handshakes = 0
         self.factory.uploads.connected(self)
 
-    def send(self, message: dict, on_reply):
-        """Send one message; `on_reply` gets the server's reply to it."""
+    def send(self, payload: bytes, on_reply):
+        """Send one encoded message; `on_reply` gets the server's reply to it."""
         self._replies.append(on_reply)
-        self.sendMessage(orjson.dumps(message))
+        self.sendMessage(payload)
 
     def onMessage(self, payload, isBinary):
         try:
@@ -49,6 +49,10 @@ class UploadClientProtocol(WebSocketClientProtocol):
             self._log.error("the server sent something that is not JSON: {payload!r}", payload=payload[:200])
             return
         if not isinstance(reply, dict) or reply.get("type") == "pong":
+            return
+        if reply.get("err") == "too-large":
+            # Sent at once, ahead of the replies still due, and followed by a close: not a reply to match.
+            self.factory.uploads.too_large(reply)
             return
         if not self._replies:
             self._log.warn("unexpected message from the server: {reply}", reply=reply)
@@ -63,6 +67,7 @@ class UploadClientProtocol(WebSocketClientProtocol):
             self.opened = False
             self.factory.uploads.disconnected(self, code, reason)
         else:
+            self.factory.refused_handshakes += 1
             self.factory.uploads.reporter.connect_failed(reason or f"closed with code {code}")
 
     def close(self):
@@ -72,11 +77,12 @@ class UploadClientProtocol(WebSocketClientProtocol):
 class UploadClientFactory(WebSocketClientFactory):
     protocol = UploadClientProtocol
 
-    def __init__(self, url: str, uploads, token: str | None = None, **kw):
+    def __init__(self, url: str, uploads, token: str | None = None, ping_interval: float = PING_INTERVAL, **kw):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         super().__init__(url, headers=headers, **kw)
         self.uploads = uploads
-        self.setProtocolOptions(autoPingInterval=PING_INTERVAL, autoPingTimeout=PING_TIMEOUT,
+        self.refused_handshakes = 0
+        self.setProtocolOptions(autoPingInterval=ping_interval, autoPingTimeout=ping_interval,
                                 openHandshakeTimeout=HANDSHAKE_TIMEOUT, closeHandshakeTimeout=5,
                                 maxMessagePayloadSize=0, maxFramePayloadSize=0, failByDrop=True)
 
@@ -105,10 +111,13 @@ def endpoint_for(reactor, url: str, cafile: str | None = None):
 
 
 def connection_service(reactor, url: str, uploads, token: str | None = None, cafile: str | None = None,
-                       max_delay: float = 30) -> ClientService:
+                       max_delay: float = 30, ping_interval: float = PING_INTERVAL) -> ClientService:
     """A service that keeps one upload connection open, reconnecting with backoff and jitter."""
-    factory = UploadClientFactory(url, uploads, token=token, reactor=reactor)
-    return ClientService(endpoint_for(reactor, url, cafile), factory,
-                         retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=max_delay, factor=2,
-                                                   jitter=random.random),
-                         clock=reactor)
+    factory = UploadClientFactory(url, uploads, token=token, ping_interval=ping_interval, reactor=reactor)
+    policy = backoffPolicy(initialDelay=0.5, maxDelay=max_delay, factor=2, jitter=random.random)
+
+    def retry_delay(failed_attempts: int) -> float:
+        """ClientService counts a TCP connection as success; a refused handshake (TLS, HTTP 401, 502) backs off too."""
+        return policy(max(failed_attempts, factory.refused_handshakes))
+
+    return ClientService(endpoint_for(reactor, url, cafile), factory, retryPolicy=retry_delay, clock=reactor)

@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+AGENT_FILE = re.compile(r"^agent-[0-9a-zA-Z]+$")
 HEAD_LINES = 50
 HEAD_BYTES = 8 << 20
 GENERATION = "~g"
@@ -109,7 +110,7 @@ def claude_identity(path: Path, lines: list[dict]) -> Identity:
         parent = path.parent.parent.name
         return Identity(f"{parent}/{path.stem}", meta | {"parent-session-id": parent})
     session = next((line["sessionId"] for line in lines if isinstance(line.get("sessionId"), str)), None)
-    if path.stem.startswith("agent-") and session and session != path.stem:
+    if AGENT_FILE.match(path.stem) and session and session != path.stem:
         return Identity(f"{session}/{path.stem}", meta | {"parent-session-id": session})
     if UUID.match(path.stem):
         return Identity(path.stem, meta)

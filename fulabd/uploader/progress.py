@@ -23,6 +23,13 @@ ADVICE = {
     "bad-event": "the server refused a line; report this as a bug with the file",
 }
 
+CONNECT_ADVICE = {
+    "certificate verify failed": "the server's certificate is not trusted: pass --cafile with the CA that signed it",
+    "401": "the server wants a token: pass --token or set FULAB_TOKEN",
+    "403": "the server refused the token: check --token / FULAB_TOKEN",
+    "404": "nothing serves that URL path: use a URL ending in /fulab/lab/upload/ws",
+}
+
 
 class Reporter:
     def __init__(self, stream=None, quiet: bool = False, bar: bool | None = None, clock=None):
@@ -36,6 +43,7 @@ class Reporter:
         self._last = (0.0, 0)
         self._rate = 0.0
         self._backlog = set()
+        self._last_failure = None
         self._ticker = LoopingCall(self._draw) if self.bar else None
         if self._ticker is not None:
             self._ticker.clock = clock
@@ -50,17 +58,24 @@ class Reporter:
         self.stream.flush()
 
     def connected(self, sessions: int):
+        self._last_failure = None
         self.say(f"connected; resuming {sessions} session(s)")
 
     def disconnected(self, code, reason):
         self.say(f"connection lost ({reason or code}); reconnecting with backoff", always=True)
 
-    def connect_failed(self, reason):
-        self.say(f"could not connect: {reason}; retrying with backoff", always=True)
+    def connect_failed(self, reason: str):
+        """Said once per distinct reason, with what to do about it."""
+        if reason == self._last_failure:
+            return
+        self._last_failure = reason
+        advice = next((text for key, text in CONNECT_ADVICE.items() if key in reason), "")
+        self.say(f"could not connect: {reason}{'; ' + advice if advice else ''}; retrying with backoff", always=True)
 
     def tracking(self, sender):
         self._backlog.add(sender)
         if self._ticker is not None and not self._ticker.running:
+            self._last = (self.clock.seconds(), self.bytes)
             self._ticker.start(0.5, now=False)
 
     def live(self, sender):
@@ -73,6 +88,8 @@ class Reporter:
     def acked(self, sender, lines: int, size: int, count: int):
         self.lines += lines
         self.bytes += size
+        if self._ticker is not None and not self._drawn and not sender.live:
+            self._draw()
 
     def conflict(self, sender, successor, detail: str):
         if successor is None:
@@ -105,16 +122,18 @@ class Reporter:
         now = self.clock.seconds()
         then, before = self._last
         if now > then:
-            self._rate = 0.7 * self._rate + 0.3 * (self.bytes - before) / (now - then) if then else 0.0
+            rate = (self.bytes - before) / (now - then)
+            self._rate = 0.7 * self._rate + 0.3 * rate if self._rate else rate
         self._last = (now, self.bytes)
-        behind = sum(1 for sender in self._backlog if not sender.live)
+        behind = [sender for sender in self._backlog if not sender.live]
         if not behind:
             if self._drawn:
                 self.stream.write("\r\x1b[K")
                 self.stream.flush()
                 self._drawn = False
             return
-        self.stream.write(f"\r\x1b[Kcatching up {behind} session(s): {self.lines:,} lines, "
-                          f"{self.bytes / 1e6:,.1f} MB, {self._rate / 1e6:,.1f} MB/s")
+        to_go = sum(sender.reader.pending_bytes() for sender in behind)
+        self.stream.write(f"\r\x1b[Kcatching up {len(behind)} session(s): {self.lines:,} lines, "
+                          f"{self.bytes / 1e6:,.1f} MB sent, {to_go / 1e6:,.1f} MB to go, {self._rate / 1e6:,.1f} MB/s")
         self.stream.flush()
         self._drawn = True

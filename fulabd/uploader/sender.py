@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import orjson
 from twisted.logger import Logger
 
 from fulabd.uploader.identity import Identity
@@ -61,6 +62,7 @@ class Sender:
         self.live = False
         self.idle = False
         self._retry = None
+        self._resync_delay = 0.0
 
     @property
     def session_id(self) -> str:
@@ -98,7 +100,7 @@ class Sender:
         if self.channel is None or self.state in (BLOCKED, STOPPED):
             return
         self.state = RESUMING
-        self.channel.send({"type": "resume", "session-id": self.session_id}, self._resumed)
+        self.channel.send(orjson.dumps({"type": "resume", "session-id": self.session_id}), self._resumed)
 
     def _resumed(self, reply: dict):
         if self.state != RESUMING:
@@ -118,7 +120,7 @@ class Sender:
         try:
             if count > 1:
                 self.reader.seek(0)
-                first = self.reader.read(self.max_frame_bytes)
+                first = self.reader.read(self._frame_bytes())
                 if not first:
                     return self._conflict(f"the file has no complete line but the server holds {count}")
                 self._send_check(first[0])
@@ -133,7 +135,7 @@ class Sender:
         self.state = STREAMING
         if count > 0:
             try:
-                lines = self.reader.read(self.max_frame_bytes)
+                lines = self.reader.read(self._frame_bytes())
             except Replaced as e:
                 return self._replaced(e)
             if not lines:
@@ -148,7 +150,7 @@ class Sender:
         while self.state == STREAMING and self.channel is not None and self.budget.available():
             try:
                 seq = self.reader.position.index
-                lines = self.reader.read(self.max_frame_bytes)
+                lines = self.reader.read(self._frame_bytes())
             except Replaced as e:
                 return self._replaced(e)
             except FileNotFoundError:
@@ -162,8 +164,8 @@ class Sender:
 
     def _send_check(self, first_line: bytes):
         """Line 0 again: the server refuses it with `conflict` if the file is not the one it holds."""
-        self.channel.send({"type": "events", "session-id": self.session_id, "seq": 0,
-                           "events": [first_line.decode("utf-8", "replace")]}, self._checked)
+        self.channel.send(orjson.dumps({"type": "events", "session-id": self.session_id, "seq": 0,
+                                        "events": [first_line.decode("utf-8", "replace")]}), self._checked)
 
     def _checked(self, reply: dict):
         if reply.get("type") != "ack" and self.state not in (BLOCKED, STOPPED):
@@ -186,12 +188,25 @@ class Sender:
             messages = [{"type": "init", "session-id": self.session_id, **self.identity.meta, "events": events}]
         else:
             messages = [{"type": "events", "session-id": self.session_id, "seq": seq, "events": events}]
+        payloads = [orjson.dumps(message) for message in messages]
+        limit = self.budget.server_limit
+        if limit is not None and max(map(len, payloads)) > limit:
+            self.state = BLOCKED
+            self.reporter.error(self, {"err": "too-large", "detail": f"line {seq} is {size - 1} bytes, over the "
+                                                                     f"server's message limit of {limit} bytes"},
+                                blocked=True)
+            return
         batch = Batch(end, len(lines), size)
         self.inflight.append(batch)
         self.budget.take(size)
-        for message in messages[:-1]:
-            self.channel.send(message, self._legacy_step)
-        self.channel.send(messages[-1], lambda reply: self._acked(batch, reply))
+        for payload in payloads[:-1]:
+            self.channel.send(payload, self._legacy_step)
+        self.channel.send(payloads[-1], lambda reply: self._acked(batch, reply))
+
+    def _frame_bytes(self) -> int:
+        """Lines per batch: ours, or less once the server said its limit (JSON escaping can double a line)."""
+        limit = self.budget.server_limit
+        return self.max_frame_bytes if limit is None else max(1, min(self.max_frame_bytes, limit // 2))
 
     def _legacy_messages(self, seq: int, events: list[str]) -> list[dict]:
         """An old server gets `init` for line 0 on, then one `event` per line (with `seq`, which new servers use)."""
@@ -223,31 +238,29 @@ class Sender:
         err = reply.get("err", "?")
         if self.state in (BLOCKED, STOPPED):
             return
+        if self.state == RESYNCING:
+            return self._settled()
         if err == "conflict":
             return self._conflict(reply.get("detail", "the server holds different lines"))
-        if err in ("too-large", "bad-event", "missing-session-id", "bad-json", "invalid-path", "unknown-type"):
+        if err in ("bad-event", "missing-session-id", "bad-json", "invalid-path", "unknown-type"):
             self.state = BLOCKED
             self.reporter.error(self, reply, blocked=True)
             return
-        self.reporter.error(self, reply, blocked=False)
+        if err != "gap":
+            self.reporter.error(self, reply, blocked=False)
         self.state = RESYNCING
-        self._settled(RETRY_SECONDS if err != "storage-full" else FULL_RETRY_SECONDS)
+        self._resync_delay = {"gap": 0, "storage-full": FULL_RETRY_SECONDS}.get(err, RETRY_SECONDS)
+        self._settled()
 
-    def _settled(self, delay: float = 0):
-        """Once nothing of this session is in flight, ask the server again where it stands."""
-        if self.inflight or self.state != RESYNCING:
+    def _settled(self):
+        """Once nothing of this session is in flight, wait a little, then ask the server where it stands."""
+        if self.inflight or self.state != RESYNCING or self._retry is not None:
             return
-        if delay:
-            self._retry = self.clock.callLater(delay, self._retry_now)
-        else:
-            self._resume()
+        self._retry = self.clock.callLater(self._resync_delay, self._retry_now)
 
     def _retry_now(self):
         self._retry = None
-        if self.state == RESYNCING and not self.inflight:
-            self._resume()
-        elif self.state == RESYNCING:
-            self._settled()
+        self._resume()
 
     def _check_live(self):
         self.idle = True
@@ -271,13 +284,15 @@ class Sender:
 
 
 class Budget:
-    """The connection's window: bytes and messages in flight, shared by all sessions."""
+    """The connection's window: bytes and messages in flight, shared by all sessions, and the server's
+    message size limit once it told us (it then closes the connection)."""
 
     def __init__(self, max_bytes: int = 8 << 20, max_batches: int = 64):
         self.max_bytes = max_bytes
         self.max_batches = max_batches
         self.bytes = 0
         self.batches = 0
+        self.server_limit: int | None = None
         self._waiting: deque[Sender] = deque()
 
     def available(self) -> bool:

@@ -75,6 +75,15 @@ class Uploads:
             self.reporter.disconnected(code, reason)
         self._check_idle()
 
+    def too_large(self, reply: dict):
+        """The server refused a message as too large and closes the connection: send smaller ones from now on."""
+        if isinstance(reply.get("limit"), int):
+            self.budget.server_limit = reply["limit"]
+            self.reporter.say(f"the server accepts messages of at most {reply['limit']} bytes; "
+                              "sending smaller batches", always=True)
+        else:
+            self.reporter.server_error(reply)
+
     # What senders report.
 
     def conflict(self, sender: Sender, detail: str):

@@ -48,6 +48,7 @@ class Watcher(Service):
         self._started_at = 0.0
         self._not_ready: set[str] = set()
         self._dirty: set[str] = set()
+        self._seen: dict[str, tuple | None] = {}
         self._observer = None
         self._poll = LoopingCall(self.poll)
         self._poll.clock = reactor
@@ -146,9 +147,17 @@ class Watcher(Service):
                     self._track(key)
 
     def poll(self):
-        """Back up file events: send any tracked file that grew, retry files without a complete line yet."""
+        """Back up file events: read any tracked file that changed, retry files without a complete line yet."""
         for path in list(self._not_ready):
             self._track(path)
-        for sender in list(self.uploads.senders.values()):
-            if sender.reader.pending_bytes() > 0:
+        for path in set(self._seen) - set(self.uploads.senders):
+            del self._seen[path]
+        for path, sender in list(self.uploads.senders.items()):
+            try:
+                status = os.stat(path)
+            except OSError:
+                status = None
+            signature = status and (status.st_ino, status.st_size, status.st_mtime_ns)
+            if signature != self._seen.get(path):
+                self._seen[path] = signature
                 sender.pump()

@@ -1,0 +1,304 @@
+"""
+The real `fulab-upload` process against the real daemon, on real files, through real faults:
+the daemon SIGKILLed and restarted, the connection cut inside a frame, the uploader itself killed.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import edn_format
+import orjson
+import pytest
+
+from fulabd.store import safe_id
+from fulabd.uploader.identity import identify
+from tests.fixtures import SAMPLES, CuttableProxy, Daemon, Uploader, make_certificates, sample_files
+
+UPLOAD = "/fulab/lab/upload/ws"
+
+
+def stored(daemon: Daemon, session_id: str) -> Path:
+    return daemon.root / f"{safe_id(session_id)}.jsonl"
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "condition"):
+    """Poll a condition on real files (the server's copy) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def size_of(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_sample_is_stored_byte_identical(daemon, tmp_path):
+    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(SAMPLES), "--backfill", "--once").start()
+    assert uploader.wait() == 0, "\n".join(uploader.output)
+    for sample in sample_files():
+        identity = identify(sample)
+        assert stored(daemon, identity.session_id).read_bytes() == sample.read_bytes(), sample
+    subagent = next(p for p in sample_files() if p.parent.name == "subagents")
+    identity = identify(subagent)
+    assert identity.session_id == f"{subagent.parent.parent.name}/{subagent.stem}"
+    meta = edn_format.loads((daemon.root / f"{safe_id(identity.session_id)}.meta.edn").read_text())
+    assert meta[edn_format.Keyword("parent-session-id")] == subagent.parent.parent.name
+    assert len(uploader.wait_for_output(r"live ")) == len(sample_files())
+
+
+def derived_lines(count: int) -> list[bytes]:
+    """Lines of the real samples, repeated, with some several-megabyte lines built from them."""
+    source = [line for sample in sample_files() for line in sample.read_bytes().split(b"\n")[:-1]]
+    lines = []
+    for index in range(count):
+        line = source[index % len(source)]
+        if index % 400 == 399:
+            line = orjson.dumps({"derived-from": index, "copies": [line.decode()] * (3_000_000 // len(line) + 1)})
+        lines.append(line)
+    return lines
+
+
+WRITER = r"""
+import sys, time
+path, source, pace = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with open(source, "rb") as lines, open(path, "ab", buffering=0) as out:
+    for index, line in enumerate(lines):
+        if index % 7 == 3:
+            cut = len(line) // 3
+            out.write(line[:cut]); time.sleep(0.01); out.write(line[cut:2 * cut]); time.sleep(0.01)
+            out.write(line[2 * cut:])
+        else:
+            out.write(line)
+        time.sleep(pace)
+"""
+
+
+def start_writer(tmp_path, target: Path, lines: list[bytes], pace: float) -> subprocess.Popen:
+    source = tmp_path / "writer-source.jsonl"
+    source.write_bytes(b"".join(line + b"\n" for line in lines))
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(source), str(pace)])
+
+
+def test_live_file_survives_server_kills_and_cut_connections(tmp_path):
+    lines = derived_lines(1600)
+    daemon = Daemon(tmp_path / "remote").start()
+    proxy = CuttableProxy(daemon.port)
+    session = tmp_path / "laptop" / "live.jsonl"
+    session.parent.mkdir()
+    session.write_bytes(b"")
+    writer = start_writer(tmp_path, session, lines, pace=0.004)
+    uploader = Uploader("--url", proxy.url + UPLOAD, "--path", str(session), "--source", "codex").start()
+    server_copy = stored(daemon, "live")
+    try:
+        for round_ in range(3):
+            wait_until(lambda: size_of(server_copy) > (round_ + 1) * 1_500_000, what="server progress")
+            daemon.restart(kill=True)
+            wait_until(lambda: size_of(server_copy) > (round_ + 1) * 1_500_000 + 500_000, what="progress")
+            proxy.cut_after(300_000)
+            wait_until(lambda: proxy.cuts == round_ + 1, what="a cut inside a frame")
+        assert writer.wait(120) == 0
+        expected = b"".join(line + b"\n" for line in lines)
+        assert session.read_bytes() == expected
+        wait_until(lambda: size_of(server_copy) >= len(expected), timeout=90, what="the whole file on the server")
+        assert sha256(server_copy) == sha256(session)
+        assert uploader.terminate() == 0
+    finally:
+        writer.kill()
+        uploader.kill()
+        proxy.close()
+        daemon.stop()
+
+
+def test_uploader_killed_mid_file_resumes_without_duplicates(daemon, tmp_path):
+    session = tmp_path / "big.jsonl"
+    with open(session, "wb") as out:
+        for line in derived_lines(8000):
+            out.write(line + b"\n")
+    args = ("--url", daemon.url + UPLOAD, "--path", str(session), "--source", "claude", "--once")
+    first = Uploader(*args).start()
+    server_copy = stored(daemon, identify(session, "claude").session_id)
+    wait_until(lambda: size_of(server_copy) > 3_000_000, what="part of the file on the server")
+    first.kill()
+    assert 0 < size_of(server_copy) < session.stat().st_size
+    killed_at = size_of(server_copy)
+    second = Uploader(*args).start()
+    wait_until(lambda: size_of(server_copy) > killed_at + 3_000_000, what="more of the file on the server")
+    assert second.terminate() == 0, "\n".join(second.output)
+    held = server_copy.read_bytes()
+    assert held.endswith(b"\n") and session.read_bytes().startswith(held) and len(held) < session.stat().st_size
+    third = Uploader(*args).start()
+    assert third.wait() == 0, "\n".join(third.output)
+    assert sha256(server_copy) == sha256(session)
+    again = Uploader(*args).start()
+    assert again.wait() == 0
+    assert sha256(server_copy) == sha256(session)
+
+
+@pytest.mark.parametrize("notice", ["events", "poll"])
+def test_watch_finds_new_files_subagents_and_uploads_a_rewritten_file_as_a_new_generation(daemon, tmp_path, notice):
+    codex = tmp_path / "home" / ".codex" / "sessions"
+    claude = tmp_path / "home" / ".claude" / "projects"
+    codex.mkdir(parents=True)
+    claude.mkdir(parents=True)
+    old_sample = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "1af7fc5e-8455-4414-9ccd-011d40f70b2a.jsonl"
+    old = claude / "-path-to-Demo" / old_sample.name
+    old.parent.mkdir()
+    old.write_bytes(old_sample.read_bytes())
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(codex), "--watch", str(claude),
+                        *(["--poll"] if notice == "poll" else [])).start()
+    uploader.wait_for_output("connected; resuming 0 session")
+
+    rollout_sample = next(p for p in sample_files() if "rollout-" in p.name)
+    rollout = codex / "2026" / "06" / "05" / rollout_sample.name
+    rollout.parent.mkdir(parents=True)
+    rollout.write_bytes(rollout_sample.read_bytes())
+    layout = SAMPLES / "claude" / "curated-not-real" / "subagent-layout"
+    project = claude / "-tmp"
+    shutil.copytree(layout, project)
+    parent_id = "0a1b2c3d-4e5f-4061-8071-2a3b4c5d6e7f"
+    subagent_id = f"{parent_id}/agent-a0ad4f44468bdf20d"
+    for session_id in (identify(rollout).session_id, parent_id, subagent_id):
+        uploader.wait_for_output(f"live {session_id} ")
+    assert stored(daemon, identify(rollout).session_id).read_bytes() == rollout_sample.read_bytes()
+    assert stored(daemon, subagent_id).read_bytes() == (layout / parent_id / "subagents" /
+                                                        "agent-a0ad4f44468bdf20d.jsonl").read_bytes()
+
+    assert not stored(daemon, old.stem).exists(), "a file older than --active-minutes was uploaded"
+    with open(old, "ab") as out:
+        out.write(b'{"type":"summary","summary":"appended later","leafUuid":"x"}\n')
+    uploader.wait_for_output(f"live {old.stem} ")
+    assert stored(daemon, old.stem).read_bytes() == old.read_bytes()
+
+    rewritten = b"".join(line + b"\n" for line in rollout_sample.read_bytes().split(b"\n")[:3])
+    rewritten += b'{"type":"event_msg","payload":{"type":"agent_message","message":"rewritten"}}\n'
+    rollout.write_bytes(rewritten)
+    uploader.wait_for_output(r"conflict in .*~g2")
+    generation = identify(rollout).session_id + "~g2"
+    wait_until(lambda: stored(daemon, generation).exists() and
+               stored(daemon, generation).read_bytes() == rewritten, what="the new generation")
+    assert stored(daemon, identify(rollout).session_id).read_bytes() == rollout_sample.read_bytes()
+    assert uploader.terminate() == 0
+
+
+def test_par_is_sent_with_the_token(daemon, tmp_path):
+    proxy = CuttableProxy(daemon.port)
+    par = tmp_path / "par.edn"
+    par.write_text('{:title "Uploader" :tags [:upload :test] :questions {:intention "ship" :happening "tests" '
+                   ':perspectives "laptop" :learned "resume" :forward "merge"}}')
+    try:
+        uploader = Uploader("par", "--url", proxy.url + UPLOAD, "--session", "s1", "--file", str(par),
+                            "--token", "sekrit").start()
+        assert uploader.wait() == 0, "\n".join(uploader.output)
+    finally:
+        proxy.close()
+    assert b"authorization: bearer sekrit" in proxy.requests[0].lower()
+    stored_pars = edn_format.loads((daemon.root / "s1.par.edn").read_text())
+    assert stored_pars[0][edn_format.Keyword("title")] == "Uploader"
+
+
+def test_tls_verifies_the_server_certificate(tmp_path):
+    certificates = make_certificates(tmp_path / "certs")
+    # A long restart interval: the daemon's self-probe speaks plain WebSocket, not TLS.
+    daemon = Daemon(tmp_path / "remote", "--restart-interval", "3600",
+                    port=f"ssl:0:interface=127.0.0.1:privateKey={certificates['key']}:certKey={certificates['cert']}")
+    daemon.start()
+    session = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "5c0375b4-57a5-4f26-b12d-d022ee4e51b7.jsonl"
+    url = f"wss://localhost:{daemon.port}{UPLOAD}"
+    try:
+        untrusted = Uploader("--url", url, "--path", str(session), "--once").start()
+        untrusted.wait_for_output("certificate verify failed.*pass --cafile")
+        assert untrusted.terminate() == 0
+        assert not stored(daemon, session.stem).exists()
+        trusted = Uploader("--url", url, "--path", str(session), "--once", "--cafile", str(certificates["ca"])).start()
+        assert trusted.wait() == 0, "\n".join(trusted.output)
+        assert stored(daemon, session.stem).read_bytes() == session.read_bytes()
+    finally:
+        daemon.stop()
+
+
+def test_a_line_over_the_server_limit_is_reported_and_the_rest_goes_in_smaller_batches(tmp_path):
+    daemon = Daemon(tmp_path / "remote", "--max-message-size", "200000").start()
+    session = tmp_path / "limited.jsonl"
+    derived = derived_lines(1200)
+    lines = [line for line in derived if len(line) < 60_000]
+    huge = next(line for line in derived if len(line) > 1_000_000)
+    session.write_bytes(b"".join(line + b"\n" for line in lines + [huge, lines[0]]))
+    try:
+        uploader = Uploader("--url", daemon.url + UPLOAD, "--path", str(session), "--source", "claude").start()
+        uploader.wait_for_output(r"server refused .*too-large.*raise the server's --max-message-size")
+        server_copy = stored(daemon, identify(session, "claude").session_id)
+        wait_until(lambda: size_of(server_copy) == sum(len(line) + 1 for line in lines), what="all lines but the huge")
+        assert server_copy.read_bytes() == b"".join(line + b"\n" for line in lines)
+        assert uploader.terminate() == 0
+    finally:
+        daemon.stop()
+
+
+def test_a_dead_link_is_noticed_by_pings_and_the_upload_goes_on(daemon, tmp_path):
+    proxy = CuttableProxy(daemon.port)
+    session = tmp_path / "quiet.jsonl"
+    lines = derived_lines(300)
+    session.write_bytes(b"".join(line + b"\n" for line in lines[:100]))
+    uploader = Uploader("--url", proxy.url + UPLOAD, "--path", str(session), "--source", "codex",
+                        "--ping-interval", "1").start()
+    try:
+        uploader.wait_for_output("live quiet ")
+        proxy.freeze()
+        with open(session, "ab") as out:
+            out.write(b"".join(line + b"\n" for line in lines[100:]))
+        uploader.wait_for_output("connection lost")
+        wait_until(lambda: stored(daemon, "quiet").read_bytes() == session.read_bytes(), what="the lines after")
+        assert uploader.terminate() == 0
+    finally:
+        uploader.kill()
+        proxy.close()
+
+
+def run_in_terminal(*args: str) -> tuple[int, str]:
+    """`fulab-upload` with a pseudo-terminal as its stdout and stderr: what a user at a terminal sees."""
+    import os
+    import pty
+
+    from tests.fixtures import REPO
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen([sys.executable, str(REPO / "bin" / "fulab-upload"), *args], stdout=slave,
+                               stderr=slave, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    os.close(slave)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(master)
+    return process.wait(60), output.decode("utf-8", "replace")
+
+
+def test_progress_bar_on_a_terminal_only(daemon, tmp_path):
+    session = tmp_path / "backlog.jsonl"
+    session.write_bytes(b"".join(line + b"\n" for line in derived_lines(2000)))
+    args = ("--url", daemon.url + UPLOAD, "--path", str(session), "--source", "claude", "--once")
+    code, output = run_in_terminal(*args)
+    assert code == 0, output
+    assert "catching up 1 session(s):" in output and "MB to go" in output
+    assert "live " in output and "done: 2,000 lines" in output
+    piped = Uploader(*args).start()
+    assert piped.wait() == 0
+    assert not any("catching up" in line for line in piped.output)
