@@ -196,3 +196,8 @@ def test_inline_par_lines():
     sidecar_shaped = events.normalize(orjson.dumps({"type": "par"} | SIDECAR_PAR), 0)
     assert sidecar_shaped["text"] == events.par_event(SIDECAR_PAR, 0)["text"]
     assert sidecar_shaped["par-id"] == SIDECAR_PAR["id"]
+
+
+def test_the_samples_are_there():
+    """Every sample-driven test here would pass vacuously without them."""
+    assert len(sample_files()) >= 9
