@@ -235,3 +235,15 @@ def test_raw_streams_the_stored_lines_and_status_counts_viewers(daemon):
     assert head["raw"] is True
     assert [event["raw"] for event in history] == lines
     assert [event["line"] for event in history] == list(range(len(lines)))
+
+
+def test_pars_and_metadata_survive_a_restart(daemon):
+    lines = sample_lines(sample(CODEX_REAL))
+    listed = store(daemon, "kept", lines, [PAR_A])
+    daemon.restart()
+    with viewer(daemon, path=listed) as ws:
+        head, history, _ = read_history(ws)
+    assert (head["session-id"], head["par-count"]) == ("kept", 1)
+    assert [event["par-id"] for event in history if event["type"] == "par"] == ["par-a"]
+    with uploader(daemon) as up:
+        assert call(up, {"type": "par", "session-id": "kept", "par": PAR_B})["pars"] == 2
