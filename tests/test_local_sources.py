@@ -6,9 +6,7 @@ uploads, streamed, and followed live as agents append, partial lines included.
 import shutil
 
 import edn_format
-import orjson
 import pytest
-from websockets.sync.client import connect
 
 from tests.fixtures import SAMPLES, Daemon, get_json, sample_files
 from tests.test_stream_e2e import line_indexes, read_history, receive, refusal, store, viewer
@@ -54,7 +52,7 @@ def test_local_sessions_are_listed_with_their_source_and_id(local):
                 "claude", str(path), path.read_bytes().count(b"\n"))
         assert "0a1b2c3d-4e5f-4061-8071-2a3b4c5d6e7f" in entries
         assert not [entry for entry in entries.values() if "/subagents/" in entry["path"]]
-        assert entries["uploaded"]["source"] is None or entries["uploaded"]["path"].startswith(str(local.root))
+        assert entries["uploaded"]["path"] == str(local.root / "uploaded.jsonl")
 
 
 def test_local_session_streams_and_follows_appends_holding_partial_lines(local):
