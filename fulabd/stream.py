@@ -55,6 +55,7 @@ class StreamProtocol(WebSocketServerProtocol):
         self._next_par = 0
         self._pending: deque[bytes] = deque()   # encoded events read from the source, not yet sent
         self._paging = True
+        self._history_ended = False
         self._paused = False
         self._scheduled = None
         self._raw = False
@@ -145,8 +146,10 @@ class StreamProtocol(WebSocketServerProtocol):
         while self._paging and not self._paused and self.state == self.STATE_OPEN:
             if not self._fill():
                 self._paging = False
-                self._send(orjson.dumps({"type": "history-end", "line-count": self._next_line,
-                                         "par-count": self._next_par}))
+                if not self._history_ended:
+                    self._history_ended = True
+                    self._send(orjson.dumps({"type": "history-end", "line-count": self._next_line,
+                                             "par-count": self._next_par}))
                 return
             encoded = self._pending.popleft()
             self._send(b'{"type":"event","event":' + encoded + b"}")

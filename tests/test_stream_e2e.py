@@ -166,6 +166,19 @@ def test_lines_stored_while_history_is_paging_are_sent_once(daemon):
     assert line_indexes(history) == list(range(len(lines)))
 
 
+def test_a_live_viewer_that_falls_behind_is_caught_up_from_disk(daemon):
+    lines = sample_lines(sample(CLAUDE_REAL)) * 16  # derived: 12 MB arriving in one message
+    store(daemon, "burst", lines[:10])
+    with viewer(daemon, "/fulab/lab/stream/ws", sock=slow_socket(daemon), session="burst") as ws, \
+            uploader(daemon) as up:
+        read_history(ws)
+        assert call(up, {"type": "events", "session-id": "burst", "seq": 10, "events": lines[10:]})["count"] == len(lines)
+        live = [receive(ws)["event"] for _ in range(len(lines) - 10)]
+        call(up, {"type": "par", "session-id": "burst", "par": PAR_A})
+        assert receive(ws)["event"]["par-id"] == "par-a"  # and no second history-end before it
+    assert line_indexes(live) == list(range(10, len(lines)))
+
+
 def test_reconnecting_with_offset_loses_and_repeats_nothing(daemon):
     lines = sample_lines(sample(CLAUDE_REAL)) * 8
     listed = store(daemon, "again", lines[:3000], [PAR_A])
