@@ -49,6 +49,7 @@ class StreamProtocol(WebSocketServerProtocol):
     def __init__(self):
         super().__init__()
         self._found = None
+        self._requested = None
         self._session = None
         self._source = None
         self._next_line = 0
@@ -118,6 +119,8 @@ class StreamProtocol(WebSocketServerProtocol):
             if self._next_line < session.count:
                 lines = self._source.read_lines(session, self._next_line, session.count - self._next_line,
                                                 READ_BYTES)
+                if not lines:  # a local file rewritten under us: nothing more to read from it
+                    return False
                 for raw in lines:
                     self._queue(self._event(raw, self._next_line))
                     self._next_line += 1
