@@ -108,7 +108,7 @@ def test_history_is_paged_in_bounded_frames(daemon):
 def test_offset_and_par_offset_send_only_what_the_viewer_lacks(daemon):
     lines = sample_lines(sample(CODEX_REAL))
     listed = store(daemon, "c", lines, [PAR_A, PAR_B])
-    with viewer(daemon, path=listed, offset=4, par_offset=1) as ws:
+    with viewer(daemon, "/fulab/lab/", path=listed, offset=4, par_offset=1) as ws:  # the old lab ignored the URL path
         head, history, end = read_history(ws)
     assert (head["type"], head["offset"], head["par-count"], head["new-par-count"]) == ("delta", 4, 2, 1)
     assert line_indexes(history) == expected_lines(lines, 4)
