@@ -5,6 +5,7 @@ EDN files as the old Clojure lab reads them: maps with keyword keys, written ato
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import edn_format
@@ -34,11 +35,9 @@ def from_edn(value: Any) -> Any:
     """EDN data back to plain Python: keywords become their names (without `:`)."""
     if isinstance(value, Keyword):
         return value.name
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {from_edn(key): from_edn(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [from_edn(item) for item in value]
-    if isinstance(value, (set, frozenset)):
+    if isinstance(value, (Sequence, Set)) and not isinstance(value, (str, bytes)):
         return [from_edn(item) for item in value]
     return value
 
