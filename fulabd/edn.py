@@ -66,6 +66,26 @@ def write_atomically(path: str, data: bytes) -> None:
     fsync_directory(directory)
 
 
+def write_all_atomically(files: list[tuple[str, bytes]]) -> list[OSError | None]:
+    """`write_atomically` for many files, with one directory fsync per folder; one error (or None) per file."""
+    errors, directories = [], set()
+    for path, data in files:
+        try:
+            temporary = f"{path}.tmp"
+            with open(temporary, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+            directories.add(os.path.dirname(path) or ".")
+            errors.append(None)
+        except OSError as e:
+            errors.append(e)
+    for directory in directories:
+        fsync_directory(directory)
+    return errors
+
+
 def fsync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
