@@ -446,7 +446,8 @@ class SessionStore(service.Service):
         self._committing = False
         for job, error in zip(batch, errors):
             session = job.session
-            session._meta_writing = False
+            if job.meta is not None:
+                session._meta_writing = False
             if error is None:
                 first = session.count
                 session.count, session.size = job.lines, job.size
