@@ -16,8 +16,10 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = next((folder for folder in (REPO.parent / "shared" / "samples", REPO.parent.parent / "shared" / "samples")
-                if any(folder.rglob("*.jsonl"))), REPO.parent / "shared" / "samples")
+# `shared/samples` beside the clone, or beside a parent folder (git worktrees live one level deeper)
+SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents
+                if (folder / "shared" / "samples" / "SOURCES.md").is_file()),
+               REPO.parent / "shared" / "samples")
 LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
 
 
