@@ -15,6 +15,9 @@ import orjson
 MAX_STRING = 64 * 1024         # characters kept of any one string in an event
 MAX_EVENT_BYTES = 256 * 1024   # an event encoding larger than this is clipped harder
 SMALL_STRING = 2 * 1024
+# An event holds at most two copies of its line's text (a first block and `blocks`), each at most twice as
+# long once re-escaped, so an event from a line this short is already within both limits above.
+SMALL_LINE = 16 * 1024
 BULKY_FIELDS = ("data", "input", "content", "blocks", "questions", "text")  # previewed when still too large
 
 # Codex event_msg payload types that duplicate a response_item line: skipped.
@@ -45,7 +48,8 @@ def normalize(raw: bytes, index: int) -> dict | None:
     timestamp = value.get("timestamp")
     if not isinstance(timestamp, str):
         timestamp = (value.get("payload") or {}).get("timestamp") if isinstance(value.get("payload"), dict) else None
-    return bounded({"line": index, "timestamp": timestamp if isinstance(timestamp, str) else None} | event)
+    event = {"line": index, "timestamp": timestamp if isinstance(timestamp, str) else None} | event
+    return event if len(raw) <= SMALL_LINE else bounded(event)
 
 
 def _recognise(line: dict) -> dict | None:
