@@ -28,8 +28,7 @@ CODEX_TOOL_CALLS = frozenset({"function_call", "custom_tool_call", "local_shell_
 CODEX_TOOL_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output", "tool_search_output"})
 CODEX_ROLES = {"user": "user", "assistant": "assistant", "developer": "system", "system": "system"}
 # Text a Codex user-role message carries when the CLI injects context rather than the person typing.
-INJECTED_PREFIXES = ("<environment_context>", "<user_instructions>", "# AGENTS.md", "<INSTRUCTIONS>",
-                     "<permissions instructions>")
+INJECTED_PREFIXES = ("<environment_context>", "<user_instructions>", "# AGENTS.md", "<INSTRUCTIONS>")
 PAR_QUESTIONS = ("intention", "happening", "perspectives", "learned", "forward")
 
 
@@ -88,9 +87,9 @@ def _codex_item(item: dict) -> dict | None:
     if kind == "message":
         role = item.get("role")
         text = _text(item.get("content"))
-        event = {"type": CODEX_ROLES.get(role, "system" if role is None else str(role)), "text": text}
-        if event["type"] not in ("user", "assistant", "system"):
-            event = {"type": "system", "text": text, "role": role}
+        event = {"type": CODEX_ROLES.get(role, "system"), "text": text}
+        if role is not None and role not in CODEX_ROLES:
+            event["role"] = role
         if role == "user" and text.lstrip().startswith(INJECTED_PREFIXES):
             event["injected"] = True
         return event
