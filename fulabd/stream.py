@@ -14,9 +14,9 @@ from collections import deque
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from fulabd import events, messages
 from fulabd.messages import INVALID_PATH
@@ -49,12 +49,14 @@ class StreamProtocol(WebSocketServerProtocol):
     def __init__(self):
         super().__init__()
         self._found = None
+        self._requested = None
         self._session = None
         self._source = None
         self._next_line = 0
         self._next_par = 0
         self._pending: deque[bytes] = deque()   # encoded events read from the source, not yet sent
         self._paging = True
+        self._history_ended = False
         self._paused = False
         self._scheduled = None
         self._raw = False
@@ -117,6 +119,8 @@ class StreamProtocol(WebSocketServerProtocol):
             if self._next_line < session.count:
                 lines = self._source.read_lines(session, self._next_line, session.count - self._next_line,
                                                 READ_BYTES)
+                if not lines:  # a local file rewritten under us: nothing more to read from it
+                    return False
                 for raw in lines:
                     self._queue(self._event(raw, self._next_line))
                     self._next_line += 1
@@ -145,8 +149,10 @@ class StreamProtocol(WebSocketServerProtocol):
         while self._paging and not self._paused and self.state == self.STATE_OPEN:
             if not self._fill():
                 self._paging = False
-                self._send(orjson.dumps({"type": "history-end", "line-count": self._next_line,
-                                         "par-count": self._next_par}))
+                if not self._history_ended:
+                    self._history_ended = True
+                    self._send(orjson.dumps({"type": "history-end", "line-count": self._next_line,
+                                             "par-count": self._next_par}))
                 return
             encoded = self._pending.popleft()
             self._send(b'{"type":"event","event":' + encoded + b"}")
@@ -176,6 +182,9 @@ class StreamProtocol(WebSocketServerProtocol):
         for index, raw in enumerate(lines, first):
             if index < self._next_line:
                 continue
+            if self._paused:  # the socket filled up mid-batch: the rest is read from the source later
+                self._page_again()
+                return
             self._next_line = index + 1
             event = self._event(raw, index)
             if event is not None:
