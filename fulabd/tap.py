@@ -12,8 +12,10 @@ from twisted.python import usage
 
 import fulabd
 from fulabd import pars, supervisor, web
+from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
 from fulabd.store import SessionStore
+from fulabd.stream import StreamFactory
 from fulabd.upload import UploadFactory
 
 MiB = 1024 * 1024
@@ -63,12 +65,15 @@ def makeService(config, reactor=None) -> service.MultiService:
     store = SessionStore(config["root"], clock=reactor, hub=hub)
     store.setServiceParent(parent)
 
+    catalog = Catalog([StoreSource(store)])
+
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
                             peer_of=lambda request, transport: request.peer, reactor=reactor)
-    for factory in (uploads,):
+    stream = StreamFactory(catalog, hub, clock=reactor, reactor=reactor)
+    for factory in (uploads, stream):
         factory.setProtocolOptions(autoPingInterval=config["ping-interval"], autoPingTimeout=config["ping-timeout"],
                                    openHandshakeTimeout=config["handshake-timeout"])
-    dispatch = web.WebSocketDispatch(uploads)
+    dispatch = web.WebSocketDispatch(uploads, stream)
 
     listeners = []
     for description in config["endpoints"]:
@@ -82,12 +87,12 @@ def makeService(config, reactor=None) -> service.MultiService:
         ports = [listener.describe() for listener in listeners]
         return {"running": any(port["listening"] for port in ports),
                 "port": next((port["port"] for port in ports if port["port"] is not None), None),
-                "clients": len(uploads.connections), "uploads": len(uploads.connections),
-                "viewers": 0, "sessions": len(store.sessions()),
+                "clients": len(uploads.connections) + len(stream.viewers), "uploads": len(uploads.connections),
+                "viewers": len(stream.viewers), "sessions": len(store.sessions()),
                 "restarts": sum(port["restarts"] for port in ports),
                 "uptime": round(reactor.seconds() - started, 3), "version": fulabd.__version__,
                 "root": store.root, "listeners": ports}
 
-    web.build_tree(dispatch, store.sessions, reactor, config["active-window"], status,
+    web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
                    session_child=lambda name: pars.session_child(store, name))
     return parent

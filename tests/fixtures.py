@@ -16,9 +16,9 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-# `shared/samples` next to the checkout (or next to a parent folder, for worktrees under /work/wt/).
-SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents
-                if (folder / "shared" / "samples").is_dir()), REPO.parent / "shared" / "samples")
+# `shared/samples` beside the clone, or beside a parent folder (git worktrees live one level deeper)
+SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents if (folder / "shared" / "samples").is_dir()),
+               REPO.parent / "shared" / "samples")
 LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
 
 
