@@ -301,12 +301,17 @@ function receive(frame) {
       view.retry = 0;
       setConn("up", "live");
       for (const event of frame.events || []) accept(event);
-      if ((frame["line-count"] ?? 0) === 0) $("events-empty").hidden = view.events.length > 0;
       schedule();
       break;
     case "event":
       accept(frame.event);
       schedule();
+      break;
+    case "history-end":
+      // Lines skipped at the end (duplicates the server leaves out) are not asked for again.
+      view.nextLine = Math.max(view.nextLine, frame["line-count"] ?? 0);
+      view.parCount = Math.max(view.parCount, frame["par-count"] ?? 0);
+      $("events-empty").hidden = view.events.length > 0;
       break;
     case "error":
       view.lastError = frame.detail || frame.err;
@@ -319,18 +324,19 @@ function receive(frame) {
 // Take one event from the server; anything already held (after a reconnect) is dropped.
 function accept(event) {
   if (!event || typeof event !== "object") return;
+  if (typeof event.line === "number") {
+    if (event.line < view.nextLine) return;
+    view.nextLine = event.line + 1;
+  }
   if (event.type === "par") {
-    view.parCount += 1;
-    const id = event["par-id"] || `${view.parCount}`;
+    if (typeof event["par-index"] === "number") view.parCount = Math.max(view.parCount, event["par-index"] + 1);
+    const id = event["par-id"] || `line-${event.line}-${event["par-index"]}`;
     if (!view.parIds.has(id)) {
       view.parIds.add(id);
       addPar(event);
     }
-    return;
+    if (typeof event.line !== "number") return;
   }
-  const line = typeof event.line === "number" ? event.line : view.nextLine;
-  if (line < view.nextLine) return;
-  view.nextLine = line + 1;
   view.events.push(event);
 }
 
@@ -419,42 +425,69 @@ function scrollToEnd() {
 
 const LABELS = {
   user: "User", assistant: "Assistant", system: "System", summary: "Compaction summary",
-  reasoning: "Reasoning", tool_use: "Tool call", tool_result: "Tool result", raw: "Other",
+  reasoning: "Reasoning", tool_use: "Tool call", tool_result: "Tool result", par: "PAR", raw: "Other",
 };
 
 function renderEvent(event) {
   const type = LABELS[event.type] ? event.type : "raw";
   const node = el("article", `event ev-${type}`);
+  if (event.injected || event.meta) node.classList.add("injected");
   node.dataset.line = event.line;
   const head = el("div", "ev-head");
-  head.append(el("span", "ev-type", LABELS[type]));
+  head.append(el("span", "ev-type", type === "raw" && event.kind ? event.kind : LABELS[type]));
   if (type === "tool_use" && event["tool-name"]) head.append(el("span", "tool-name", event["tool-name"]));
+  if (event["is-error"]) head.append(el("span", "flag error", "error"));
+  if (event.sidechain) head.append(el("span", "flag", "sub-agent"));
+  if (event.injected) head.append(el("span", "flag", "injected"));
+  if (event.truncated) head.append(el("span", "flag", "cut by the server"));
   const when = el("span", "ev-when", `#${event.line}  ${clock(event.timestamp)}`);
   when.title = event.timestamp || "";
   head.append(when);
   node.append(head);
-
-  if (type === "tool_use") {
-    const input = asText(event.input);
-    node.append(details([el("span", "preview", firstLine(inputPreview(event.input) || input, 160))], input));
-  } else if (type === "tool_result") {
-    const content = asText(event.content);
-    const size = content.length > 200 ? ` · ${content.length.toLocaleString()} characters` : "";
-    node.append(details([el("span", "preview", firstLine(content, 160) || "(empty)"), el("span", "dim", size)],
-      content));
-  } else if (type === "raw") {
-    const raw = event.raw !== undefined ? asText(event.raw) : JSON.stringify(event);
-    const kind = event["line-type"] || event.kind || "";
-    node.append(details([el("span", "preview", kind || firstLine(raw, 120))], raw));
-  } else {
-    node.append(foldable(asText(event.text), "body"));
+  const blocks = Array.isArray(event.blocks) && event.blocks.length > 1 ? event.blocks : [event];
+  for (const block of blocks) {
+    if (blocks.length > 1 && block.type !== event.type) {
+      const label = el("div", `block-label ev-${block.type}`, LABELS[block.type] || block.type);
+      if (block["tool-name"]) label.append(el("span", "tool-name", block["tool-name"]));
+      node.append(label);
+    }
+    node.append(renderBody(block, type === "raw" ? "raw" : block.type));
   }
   return node;
 }
 
+function renderBody(event, type) {
+  if (type === "tool_use") {
+    const input = prettyInput(event.input);
+    return details([el("span", "preview", firstLine(inputPreview(event.input) || input, 160) || "(no input)")], input);
+  }
+  if (type === "tool_result") {
+    const content = asText(event.content);
+    const size = content.length > 200 ? ` · ${content.length.toLocaleString()} characters` : "";
+    return details([el("span", "preview", firstLine(content, 160) || "(empty)"), el("span", "dim", size)], content);
+  }
+  if (type === "raw") {
+    const raw = event.data !== undefined ? JSON.stringify(event.data, null, 2) : asText(event.text);
+    return details([el("span", "preview", firstLine(event.data !== undefined ? JSON.stringify(event.data) : raw, 140))],
+      raw);
+  }
+  return foldable(asText(event.text), "body");
+}
+
+// A tool call's input as readable JSON (Codex sends its arguments as a JSON string).
+function prettyInput(input) {
+  if (typeof input === "string") {
+    try { return JSON.stringify(JSON.parse(input), null, 2); } catch (error) { return input; }
+  }
+  return asText(input);
+}
+
 // The most telling part of a tool call's input, for its one-line summary.
 function inputPreview(input) {
-  if (!input || typeof input !== "object") return typeof input === "string" ? input : "";
+  if (typeof input === "string") {
+    try { input = JSON.parse(input); } catch (error) { return input; }
+  }
+  if (!input || typeof input !== "object") return "";
   for (const key of ["command", "cmd", "file_path", "path", "pattern", "url", "query", "description", "prompt"]) {
     const value = input[key];
     if (typeof value === "string" && value) return value;
