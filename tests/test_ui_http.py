@@ -126,3 +126,16 @@ def test_an_oversized_body_and_an_unknown_session_are_refused(daemon, claude_ses
     assert status == 404 and reply["err"] == "unknown-session" and "/fulab/lab/sessions" in reply["detail"]
     assert not (daemon.root / f"{claude_session['id']}.par.edn").exists()
     assert not (daemon.root / "no-such-session.par.edn").exists()
+
+
+def test_a_posted_par_reaches_an_open_viewer_live(daemon, claude_session):
+    with connect(f"{daemon.url}/fulab/lab/stream/ws?session={quote(claude_session['id'])}", max_size=None) as viewer:
+        frame = orjson.loads(viewer.recv(timeout=30))
+        assert frame["type"] == "init" and frame["par-count"] == 0
+        while frame.get("type") != "history-end":
+            frame = orjson.loads(viewer.recv(timeout=30))
+        status, reply = post(daemon, claude_session["id"], {"title": "Live", "tags": ["ui"], "questions": QUESTIONS})
+        assert status == 201
+        event = orjson.loads(viewer.recv(timeout=30))["event"]
+    assert (event["type"], event["par-id"], event["title"], event["tags"]) == ("par", reply["par"]["id"], "Live", ["ui"])
+    assert event["questions"] == QUESTIONS and event["par-index"] == 0
