@@ -200,6 +200,9 @@ const view = {
   retry: 0,
   retryTimer: null,
   connected: false,
+  loading: false,      // history pages are still arriving
+  historyEnd: 0,       // the session's line count when this connection opened
+  shownPercent: null,
 };
 
 function showSession(id) {
@@ -299,15 +302,21 @@ function receive(frame) {
     case "delta":
       view.connected = true;
       view.retry = 0;
-      setConn("up", "live");
+      view.historyEnd = frame["line-count"] ?? 0;
+      view.loading = Boolean(frame.more);
+      view.shownPercent = null;
       for (const event of frame.events || []) accept(event);
+      showProgress();
       schedule();
       break;
     case "event":
       accept(frame.event);
+      if (view.loading) showProgress();
       schedule();
       break;
     case "history-end":
+      view.loading = false;
+      showProgress();
       // Lines skipped at the end (duplicates the server leaves out) are not asked for again.
       view.nextLine = Math.max(view.nextLine, frame["line-count"] ?? 0);
       view.parCount = Math.max(view.parCount, frame["par-count"] ?? 0);
@@ -319,6 +328,16 @@ function receive(frame) {
     default:
       break;
   }
+}
+
+function showProgress() {
+  if (!view.loading || view.historyEnd <= 0) {
+    setConn("up", "live");
+    return;
+  }
+  const percent = Math.min(99, Math.floor((100 * view.nextLine) / view.historyEnd));
+  if (percent !== view.shownPercent) setConn("connecting", `loading history ${percent}%`);
+  view.shownPercent = percent;
 }
 
 // Take one event from the server; anything already held (after a reconnect) is dropped.
@@ -459,7 +478,7 @@ function renderEvent(event) {
 function renderBody(event, type) {
   if (type === "tool_use") {
     const input = prettyInput(event.input);
-    return details([el("span", "preview", firstLine(inputPreview(event.input) || input, 160) || "(no input)")], input);
+    return details([el("span", "preview", firstLine(inputPreview(event.input), 160) || "(no input)")], input);
   }
   if (type === "tool_result") {
     const content = asText(event.content);
@@ -487,13 +506,13 @@ function inputPreview(input) {
   if (typeof input === "string") {
     try { input = JSON.parse(input); } catch (error) { return input; }
   }
-  if (!input || typeof input !== "object") return "";
+  if (!input || typeof input !== "object") return input === undefined || input === null ? "" : String(input);
   for (const key of ["command", "cmd", "file_path", "path", "pattern", "url", "query", "description", "prompt"]) {
     const value = input[key];
     if (typeof value === "string" && value) return value;
     if (Array.isArray(value) && value.length) return value.join(" ");
   }
-  return "";
+  return JSON.stringify(input);
 }
 
 // -- PARs ----------------------------------------------------------------------
