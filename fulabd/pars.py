@@ -129,26 +129,30 @@ class SessionPars(resource.Resource):
             par = par_from_body(body)
         except BadPar as e:
             return error(request, 400, "bad-par", str(e))
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
         self.store.add_par(self.session.session_id, par).addCallbacks(
-            self._stored, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+            self._stored, self._failed, callbackArgs=(request, gone), errbackArgs=(request, gone))
         return server.NOT_DONE_YET
 
-    def _stored(self, result, request):
+    def _stored(self, result, request, gone):
         index, par, added = result
-        self._log.info("session {safe_id}: PAR {par_id} written from {peer}", safe_id=self.session.safe_id,
-                       par_id=par["id"], peer=request.getClientAddress().host if request.getClientAddress() else None)
-        self._finish(request, 201 if added else 200, {"ok": True, "par": par, "index": index, "dedup": not added})
+        self._log.info("session {safe_id}: PAR {par_id} written over HTTP", safe_id=self.session.safe_id,
+                       par_id=par["id"])
+        self._finish(request, gone, 201 if added else 200,
+                     {"ok": True, "par": par, "index": index, "dedup": not added})
 
-    def _failed(self, failure, request):
+    def _failed(self, failure, request, gone):
         if failure.check(ProtocolError):
-            self._finish(request, 503, {"ok": False, "err": failure.value.code, "detail": failure.value.detail})
+            self._finish(request, gone, 503, {"ok": False, "err": failure.value.code, "detail": failure.value.detail})
             return
         self._log.failure("storing a PAR failed", failure)
-        self._finish(request, 500, {"ok": False, "err": "storage-failed",
-                                    "detail": "the server could not store the PAR; try again"})
+        self._finish(request, gone, 500, {"ok": False, "err": "storage-failed",
+                                          "detail": "the server could not store the PAR; try again"})
 
-    def _finish(self, request, code: int, data: dict):
-        if request._disconnected:
+    def _finish(self, request, gone: list, code: int, data: dict):
+        """Answer, unless the client has gone (the PAR is stored either way)."""
+        if gone:
             return
         request.write(render_data(request, data, code))
         request.finish()

@@ -43,10 +43,6 @@ class StaticFile(resource.Resource):
             return b""
         return self.body
 
-    def render_HEAD(self, request):
-        self.render_GET(request)
-        return b""
-
 
 class Lab(resource.Resource):
     """The `/fulab/lab/` folder.  Without the slash it redirects, so the page's relative URLs stay under the prefix."""

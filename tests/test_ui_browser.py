@@ -73,7 +73,7 @@ def shown_lines(browser) -> list[int]:
 
 def test_list_shows_the_session_live_and_updates_without_reload(daemon, session, browser):
     uploader, entry, _ = session
-    browser.get(daemon.http + "/fulab/lab/")
+    browser.get(daemon.http + "/fulab/lab/?token=passed-on")
     row = wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, f"tr[data-id='{entry['id']}']")))
     assert "todo-app" in row.text and "Claude".lower() in row.text.lower() and "laptop" in row.text
     assert row.find_element(By.CSS_SELECTOR, ".badge.live").is_displayed()
@@ -89,7 +89,7 @@ def test_list_shows_the_session_live_and_updates_without_reload(daemon, session,
     browser.find_element(By.ID, "filter").clear()
     browser.find_element(By.ID, "filter").send_keys("todo laptop")
     wait(browser, EC.element_to_be_clickable((By.LINK_TEXT, "todo-app"))).click()
-    wait(browser, EC.url_contains(f"?session={entry['id']}"))
+    wait(browser, EC.url_contains(f"?session={entry['id']}&token=passed-on"))
     par_card(browser, "TODO app review")
 
 
