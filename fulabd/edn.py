@@ -5,6 +5,7 @@ EDN files as the old Clojure lab reads them: maps with keyword keys, written ato
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence, Set as AbstractSet
 from typing import Any
 
 import edn_format
@@ -34,11 +35,11 @@ def from_edn(value: Any) -> Any:
     """EDN data back to plain Python: keywords become their names (without `:`)."""
     if isinstance(value, Keyword):
         return value.name
-    if isinstance(value, dict):
+    if isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, Mapping):  # edn_format reads maps as ImmutableDict, not a dict
         return {from_edn(key): from_edn(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [from_edn(item) for item in value]
-    if isinstance(value, (set, frozenset)):
+    if isinstance(value, (Sequence, AbstractSet)):  # and vectors as ImmutableList
         return [from_edn(item) for item in value]
     return value
 

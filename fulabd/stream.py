@@ -14,9 +14,9 @@ from collections import deque
 
 import orjson
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
-from twisted.internet.interfaces import IPushProducer
 
 from fulabd import events, messages
 from fulabd.messages import INVALID_PATH
@@ -176,6 +176,9 @@ class StreamProtocol(WebSocketServerProtocol):
         for index, raw in enumerate(lines, first):
             if index < self._next_line:
                 continue
+            if self._paused:  # the socket filled up mid-batch: the rest is read from the source later
+                self._page_again()
+                return
             self._next_line = index + 1
             event = self._event(raw, index)
             if event is not None:

@@ -14,6 +14,7 @@ import fulabd
 from fulabd import pars, supervisor, web
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
+from fulabd.local import LocalSources
 from fulabd.store import SessionStore
 from fulabd.stream import StreamFactory
 from fulabd.upload import UploadFactory
@@ -44,6 +45,9 @@ class Options(usage.Options):
         ["ping-interval", None, 30.0, "Seconds between WebSocket pings to each client (0: off).", float],
         ["ping-timeout", None, 30.0, "Seconds to wait for a pong before dropping a client.", float],
         ["handshake-timeout", None, 10.0, "Seconds a client may take to finish the opening handshake.", float],
+        ["codex-dir", None, None, "Also list and stream the Codex sessions under this folder (e.g. ~/.codex/sessions)."],
+        ["claude-dir", None, None, "Also list and stream the Claude Code sessions under this folder "
+                                   "(e.g. ~/.claude/projects)."],
     ]
 
     def postOptions(self):
@@ -65,7 +69,13 @@ def makeService(config, reactor=None) -> service.MultiService:
     store = SessionStore(config["root"], clock=reactor, hub=hub)
     store.setServiceParent(parent)
 
-    catalog = Catalog([StoreSource(store)])
+    sources = [StoreSource(store)]
+    folders = [(source, config[f"{source}-dir"]) for source in ("codex", "claude") if config[f"{source}-dir"]]
+    if folders:
+        local = LocalSources(folders, hub, reactor)
+        local.setServiceParent(parent)
+        sources.append(local)
+    catalog = Catalog(sources)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
                             peer_of=lambda request, transport: request.peer, reactor=reactor)
