@@ -100,7 +100,8 @@ class UnknownSession(resource.Resource):
 
     def render(self, request):
         return error(request, 404, "unknown-session",
-                     f"no session {self.name!r} is stored; see /fulab/lab/sessions for the ids")
+                     f"no uploaded session {self.name!r} is stored (PARs are written only to uploaded "
+                     "sessions); see /fulab/lab/sessions for the ids")
 
 
 class SessionPars(resource.Resource):
