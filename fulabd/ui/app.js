@@ -158,6 +158,9 @@ function renderList() {
     .sort((a, b) => (b.active - a.active) || (b.uploading - a.uploading) || b.modified.localeCompare(a.modified));
   $("sessions").tBodies[0].replaceChildren(...shown.map(sessionRow));
   $("list-empty").hidden = shown.length > 0;
+  $("list-empty").textContent = list.sessions.length
+    ? "No session matches the filter."
+    : "No sessions yet. A session appears here as soon as fulab-upload sends it.";
   $("list-count").textContent = `${shown.length} of ${list.sessions.length} sessions`;
 }
 
@@ -302,6 +305,7 @@ function receive(frame) {
     case "delta":
       view.connected = true;
       view.retry = 0;
+      $("stream-error").hidden = true;
       view.historyEnd = frame["line-count"] ?? 0;
       view.loading = Boolean(frame.more);
       view.shownPercent = null;
@@ -323,7 +327,15 @@ function receive(frame) {
       $("events-empty").hidden = view.events.length > 0;
       break;
     case "error":
-      view.lastError = frame.detail || frame.err;
+      view.lastError = frame.err === "invalid-path" ? "no such session" : frame.detail || frame.err;
+      if (frame.err === "invalid-path") {
+        const notice = $("stream-error");
+        notice.replaceChildren(`No session “${view.id}” is served here. `);
+        const back = el("a", null, "Back to the session list");
+        back.href = pageUrl({});
+        notice.append(back);
+        notice.hidden = false;
+      }
       break;
     default:
       break;
