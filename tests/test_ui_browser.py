@@ -145,3 +145,23 @@ def test_a_dropped_stream_resumes_from_its_offset_without_duplicates(daemon, ses
     assert after == before + [len(lines) - 1]
     assert len(browser.find_elements(By.CSS_SELECTOR, "article.par-card")) == 1
     assert browser.execute_script("return window.notReloaded") is True
+
+
+def test_scrolling_up_stops_following_until_the_reader_jumps_back(daemon, session, browser):
+    uploader, entry, lines = session
+    browser.get(f"{daemon.http}/fulab/lab/?session={entry['id']}")
+    line_shown(browser, len(lines) - 2)
+    browser.execute_script("const t = document.getElementById('timeline'); t.scrollTop = 0;"
+                           "t.dispatchEvent(new Event('scroll'))")
+    wait(browser, EC.visibility_of_element_located((By.ID, "jump-latest")))
+
+    uploader.call({"type": "events", "seq": len(lines) - 1, "events": lines[-1:]})
+    wait(browser, EC.text_to_be_present_in_element((By.ID, "jump-latest"), "1 new event"))
+    assert browser.execute_script("return document.getElementById('timeline').scrollTop") == 0
+    assert not browser.find_elements(By.CSS_SELECTOR, f"article.event[data-line='{len(lines) - 1}']")
+
+    browser.find_element(By.ID, "jump-latest").click()
+    line_shown(browser, len(lines) - 1)
+    wait(browser, EC.invisibility_of_element_located((By.ID, "jump-latest")))
+    assert browser.execute_script("const t = document.getElementById('timeline');"
+                                  "return t.scrollHeight - t.scrollTop - t.clientHeight < 60")

@@ -439,7 +439,7 @@ function updateJump() {
   const waiting = view.events.length - view.rendered;
   const jump = $("jump-latest");
   jump.hidden = view.following || (waiting === 0 && isAtEnd());
-  jump.textContent = waiting > 0 ? `↓ ${waiting.toLocaleString()} new events` : "↓ Latest";
+  jump.textContent = waiting > 0 ? `↓ ${waiting.toLocaleString()} new event${waiting === 1 ? "" : "s"}` : "↓ Latest";
 }
 
 function isAtEnd() {
