@@ -6,6 +6,7 @@
 const PAGE = 300;            // events rendered per page of the timeline
 const FOLD_CHARS = 1500;     // longer texts are folded
 const LIST_REFRESH_MS = 3000;
+const LOADING_RENDER_MS = 400;
 const QUESTIONS = [
   ["intention", "Intention"], ["happening", "What happened"], ["perspectives", "Perspectives"],
   ["learned", "Learned"], ["forward", "Forward"],
@@ -321,6 +322,7 @@ function receive(frame) {
     case "history-end":
       view.loading = false;
       showProgress();
+      schedule();
       // Lines skipped at the end (duplicates the server leaves out) are not asked for again.
       view.nextLine = Math.max(view.nextLine, frame["line-count"] ?? 0);
       view.parCount = Math.max(view.parCount, frame["par-count"] ?? 0);
@@ -371,13 +373,17 @@ function accept(event) {
   view.events.push(event);
 }
 
+// One render per animation frame; while history pages pour in, at most a few per second,
+// so the browser spends its time receiving rather than re-rendering a tail that moves on at once.
 function schedule() {
   if (view.pending) return;
   view.pending = true;
-  requestAnimationFrame(() => {
+  const frame = () => requestAnimationFrame(() => {
     view.pending = false;
     render();
   });
+  if (view.loading && view.rendered > 0) setTimeout(frame, LOADING_RENDER_MS);
+  else frame();
 }
 
 // Bring the DOM up to date with the events held, keeping at most about 2 pages of them rendered.
