@@ -17,7 +17,9 @@ from array import array
 
 import orjson
 from twisted.application import service
+from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -86,16 +88,31 @@ def identify(session: LocalSession, head: bytes) -> None:
     session.meta["project"] = session.meta.get("cwd") or os.path.basename(os.path.dirname(session.path))
 
 
+def index_file(path: str, source: str) -> LocalSession:
+    """In a thread: a session for the file, with the end offset of every complete line."""
+    session = LocalSession(path, source)
+    size = os.stat(path).st_size
+    with open(path, "rb") as f:
+        identify(session, f.read(HEAD_BYTES))
+    session.ends = line_ends(path, size)
+    session.count = len(session.ends)
+    session.size = session.ends[-1] if session.ends else 0
+    session.modified = os.path.getmtime(path)
+    return session
+
+
 class LocalSources(service.Service):
-    """Every `*.jsonl` under the given folders, indexed at start and followed as it grows."""
+    """Every `*.jsonl` under the given folders, indexed in threads and followed as it grows."""
 
     _log = Logger()
 
-    def __init__(self, folders: list[tuple[str, str]], hub, reactor):
+    def __init__(self, folders: list[tuple[str, str]], hub, reactor, run_in_thread=None):
         self.folders = [(source, os.path.abspath(os.path.expanduser(folder))) for source, folder in folders]
         self.hub = hub
         self.reactor = reactor
+        self._run_in_thread = run_in_thread or threads.deferToThread
         self._sessions: dict[str, LocalSession] = {}
+        self._indexing: dict[str, bool] = {}  # path -> changed again while being indexed
         self._observer = None
 
     @property
@@ -105,22 +122,22 @@ class LocalSources(service.Service):
     # -- service -------------------------------------------------------------
 
     def startService(self):
+        super().startService()
         self._observer = Observer()
+        self._observer.start()  # watching before the walk below: no file is missed in between
         handler = _Forward(self)
         for source, folder in self.folders:
             if not os.path.isdir(folder):
                 self._log.warn("local {source} folder {folder} does not exist; no {source} sessions will be "
                                "listed until it is created and the daemon restarted", source=source, folder=folder)
                 continue
-            for directory, subdirectories, names in os.walk(folder):
-                subdirectories.sort()
-                for name in sorted(names):
-                    self._changed(os.path.join(directory, name))
             self._observer.schedule(handler, folder, recursive=True)
-            self._log.info("following {count} local {source} sessions under {folder}", source=source, folder=folder,
-                           count=sum(session.source == source for session in self._sessions.values()))
-        self._observer.start()
-        super().startService()
+            found = [self._changed(os.path.join(directory, name), announce=False)
+                     for directory, _, names in os.walk(folder) for name in names]
+            defer.DeferredList([d for d in found if d is not None]).addCallback(
+                lambda _, source=source, folder=folder: self._log.info(
+                    "following {count} local {source} sessions under {folder}", source=source, folder=folder,
+                    count=sum(session.source == source for session in self._sessions.values())))
 
     def stopService(self):
         super().stopService()
@@ -173,45 +190,49 @@ class LocalSources(service.Service):
                 return source
         return None
 
-    def _changed(self, path: str) -> None:
+    def _changed(self, path: str, announce: bool = True) -> defer.Deferred | None:
         """A file under a folder was created, written, moved in or deleted."""
         if path.endswith(".par.edn"):
             session = self._sessions.get(path[:-len(".par.edn")] + ".jsonl")
             if session is not None:
                 self._read_pars(session)
-            return
-        if not path.endswith(".jsonl"):
-            return
-        source = self._source_of(path)
+            return None
+        source = self._source_of(path) if path.endswith(".jsonl") else None
         if source is None:
-            return
+            return None
+        if path in self._indexing:
+            self._indexing[path] = True  # look again once the index is built
+            return None
         try:
             size = os.stat(path).st_size
         except FileNotFoundError:
             if self._sessions.pop(path, None) is not None:
                 self._log.info("local session {path} is gone", path=path)
-            return
+            return None
         session = self._sessions.get(path)
         if session is None or size < session.size:
-            self._index(path, source, size, replaced=session is not None)
-        elif size > session.size:
+            self._indexing[path] = False
+            return self._run_in_thread(index_file, path, source).addBoth(
+                self._indexed, path, replaced=session is not None, announce=announce)
+        if size > session.size:
             self._grow(session)
+        return None
 
-    def _index(self, path: str, source: str, size: int, replaced: bool) -> None:
-        session = LocalSession(path, source)
-        with open(path, "rb") as f:
-            identify(session, f.read(HEAD_BYTES))
-        session.ends = line_ends(path, size)
-        session.count = len(session.ends)
-        session.size = session.ends[-1] if session.ends else 0
-        session.modified = os.path.getmtime(path)
-        self._sessions[path] = session
-        self._read_pars(session)
+    def _indexed(self, result, path: str, replaced: bool, announce: bool) -> None:
+        again = self._indexing.pop(path)
+        if isinstance(result, Failure):
+            if not result.check(FileNotFoundError):
+                self._log.failure("could not index local session {path}", result, path=path)
+            return
+        self._sessions[path] = result
+        self._read_pars(result)
         if replaced:
             self._log.warn("local session {path} shrank: it was rewritten; indexed it afresh", path=path)
-        elif self.running:
-            self._log.info("new local {source} session {path} ({count} lines)", source=source, path=path,
-                           count=session.count)
+        elif announce:
+            self._log.info("new local {source} session {path} ({count} lines)", source=result.source, path=path,
+                           count=result.count)
+        if again:
+            self._changed(path)
 
     def _grow(self, session: LocalSession) -> None:
         with open(session.path, "rb") as f:

@@ -49,12 +49,14 @@ class StreamProtocol(WebSocketServerProtocol):
     def __init__(self):
         super().__init__()
         self._found = None
+        self._requested = None
         self._session = None
         self._source = None
         self._next_line = 0
         self._next_par = 0
         self._pending: deque[bytes] = deque()   # encoded events read from the source, not yet sent
         self._paging = True
+        self._history_ended = False
         self._paused = False
         self._scheduled = None
         self._raw = False
@@ -117,6 +119,8 @@ class StreamProtocol(WebSocketServerProtocol):
             if self._next_line < session.count:
                 lines = self._source.read_lines(session, self._next_line, session.count - self._next_line,
                                                 READ_BYTES)
+                if not lines:  # a local file rewritten under us: nothing more to read from it
+                    return False
                 for raw in lines:
                     self._queue(self._event(raw, self._next_line))
                     self._next_line += 1
@@ -145,8 +149,10 @@ class StreamProtocol(WebSocketServerProtocol):
         while self._paging and not self._paused and self.state == self.STATE_OPEN:
             if not self._fill():
                 self._paging = False
-                self._send(orjson.dumps({"type": "history-end", "line-count": self._next_line,
-                                         "par-count": self._next_par}))
+                if not self._history_ended:
+                    self._history_ended = True
+                    self._send(orjson.dumps({"type": "history-end", "line-count": self._next_line,
+                                             "par-count": self._next_par}))
                 return
             encoded = self._pending.popleft()
             self._send(b'{"type":"event","event":' + encoded + b"}")

@@ -201,3 +201,13 @@ def test_inline_par_lines():
 def test_the_samples_are_there():
     """Every sample-driven test here would pass vacuously without them."""
     assert len(sample_files()) >= 9
+
+
+def test_legacy_codex_lines_are_bare_response_items():
+    """Legacy rollouts (no envelope): derived from the ResponseItems a curated `compacted` line re-embeds."""
+    _, _, value = find(CODEX_CURATED, lambda v: v["type"] == "compacted" and v["payload"].get("replacement_history"))
+    item = next(item for item in value["payload"]["replacement_history"] if item["type"] == "message")
+    event = events.normalize(orjson.dumps(item), 2)
+    assert (event["type"], event["line"], event["timestamp"]) == (events.CODEX_ROLES[item["role"]], 2, None)
+    assert event["text"] == "\n".join(part.get("text") or "[image]" for part in item["content"])  # images: a placeholder
+    assert events.normalize(b'{"record_type":"state"}', 3)["kind"] == "record_type/state"

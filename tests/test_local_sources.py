@@ -26,6 +26,8 @@ def local(tmp_path):
             path.chmod(0o755 if path.is_dir() else 0o644)
     daemon = Daemon(tmp_path / "remote", "--codex-dir", str(codex), "--claude-dir", str(claude)).start()
     daemon.codex, daemon.claude = codex, claude
+    daemon.wait_for_log(r"following 1 local codex sessions")
+    daemon.wait_for_log(r"following 5 local claude sessions")
     yield daemon
     daemon.stop()
 
@@ -88,11 +90,34 @@ def test_new_local_files_are_found_and_outside_files_refused(local):
     path = folder / "11111111-2222-3333-4444-555555555555.jsonl"
     real = next(p for p in sample_files() if p.name.startswith("06090cb1"))
     path.write_bytes(real.read_bytes())
-    local.wait_for_log(r"new local claude session .*11111111-2222-3333-4444-555555555555\.jsonl \(5 lines\)")
+    local.wait_for_log(r"new local claude session .*11111111-2222-3333-4444-555555555555\.jsonl")
     with viewer(local, path=str(path)) as ws:
         _, history, _ = read_history(ws)
+        while len(history) < 5:  # the file may have been indexed while it was being written
+            history.append(receive(ws)["event"])
     assert line_indexes(history) == [0, 1, 2, 3, 4]
     (local.claude.parent / "outside.jsonl").write_bytes(real.read_bytes())
     for asked in (str(local.claude.parent / "outside.jsonl"), f"{local.claude}/../outside.jsonl",
                   str(next(local.claude.rglob("agent-*.jsonl")))):
         assert refusal(local, path=asked)["err"] == "invalid-path"
+
+
+def test_files_created_empty_rewritten_or_deleted_are_followed(local):
+    real = next(local.codex.rglob("*.jsonl"))
+    lines = real.read_bytes().split(b"\n")[:-1]
+    fresh = real.with_name("rollout-2026-06-06T10-00-00-019e9999-0000-7000-8000-000000000001.jsonl")
+    fresh.touch()  # Codex creates the file, then writes session_meta first
+    local.wait_for_log(r"new local codex session .*019e9999-0000-7000-8000-000000000001\.jsonl \(0 lines\)")
+    with viewer(local, path=str(fresh)) as ws:
+        assert read_history(ws)[2]["line-count"] == 0
+        append(fresh, b"\n".join(lines[:3]) + b"\n")
+        assert [receive(ws)["event"]["line"] for _ in range(3)] == [0, 1, 2]
+    entry = next(entry for entry in get_json(local.http + "/fulab/lab/sessions")["sessions"]
+                 if entry["path"] == str(fresh))
+    # the id is the first session_meta's, not the file name's
+    assert (entry["session-id"], entry["cwd"]) == (CODEX_ID, "/tmp/agent-history-real-agent/codex/workspace")
+    real.write_bytes(b"\n".join(lines[:2]) + b"\n")
+    local.wait_for_log(r"local session .*019e9625.*\.jsonl shrank")
+    fresh.unlink()
+    local.wait_for_log(r"local session .*019e9999.*\.jsonl is gone")
+    assert [entry["events"] for entry in listing(local).values() if entry["source"] == "codex"] == [2]

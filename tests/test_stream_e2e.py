@@ -108,7 +108,7 @@ def test_history_is_paged_in_bounded_frames(daemon):
 def test_offset_and_par_offset_send_only_what_the_viewer_lacks(daemon):
     lines = sample_lines(sample(CODEX_REAL))
     listed = store(daemon, "c", lines, [PAR_A, PAR_B])
-    with viewer(daemon, path=listed, offset=4, par_offset=1) as ws:
+    with viewer(daemon, "/fulab/lab/", path=listed, offset=4, par_offset=1) as ws:  # the old lab ignored the URL path
         head, history, end = read_history(ws)
     assert (head["type"], head["offset"], head["par-count"], head["new-par-count"]) == ("delta", 4, 2, 1)
     assert line_indexes(history) == expected_lines(lines, 4)
@@ -164,6 +164,19 @@ def test_lines_stored_while_history_is_paging_are_sent_once(daemon):
     assert head["line-count"] == len(lines) - 40
     assert frame["line-count"] == len(lines)  # picked up by the pager, not lost between history and live
     assert line_indexes(history) == list(range(len(lines)))
+
+
+def test_a_live_viewer_that_falls_behind_is_caught_up_from_disk(daemon):
+    lines = sample_lines(sample(CLAUDE_REAL)) * 16  # derived: 12 MB arriving in one message
+    store(daemon, "burst", lines[:10])
+    with viewer(daemon, "/fulab/lab/stream/ws", sock=slow_socket(daemon), session="burst") as ws, \
+            uploader(daemon) as up:
+        read_history(ws)
+        assert call(up, {"type": "events", "session-id": "burst", "seq": 10, "events": lines[10:]})["count"] == len(lines)
+        live = [receive(ws)["event"] for _ in range(len(lines) - 10)]
+        call(up, {"type": "par", "session-id": "burst", "par": PAR_A})
+        assert receive(ws)["event"]["par-id"] == "par-a"  # and no second history-end before it
+    assert line_indexes(live) == list(range(10, len(lines)))
 
 
 def test_reconnecting_with_offset_loses_and_repeats_nothing(daemon):
