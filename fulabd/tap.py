@@ -11,7 +11,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 import fulabd
-from fulabd import supervisor, web
+from fulabd import pars, supervisor, web
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
 from fulabd.local import LocalSources
@@ -103,5 +103,6 @@ def makeService(config, reactor=None) -> service.MultiService:
                 "uptime": round(reactor.seconds() - started, 3), "version": fulabd.__version__,
                 "root": store.root, "listeners": ports}
 
-    web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status)
+    web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
+                   session_child=lambda name: pars.session_child(store, name))
     return parent
