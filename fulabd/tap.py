@@ -8,11 +8,13 @@ import os
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
 
 import fulabd
-from fulabd import supervisor, web
+from fulabd import access, supervisor, web
 from fulabd.hub import Hub
+from fulabd.metrics import Metrics, MetricsResource
 from fulabd.store import SessionStore
 from fulabd.upload import UploadFactory
 
@@ -42,7 +44,23 @@ class Options(usage.Options):
         ["ping-interval", None, 30.0, "Seconds between WebSocket pings to each client (0: off).", float],
         ["ping-timeout", None, 30.0, "Seconds to wait for a pong before dropping a client.", float],
         ["handshake-timeout", None, 10.0, "Seconds a client may take to finish the opening handshake.", float],
+        ["token-file", None, None, "Require a token from this file (lines `TOKEN [NAME]`) on every request."],
+        ["max-connections", None, 512, "Most WebSocket connections open at once (0: no cap).", int],
+        ["max-connections-per-ip", None, 64, "Most WebSocket connections open from one client address (0: no cap).",
+         int],
+        ["min-free-mb", None, 64, "Refuse uploads (storage-full) that would leave less free disk than this.", int],
     ]
+
+    def __init__(self):
+        super().__init__()
+        self["trusted-proxies"] = []
+
+    def opt_trusted_proxy(self, value):
+        """Take the client's address from X-Forwarded-For when the peer is this address or network (repeatable)."""
+        try:
+            self["trusted-proxies"].append(access.parse_network(value))
+        except ValueError:
+            raise usage.UsageError(f"--trusted-proxy {value!r} is not an IP address or network") from None
 
     def postOptions(self):
         if self["root"] is None:
@@ -50,7 +68,26 @@ class Options(usage.Options):
         for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        for name in ("max-connections", "max-connections-per-ip", "min-free-mb"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must be 0 or more")
+        try:
+            self["tokens"] = access.load_tokens(self["token-file"]) if self["token-file"] else None
+        except access.TokenFileError as e:
+            raise usage.UsageError(str(e)) from None
         self["endpoints"] = [endpoint_description(self["port"], self["interface"])]
+
+
+_log = Logger()
+
+
+def warn_without_acceleration():
+    from autobahn.websocket import USES_NVX
+
+    if not USES_NVX:
+        _log.warn("Autobahn's native acceleration (NVX) is off: WebSocket masking and UTF-8 checks run in pure "
+                  "Python, several times slower. Unset AUTOBAHN_USE_NVX, or reinstall autobahn where its CFFI "
+                  "extension can be built (a C compiler and libffi-dev).")
 
 
 def makeService(config, reactor=None) -> service.MultiService:
@@ -58,13 +95,18 @@ def makeService(config, reactor=None) -> service.MultiService:
         from twisted.internet import reactor
     started = reactor.seconds()
     parent = service.MultiService()
+    warn_without_acceleration()
+    metrics = Metrics()
+    gate = access.Gate(config["tokens"], access.TrustedProxies(config["trusted-proxies"]),
+                       access.ConnectionLimits(config["max-connections"], config["max-connections-per-ip"]))
 
     hub = Hub()
-    store = SessionStore(config["root"], clock=reactor, hub=hub)
+    store = SessionStore(config["root"], clock=reactor, hub=hub, min_free_bytes=config["min-free-mb"] * MiB,
+                         observe_fsync=metrics.observe_fsync)
     store.setServiceParent(parent)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
-                            peer_of=lambda request, transport: request.peer, reactor=reactor)
+                            admit=gate.admit, uploader_of=gate.uploader_of, reactor=reactor)
     for factory in (uploads,):
         factory.setProtocolOptions(autoPingInterval=config["ping-interval"], autoPingTimeout=config["ping-timeout"],
                                    openHandshakeTimeout=config["handshake-timeout"])
@@ -73,7 +115,8 @@ def makeService(config, reactor=None) -> service.MultiService:
     listeners = []
     for description in config["endpoints"]:
         listener = supervisor.ListenerSupervisor(
-            description, endpoints.serverFromString(reactor, description), web.LabSite(dispatch), reactor,
+            description, endpoints.serverFromString(reactor, description),
+            web.LabSite(dispatch, gate, timeout=config["handshake-timeout"]), reactor,
             config["restart-interval"], lambda address: supervisor.loopback_endpoint(address, reactor))
         listener.setServiceParent(parent)
         listeners.append(listener)
@@ -89,4 +132,8 @@ def makeService(config, reactor=None) -> service.MultiService:
                 "root": store.root, "listeners": ports}
 
     web.build_tree(dispatch, store.sessions, reactor, config["active-window"], status)
+    metrics.watch(uploads, gate, status)
+    dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
+    dispatch.putChild(b"healthz", web.Health(lambda: None if store.running and status()["running"]
+                                             else "the store is not open or no port is listening"))
     return parent

@@ -16,7 +16,9 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO.parent / "shared" / "samples"
+# Next to the clone (CI, /work/main) or two levels up (a worktree under /work/wt/).
+SAMPLES = next((p for p in (REPO.parent / "shared" / "samples", REPO.parent.parent / "shared" / "samples")
+                if p.is_dir()), REPO.parent / "shared" / "samples")
 LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
 
 
