@@ -117,7 +117,8 @@ def makeService(config, reactor=None) -> service.MultiService:
         listener = supervisor.ListenerSupervisor(
             description, endpoints.serverFromString(reactor, description),
             web.LabSite(dispatch, gate, timeout=config["handshake-timeout"]), reactor,
-            config["restart-interval"], lambda address: supervisor.loopback_endpoint(address, reactor))
+            config["restart-interval"], lambda address: supervisor.loopback_endpoint(address, reactor),
+            probe_headers=gate.probe_headers)
         listener.setServiceParent(parent)
         listeners.append(listener)
 

@@ -18,7 +18,7 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 # Next to the clone (CI, /work/main) or two levels up (a worktree under /work/wt/).
 SAMPLES = next((p for p in (REPO.parent / "shared" / "samples", REPO.parent.parent / "shared" / "samples")
-                if p.is_dir()), REPO.parent / "shared" / "samples")
+                if any(p.rglob("*.jsonl"))), REPO.parent / "shared" / "samples")
 LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
 
 
@@ -35,9 +35,10 @@ def sample_lines(path: Path) -> list[str]:
 class Daemon:
     """`twistd -n fulab` in a subprocess, on a free loopback port, with its own store."""
 
-    def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1"):
+    def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1", env: dict | None = None):
         self.root = Path(root)
         self.args = list(args)
+        self.env = env or {}
         self.port_description = port
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
@@ -46,7 +47,7 @@ class Daemon:
         self._lines = threading.Condition()
 
     def start(self, timeout: float = 30) -> "Daemon":
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **self.env)
         self._listening.clear()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -69,14 +70,19 @@ class Daemon:
                 self.port = int(match["port"])
                 self._listening.set()
 
-    def wait_for_log(self, pattern: str, timeout: float = 30) -> str:
-        """The first log line (from now on or earlier) matching `pattern`."""
+    def wait_for_log(self, pattern: str, timeout: float = 30, count: int = 1) -> str:
+        """The `count`th log line (from now on or earlier) matching `pattern`."""
         regex = re.compile(pattern)
+
+        def found():
+            matching = [line for line in self.log if regex.search(line)]
+            return matching[count - 1] if len(matching) >= count else None
+
         with self._lines:
-            found = self._lines.wait_for(lambda: next((l for l in self.log if regex.search(l)), None), timeout)
-        if not found:
-            raise AssertionError(f"no log line matching {pattern!r}:\n" + "\n".join(self.log[-40:]))
-        return found
+            line = self._lines.wait_for(found, timeout)
+        if not line:
+            raise AssertionError(f"fewer than {count} log lines match {pattern!r}:\n" + "\n".join(self.log[-40:]))
+        return line
 
     @property
     def url(self) -> str:
