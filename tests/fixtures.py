@@ -35,10 +35,12 @@ def sample_lines(path: Path) -> list[str]:
 class Daemon:
     """`twistd -n fulab` in a subprocess, on a free loopback port, with its own store."""
 
-    def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1", env: dict | None = None):
+    def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1", env: dict | None = None,
+                 twistd_args: tuple = ()):
         self.root = Path(root)
         self.args = list(args)
         self.env = env or {}
+        self.twistd_args = list(twistd_args)
         self.port_description = port
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
@@ -51,7 +53,7 @@ class Daemon:
         self._listening.clear()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
+             "-n", "--pidfile=", *self.twistd_args, "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.root.parent))
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         if not self._listening.wait(timeout):

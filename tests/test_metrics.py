@@ -70,3 +70,24 @@ def test_healthz_says_ok_while_serving(daemon):
     with urllib.request.urlopen(daemon.http + "/healthz", timeout=30) as response:
         assert response.status == 200 and response.read() == b"ok\n"
         assert response.headers["content-type"].startswith("text/plain")
+
+
+def test_json_logs_carry_the_session_id_as_a_field(tmp_path):
+    server = Daemon(tmp_path / "remote", twistd_args=("--logger", "fulabd.logs.json_lines")).start()
+    try:
+        with connect(server.url + UPLOAD) as ws:
+            ws.send('{"type": "init", "session-id": "s-42", "events": ["a"]}')
+            ws.recv(timeout=30)
+            ws.send('{"type": "events", "session-id": "s-42", "seq": 9, "events": ["b"]}')
+            ws.recv(timeout=30)
+        server.wait_for_log(r"upload connection from 127\.0\.0\.1 closed")
+    finally:
+        server.stop()
+    records = [orjson.loads(line) for line in server.log]
+    about = [record for record in records if record.get("session_id") == "s-42"]
+    assert [record["text"] for record in about] == [
+        "upload of session s-42 from 127.0.0.1 started",
+        "upload of session s-42 from 127.0.0.1: refused a message: gap",
+        "upload of session s-42 from 127.0.0.1: 1 lines appended, 1 stored"]
+    assert all(record["level"] == "info" and record["peer"] == "127.0.0.1" for record in about)
+    assert about[1]["err"] == "gap"
