@@ -152,7 +152,8 @@ def test_a_client_that_stalls_in_the_handshake_is_dropped_and_open_websockets_ar
 
 
 def test_a_client_that_answers_pings_stays_and_one_that_does_not_is_dropped(tmp_path):
-    server = Daemon(tmp_path / "remote", "--ping-interval", "0.5", "--ping-timeout", "1.5").start()
+    # Autobahn's timers fire on whole seconds (txaio's batched timer truncates), so whole seconds here.
+    server = Daemon(tmp_path / "remote", "--ping-interval", "1", "--ping-timeout", "2").start()
     try:
         ws = RawWebSocket(server.port)
         opcode, payload = ws.read_frame()
