@@ -167,6 +167,7 @@ class Gate:
         self.proxies = proxies or TrustedProxies()
         self.limits = limits or ConnectionLimits()
         self.refused: Counter[str] = Counter()
+        self.admitted = 0
         secret = secrets.token_urlsafe(32)
         self._probe = Tokens({secret: SELF_PROBE})
         self.probe_headers = {"Authorization": f"Bearer {secret}"}
@@ -221,6 +222,7 @@ class Gate:
             self._log.warn("refused a WebSocket from {peer}: {reason}", peer=address, reason=e.reason)
             raise
         self.limits.opened(address)
+        self.admitted += 1
         protocol.is_closed.addBoth(self._closed, address)
         return address
 

@@ -45,6 +45,8 @@ class LabCollector:
         yield GaugeMetricFamily("fulab_listening", "1 while a listener is listening.", value=int(status["running"]))
         yield GaugeMetricFamily("fulab_websocket_connections", "Open WebSocket connections (uploads and viewers).",
                                 value=sum(self.gate.limits.open.values()))
+        yield CounterMetricFamily("fulab_websocket_connections_opened", "WebSocket connections admitted.",
+                                  value=self.gate.admitted)
         yield GaugeMetricFamily("fulab_upload_connections", "Open upload connections.", value=len(uploads.connections))
         yield GaugeMetricFamily("fulab_viewers", "Open viewer connections.", value=status["viewers"])
         yield GaugeMetricFamily("fulab_sessions", "Sessions in the store.", value=status["sessions"])

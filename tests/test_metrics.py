@@ -53,6 +53,7 @@ def test_metrics_follow_an_upload(quiet):
             connect(quiet.url + UPLOAD)
         during = scrape(quiet)
     assert during["fulab_upload_connections"] == 1 and during["fulab_websocket_connections"] == 1
+    assert during["fulab_websocket_connections_opened_total"] == before["fulab_websocket_connections_opened_total"] + 1
     assert during["fulab_messages_received_total"] == 2
     assert during["fulab_received_bytes_total"] == len(init.encode()) + len("not json")
     assert during["fulab_lines_stored_total"] == len(lines)
