@@ -78,9 +78,7 @@ class UploadProtocol(WebSocketServerProtocol):
             self._session_id = session_id
         self._attach(session_id)
         if isinstance(message, messages.Par):
-            return self.factory.store.add_par(session_id, message.par).addCallback(
-                lambda result: self._record_uploader(session_id) or {"type": "ack", "session-id": session_id, "par-id": result[1]["id"],
-                                "pars": result[0] + 1, "dedup": not result[2]})
+            return self.factory.store.add_par(session_id, message.par).addCallback(self._par_added, session_id)
         return self.factory.store.append(session_id, message.seq, message.lines, message.meta).addCallback(
             self._appended, session_id)
 
@@ -89,6 +87,11 @@ class UploadProtocol(WebSocketServerProtocol):
         self.factory.lines_in += result.appended
         self._record_uploader(session_id)
         return messages.ack(session_id, result.count, result.appended, result.dedup)
+
+    def _par_added(self, result, session_id: str) -> dict:
+        index, par, added = result
+        self._record_uploader(session_id)
+        return {"type": "ack", "session-id": session_id, "par-id": par["id"], "pars": index + 1, "dedup": not added}
 
     def _attach(self, session_id: str):
         if session_id not in self._touched:

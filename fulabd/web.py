@@ -61,7 +61,8 @@ class RefusedFactory(WebSocketServerFactory):
         super().__init__()
         self.explain = explain
         self.reason = reason
-        self.setProtocolOptions(maxMessagePayloadSize=REFUSED_MESSAGE_LIMIT, maxFramePayloadSize=REFUSED_MESSAGE_LIMIT)
+        self.setProtocolOptions(maxMessagePayloadSize=REFUSED_MESSAGE_LIMIT,
+                                maxFramePayloadSize=REFUSED_MESSAGE_LIMIT)
 
 
 def invalid_path(path: str) -> dict:

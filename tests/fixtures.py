@@ -53,7 +53,8 @@ class Daemon:
         self._listening.clear()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", *self.twistd_args, "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
+             "-n", "--pidfile=", *self.twistd_args,
+             "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.root.parent))
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         if not self._listening.wait(timeout):
