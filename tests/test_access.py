@@ -2,7 +2,10 @@
 Access tokens and trusted proxies, on a real daemon with an independent client.
 """
 
+import os
 import secrets
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -191,3 +194,16 @@ def test_forwarded_for_names_the_client_only_behind_a_trusted_proxy(tmp_path, tr
         server.wait_for_log(rf"upload connection from {expected} closed")
     finally:
         server.stop()
+
+
+def test_fulab_status_sends_the_token_and_says_when_one_is_needed(guarded, tokens):
+    def fulab_status(*args, token=None):
+        env = {k: v for k, v in os.environ.items() if k != "FULAB_TOKEN"} | ({"FULAB_TOKEN": token} if token else {})
+        return subprocess.run([sys.executable, "-m", "fulabd.admin", "status", "--url", guarded.http, *args],
+                              capture_output=True, text=True, env=env, timeout=60)
+
+    refused = fulab_status()
+    assert refused.returncode == 1 and "pass --token TOKEN or set FULAB_TOKEN" in refused.stderr
+    from_env = fulab_status(token=tokens["alice"])
+    assert from_env.returncode == 0 and "running: True" in from_env.stdout
+    assert fulab_status("--token", tokens["unnamed"]).returncode == 0

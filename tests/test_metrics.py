@@ -92,3 +92,13 @@ def test_json_logs_carry_the_session_id_as_a_field(tmp_path):
         "upload of session s-42 from 127.0.0.1: 1 lines appended, 1 stored"]
     assert all(record["level"] == "info" and record["peer"] == "127.0.0.1" for record in about)
     assert about[1]["err"] == "gap"
+
+
+def test_healthz_says_503_and_why_when_unhealthy():
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from fulabd.web import Health
+
+    request = DummyRequest([b"healthz"])
+    body = Health(lambda: "no port is listening").render_GET(request)
+    assert request.responseCode == 503 and body == b"unavailable: no port is listening\n"
