@@ -168,6 +168,7 @@ class Gate:
         self.limits = limits or ConnectionLimits()
         self.refused: Counter[str] = Counter()
         self.admitted = 0
+        self._ignored_proxies: set[str] = set()
         secret = secrets.token_urlsafe(32)
         self._probe = Tokens({secret: SELF_PROBE})
         self.probe_headers = {"Authorization": f"Bearer {secret}"}
@@ -179,10 +180,16 @@ class Gate:
 
     # -- twisted.web requests ------------------------------------------------
 
+    def _client(self, host: str, forwarded: str | None) -> str:
+        if forwarded and not self.proxies.trusts(host) and host not in self._ignored_proxies:
+            self._ignored_proxies.add(host)
+            self._log.warn("ignoring X-Forwarded-For from {peer}, which is not a trusted proxy; if it is your "
+                           "proxy, pass --trusted-proxy {peer} so that clients are told apart", peer=host)
+        return self.proxies.client_address(host, forwarded)
+
     def request_client(self, request) -> str:
         forwarded = request.getHeader(b"x-forwarded-for")
-        return self.proxies.client_address(host_of(request.getClientAddress()),
-                                           forwarded.decode("latin-1") if forwarded else None)
+        return self._client(host_of(request.getClientAddress()), forwarded.decode("latin-1") if forwarded else None)
 
     def request_allowed(self, request) -> bool:
         """True when no token is needed or the request carries an accepted one."""
@@ -211,8 +218,7 @@ class Gate:
 
     def admit(self, request, protocol) -> str:
         """Count an opening WebSocket until it closes; its client's address, or `ConnectionDeny(503)`."""
-        address = self.proxies.client_address(host_of(protocol.transport.getPeer()),
-                                              request.headers.get("x-forwarded-for"))
+        address = self._client(host_of(protocol.transport.getPeer()), request.headers.get("x-forwarded-for"))
         if self._probe.name_of(self._presented(request)):
             return address
         try:

@@ -192,6 +192,9 @@ def test_forwarded_for_names_the_client_only_behind_a_trusted_proxy(tmp_path, tr
         expected = "203.0.113.7" if trusted else "127.0.0.1"
         server.wait_for_log(rf"upload of session fwd from {expected} started")
         server.wait_for_log(rf"upload connection from {expected} closed")
+        hint = "ignoring X-Forwarded-For from 127.0.0.1, which is not a trusted proxy; if it is your proxy, pass " \
+               "--trusted-proxy 127.0.0.1"
+        assert any(hint in line for line in server.log) is not trusted
     finally:
         server.stop()
 
