@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import os
 import secrets
 from collections import Counter
 
@@ -77,6 +78,11 @@ def load_tokens(path: str) -> Tokens:
         raise TokenFileError(f"{path} holds no token; add lines `TOKEN NAME` (make a token with {MAKE_TOKEN}) "
                              "or leave out --token-file to run without access control")
     return Tokens(named)
+
+
+def readable_by_others(path: str) -> bool:
+    """True when users other than the owner may read the token file."""
+    return bool(os.stat(path).st_mode & 0o044)
 
 
 def presented_token(authorization: str | None, query_token: str | None) -> str | None:

@@ -96,6 +96,8 @@ def makeService(config, reactor=None) -> service.MultiService:
     started = reactor.seconds()
     parent = service.MultiService()
     warn_without_acceleration()
+    if config["tokens"] is not None and access.readable_by_others(config["token-file"]):
+        _log.warn("the token file {path} can be read by other users; chmod 600 it", path=config["token-file"])
     metrics = Metrics()
     gate = access.Gate(config["tokens"], access.TrustedProxies(config["trusted-proxies"]),
                        access.ConnectionLimits(config["max-connections"], config["max-connections-per-ip"]))

@@ -48,6 +48,7 @@ def guarded(tmp_path, tokens):
     """A daemon that requires a token: one named `alice`, one without a name."""
     token_file = tmp_path / "tokens"
     token_file.write_text(f"# lab tokens\n{tokens['alice']} alice\n\n{tokens['unnamed']}   # the CI box\n")
+    token_file.chmod(0o600)
     server = Daemon(tmp_path / "remote", "--token-file", str(token_file)).start()
     yield server
     server.stop()
@@ -148,6 +149,7 @@ def test_the_token_name_is_recorded_as_the_uploader(guarded, tokens):
         tokens["unnamed"])
     log = "\n".join(guarded.log)
     assert "upload connection open from 127.0.0.1 (uploader alice)" in log
+    assert "can be read by other users" not in log
     for token in tokens.values():
         assert token not in log
 
@@ -210,3 +212,14 @@ def test_fulab_status_sends_the_token_and_says_when_one_is_needed(guarded, token
     from_env = fulab_status(token=tokens["alice"])
     assert from_env.returncode == 0 and "running: True" in from_env.stdout
     assert fulab_status("--token", tokens["unnamed"]).returncode == 0
+
+
+def test_a_token_file_others_can_read_is_warned_about(tmp_path, tokens):
+    token_file = tmp_path / "tokens"
+    token_file.write_text(tokens["alice"] + "\n")
+    token_file.chmod(0o644)
+    server = Daemon(tmp_path / "remote", "--token-file", str(token_file)).start()
+    try:
+        server.wait_for_log(rf"the token file {token_file} can be read by other users; chmod 600 it")
+    finally:
+        server.stop()
