@@ -276,6 +276,8 @@ class CuttableProxy:
     def close(self):
         self.listener.close()
         self.cut()
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
