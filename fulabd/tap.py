@@ -11,7 +11,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 import fulabd
-from fulabd import supervisor, web
+from fulabd import supervisor, tls, web
 from fulabd.hub import Hub
 from fulabd.store import SessionStore
 from fulabd.upload import UploadFactory
@@ -42,7 +42,21 @@ class Options(usage.Options):
         ["ping-interval", None, 30.0, "Seconds between WebSocket pings to each client (0: off).", float],
         ["ping-timeout", None, 30.0, "Seconds to wait for a pong before dropping a client.", float],
         ["handshake-timeout", None, 10.0, "Seconds a client may take to finish the opening handshake.", float],
+        ["tls-port", None, None, "Also serve wss:// and https:// on this port (needs --tls-cert and --tls-key).", int],
+        ["tls-interface", None, "0.0.0.0", "Interface --tls-port listens on (`::` for IPv6 and IPv4)."],
+        ["tls-cert", None, None, "PEM certificate chain, leaf first (a Let's Encrypt fullchain.pem)."],
+        ["tls-key", None, None, "PEM private key of the first certificate of --tls-cert."],
+        ["tls-check-interval", None, 60.0, "Seconds between checks of the TLS files for changes (0: SIGHUP only).",
+         float],
     ]
+
+    def __init__(self):
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description):
+        """Also listen on this Twisted endpoint string (repeatable), e.g. unix:/run/fulab.sock"""
+        self["listen"].append(description)
 
     def postOptions(self):
         if self["root"] is None:
@@ -50,7 +64,14 @@ class Options(usage.Options):
         for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
-        self["endpoints"] = [endpoint_description(self["port"], self["interface"])]
+        self["endpoints"] = [endpoint_description(self["port"], self["interface"])] + self["listen"]
+        if len({self[name] is None for name in ("tls-port", "tls-cert", "tls-key")}) > 1:
+            raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together: give all three or none")
+        if self["tls-cert"] is not None:
+            try:
+                tls.load_options(self["tls-cert"], self["tls-key"])
+            except tls.CertificateError as e:
+                raise usage.UsageError(f"cannot serve TLS: {e}")
 
 
 def makeService(config, reactor=None) -> service.MultiService:
@@ -70,11 +91,21 @@ def makeService(config, reactor=None) -> service.MultiService:
                                    openHandshakeTimeout=config["handshake-timeout"])
     dispatch = web.WebSocketDispatch(uploads)
 
+    listen = [(description, endpoints.serverFromString(reactor, description)) for description in config["endpoints"]]
+    certificate = None
+    if config["tls-port"] is not None:
+        certificate = tls.ReloadingCertificate(config["tls-cert"], config["tls-key"], reactor,
+                                               config["tls-check-interval"])
+        certificate.setServiceParent(parent)
+        interface = config["tls-interface"]
+        listen.append((f"tls:{config['tls-port']}:interface={interface}",
+                       endpoints.SSL4ServerEndpoint(reactor, config["tls-port"], certificate, interface=interface)))
+
     listeners = []
-    for description in config["endpoints"]:
+    for description, endpoint in listen:
         listener = supervisor.ListenerSupervisor(
-            description, endpoints.serverFromString(reactor, description), web.LabSite(dispatch), reactor,
-            config["restart-interval"], lambda address: supervisor.loopback_endpoint(address, reactor))
+            description, endpoint, web.LabSite(dispatch), reactor, config["restart-interval"],
+            lambda address, description=description: supervisor.self_probe_endpoint(description, address, reactor))
         listener.setServiceParent(parent)
         listeners.append(listener)
 
@@ -86,7 +117,8 @@ def makeService(config, reactor=None) -> service.MultiService:
                 "viewers": 0, "sessions": len(store.sessions()),
                 "restarts": sum(port["restarts"] for port in ports),
                 "uptime": round(reactor.seconds() - started, 3), "version": fulabd.__version__,
-                "root": store.root, "listeners": ports}
+                "root": store.root, "listeners": ports,
+                **({"tls": certificate.describe()} if certificate is not None else {})}
 
     web.build_tree(dispatch, store.sessions, reactor, config["active-window"], status)
     return parent

@@ -16,7 +16,8 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = REPO.parent / "shared" / "samples"
+SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents if (folder / "shared" / "samples").is_dir()),
+               REPO.parent / "shared" / "samples")
 LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
 
 
@@ -38,10 +39,12 @@ class Daemon:
         self.args = list(args)
         self.port_description = port
         self.port: int | None = None
+        self.ports: dict[str, int] = {}
         self.process: subprocess.Popen | None = None
         self.log: list[str] = []
         self._listening = threading.Event()
         self._lines = threading.Condition()
+        self._ended: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> "Daemon":
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
@@ -51,7 +54,9 @@ class Daemon:
              "-n", "--pidfile=", "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.root.parent))
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        if not self._listening.wait(timeout):
+        with self._lines:
+            self._lines.wait_for(lambda: self._listening.is_set() or self._ended is self.process, timeout)
+        if not self._listening.is_set():
             self.stop()
             raise RuntimeError("daemon did not start listening:\n" + "\n".join(self.log[-40:]))
         return self
@@ -63,9 +68,14 @@ class Daemon:
                 self.log.append(line)
                 self._lines.notify_all()
             match = LISTENING.search(line)
+            if match:
+                self.ports[match["description"]] = int(match["port"])
             if match and not self._listening.is_set():
                 self.port = int(match["port"])
                 self._listening.set()
+        with self._lines:
+            self._ended = process
+            self._lines.notify_all()
 
     def wait_for_log(self, pattern: str, timeout: float = 30) -> str:
         """The first log line (from now on or earlier) matching `pattern`."""
@@ -83,6 +93,12 @@ class Daemon:
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tls_port(self) -> int:
+        """The `--tls-port` listener's port, once it listens."""
+        self.wait_for_log(r"listening on tls:")
+        return next(port for description, port in self.ports.items() if description.startswith("tls:"))
 
     def kill(self):
         """SIGKILL: the crash case."""
@@ -105,9 +121,78 @@ class Daemon:
         return self.start()
 
 
-def get_json(url: str, headers: dict | None = None):
+def get_json(url: str, headers: dict | None = None, context=None):
     import urllib.request
 
     request = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=30, context=context) as response:
         return orjson.loads(response.read())
+
+
+class CertificateAuthority:
+    """
+    A root CA and an intermediate, as Let's Encrypt has: leaves are issued by
+    the intermediate, so a client trusting only the root verifies a server
+    only if the server sends the chain (`fullchain.pem`: leaf + intermediate).
+    """
+
+    def __init__(self, directory: Path):
+        from cryptography.hazmat.primitives import serialization
+
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.root_key, self.root = self._make("fulabd test root", None, None, ca=True)
+        self.intermediate_key, self.intermediate = self._make("fulabd test intermediate", self.root_key,
+                                                              self.root, ca=True)
+        self.root_path = self.directory / "root.pem"
+        self.root_path.write_bytes(self.root.public_bytes(serialization.Encoding.PEM))
+
+    @staticmethod
+    def _make(name, issuer_key, issuer, ca=False, names=(), days=30, start_days=-1):
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (x509.CertificateBuilder().subject_name(subject)
+                   .issuer_name(issuer.subject if issuer is not None else subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now + datetime.timedelta(days=start_days))
+                   .not_valid_after(now + datetime.timedelta(days=days))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if names:
+            alternatives = []
+            for each in names:
+                try:
+                    alternatives.append(x509.IPAddress(ipaddress.ip_address(each)))
+                except ValueError:
+                    alternatives.append(x509.DNSName(each))
+            builder = builder.add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
+        return key, builder.sign(issuer_key if issuer_key is not None else key, hashes.SHA256())
+
+    def issue(self, name: str, names=("localhost", "127.0.0.1"), days: int = 30, start_days: int = -1):
+        """`(fullchain.pem, privkey.pem)` paths of a new leaf for `names` under `<dir>/<name>/`."""
+        from cryptography.hazmat.primitives import serialization
+
+        key, leaf = self._make(names[0] if names else name, self.intermediate_key, self.intermediate,
+                               names=names, days=days, start_days=start_days)
+        folder = self.directory / name
+        folder.mkdir(exist_ok=True)
+        fullchain, privkey = folder / "fullchain.pem", folder / "privkey.pem"
+        fullchain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM)
+                              + self.intermediate.public_bytes(serialization.Encoding.PEM))
+        privkey.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+        return fullchain, privkey
+
+    def client_context(self):
+        """An `ssl.SSLContext` trusting only the root: the chain must come from the server."""
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.root_path))
