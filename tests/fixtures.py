@@ -196,3 +196,97 @@ class CertificateAuthority:
         import ssl
 
         return ssl.create_default_context(cafile=str(self.root_path))
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a foreign server that cannot report the port it bound."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Nginx:
+    """
+    The real nginx running the shipped `etc/nginx/fulab.conf` (and, with
+    `old_paths`, `fulab-old-paths.conf`), with only the port, certificate and
+    backend address changed, in front of a daemon on `backend_port`.
+    """
+
+    def __init__(self, folder: Path, backend_port: int, cert: Path, key: Path, old_paths: bool = False):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.backend_port = backend_port
+        self.cert, self.key = cert, key
+        self.old_paths = old_paths
+        self.process: subprocess.Popen | None = None
+
+    def _shipped(self, name: str, replacements: dict[str, str]) -> str:
+        text = (REPO / "etc" / "nginx" / name).read_text()
+        for old, new in replacements.items():
+            assert old in text, f"{name} no longer contains {old!r}: update the Nginx fixture"
+            text = text.replace(old, new)
+        return text
+
+    def write_config(self) -> Path:
+        backend = {"http://127.0.0.1:5056;": f"http://127.0.0.1:{self.backend_port};"}
+        server = self._shipped("fulab.conf", dict(backend, **{
+            "listen 5057 ssl;": f"listen 127.0.0.1:{self.port} ssl;",
+            "/etc/letsencrypt/live/lab.example.org/fullchain.pem": str(self.cert),
+            "/etc/letsencrypt/live/lab.example.org/privkey.pem": str(self.key),
+        }))
+        if self.old_paths:
+            old_paths = self.folder / "fulab-old-paths.conf"
+            old_paths.write_text(self._shipped("fulab-old-paths.conf", backend))
+            server = server.replace("server_name lab.example.org;",
+                                    f"server_name lab.example.org;\n    include {old_paths};")
+        (self.folder / "fulab.conf").write_text(server)
+        temp = {kind: self.folder / kind for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+        main = self.folder / "nginx.conf"
+        main.write_text("\n".join([
+            "daemon off;", "worker_processes 1;", f"pid {self.folder / 'nginx.pid'};",
+            f"error_log {self.folder / 'error.log'} info;",
+            *(["user root;"] if os.geteuid() == 0 else []),
+            "events { worker_connections 64; }",
+            "http {",
+            f"    access_log {self.folder / 'access.log'};",
+            *(f"    {kind}_temp_path {path};" for kind, path in temp.items()),
+            f"    include {self.folder / 'fulab.conf'};",
+            "}", ""]))
+        return main
+
+    def start(self, timeout: float = 30) -> "Nginx":
+        import time
+
+        pid_file = self.folder / "nginx.pid"
+        self.process = subprocess.Popen(["/usr/sbin/nginx", "-c", str(self.write_config()), "-p", str(self.folder)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # nginx offers no readiness event; it writes its pid file once its sockets listen.
+        for _ in range(int(timeout / 0.05)):
+            if pid_file.exists() or self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not pid_file.exists():
+            self.stop()
+            log = (self.folder / "error.log").read_text() if (self.folder / "error.log").exists() else ""
+            raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}\n{log}")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"wss://127.0.0.1:{self.port}"
+
+    @property
+    def https(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)

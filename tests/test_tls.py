@@ -12,12 +12,7 @@ import orjson
 import pytest
 from websockets.sync.client import connect
 
-from tests.fixtures import CertificateAuthority, Daemon, get_json, sample_files, sample_lines
-
-
-@pytest.fixture
-def ca(tmp_path):
-    return CertificateAuthority(tmp_path / "pki")
+from tests.fixtures import Daemon, get_json, sample_files, sample_lines
 
 
 def tls_daemon(tmp_path, ca, *args):
