@@ -32,12 +32,13 @@ class ListenerSupervisor(service.Service):
         self.interval = interval
         self.probe_endpoint = probe_endpoint or loopback_endpoint
         self.port = None
+        self._address = None
         self.restarts = 0
         self.failures = 0
         self.probes = 0
         self.last_error: str | None = None
         self._ever_listened = False
-        self._busy = False
+        self._check_running = defer.succeed(None)
         self._loop = None
 
     def startService(self):
@@ -57,20 +58,12 @@ class ListenerSupervisor(service.Service):
 
     @property
     def address(self):
-        return self.port.getHost() if self.port is not None else None
+        return self._address if self.port is not None else None
 
-    @defer.inlineCallbacks
-    def _check(self):
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            if self.port is None:
-                yield self._listen()
-            else:
-                yield self._probe()
-        finally:
-            self._busy = False
+    def _check(self) -> defer.Deferred:
+        """Listen if not listening, else probe; the loop waits for this before the next interval."""
+        self._check_running = self._listen() if self.port is None else self._probe()
+        return self._check_running
 
     @defer.inlineCallbacks
     def _listen(self):
@@ -86,7 +79,7 @@ class ListenerSupervisor(service.Service):
             yield port.stopListening()
             return
         self.port = port
-        self.last_error = None
+        self._address = port.getHost()
         if self._ever_listened:
             self.restarts += 1
         self._ever_listened = True
@@ -95,7 +88,7 @@ class ListenerSupervisor(service.Service):
 
     @defer.inlineCallbacks
     def _probe(self):
-        client = self.probe_endpoint(self.port.getHost())
+        client = self.probe_endpoint(self._address)
         if client is None:
             return
         try:
