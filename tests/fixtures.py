@@ -16,7 +16,9 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents if (folder / "shared" / "samples").is_dir()),
+# `shared/samples` beside the clone, or beside a parent folder (git worktrees live one level deeper)
+SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents
+                if (folder / "shared" / "samples" / "SOURCES.md").is_file()),
                REPO.parent / "shared" / "samples")
 LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
 
