@@ -276,8 +276,8 @@ class Doctor:
         if code == 10 and leaf is not None:
             return (f"the certificate for {', '.join(names)} expired {-days_left(leaf)} days ago "
                     f"({leaf.not_valid_after_utc:%Y-%m-%d}): renew it (certbot renew), then reload the server "
-                    f"that serves it (systemctl reload nginx; fulabd re-reads --tls-cert by itself, or on "
-                    f"systemctl reload fulabd)")
+                    f"that serves it (systemctl reload nginx; fulabd re-reads --tls-cert within a minute by "
+                    f"itself, or at once on systemctl kill -s HUP fulabd)")
         if code == 62:
             return (f"the certificate is for {', '.join(names) or 'another name'}, not {target.host}: use a URL "
                     f"with one of those names, or get a certificate for {target.host}")

@@ -143,3 +143,19 @@ def test_unresolvable_name(capsys):
     code, lines = doctor(capsys, "wss://fulab-doctor-test.invalid/")
     assert code == 1
     assert failure(lines).startswith("[FAIL] name resolution: cannot resolve fulab-doctor-test.invalid")
+
+
+def test_leaf_without_its_chain_says_to_serve_fullchain(tmp_path, ca, capsys):
+    """`cert.pem` (the leaf alone) instead of `fullchain.pem`: clients cannot reach the trusted root."""
+    cert, key = ca.issue("leaf-only")
+    leaf_only = cert.with_name("cert.pem")
+    leaf_only.write_text(cert.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")
+    server = Daemon(tmp_path / "remote", "--tls-port", "0", "--tls-interface", "127.0.0.1",
+                    "--tls-cert", str(leaf_only), "--tls-key", str(key)).start()
+    try:
+        code, lines = doctor(capsys, f"wss://localhost:{server.tls_port}/", "--cafile", str(ca.root_path))
+    finally:
+        server.stop()
+    assert code == 1
+    assert failure(lines).startswith("[FAIL] TLS handshake: unable to get local issuer certificate (served chain "
+                                     "of 1): the chain is incomplete or its issuer is not trusted: serve fullchain.pem")
