@@ -73,6 +73,7 @@ class ReloadingCertificate(service.Service):
         self.clock = clock
         self.check_interval = check_interval
         self.options, self.certificate, self.chain_length = load_options(cert_path, key_path)
+        self._warn_if_expiring()
         self._stamp = self._file_stamp()
         self._loop = None
         self._previous_sighup = None
@@ -103,7 +104,18 @@ class ReloadingCertificate(service.Service):
         info = self.describe()
         self._log.info("TLS certificate reloaded ({why}): {subject}, chain of {chain}, valid until {not_after}",
                        why=why, subject=info["subject"], chain=chain_length, not_after=info["not-after"])
+        self._warn_if_expiring()
         return True
+
+    def _warn_if_expiring(self):
+        info = self.describe()
+        if info["days-left"] < 0:
+            self._log.error("TLS certificate {subject} in {cert} expired on {not_after}: clients will refuse it; "
+                            "renew it (certbot renew)", subject=info["subject"], cert=self.cert_path,
+                            not_after=info["not-after"])
+        elif info["days-left"] < 14:
+            self._log.warn("TLS certificate {subject} in {cert} expires in {days} days: renew it",
+                           subject=info["subject"], cert=self.cert_path, days=info["days-left"])
 
     def describe(self) -> dict:
         """The served certificate, for `status`."""

@@ -108,6 +108,7 @@ def test_nginx_up_backend_down_is_a_502(nginx, daemon, ca, capsys):
 def test_expired_certificate(tmp_path, ca, capsys):
     server = tls_daemon_with(tmp_path, ca, days=-3, start_days=-60)
     try:
+        server.wait_for_log(r"TLS certificate localhost in \S+ expired on .*: clients will refuse it")
         code, lines = doctor(capsys, f"wss://localhost:{server.tls_port}/", "--cafile", str(ca.root_path))
     finally:
         server.stop()
