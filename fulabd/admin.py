@@ -32,6 +32,10 @@ def status(args) -> int:
     for listener in data.get("listeners", []):
         state = "listening" if listener["listening"] else f"NOT listening ({listener.get('last-error')})"
         print(f"{'listener':>10}: {listener['endpoint']} {state}")
+    if "tls" in data:
+        tls = data["tls"]
+        print(f"{'tls':>10}: {tls['subject']} (chain of {tls['chain']}) valid until {tls['not-after']}, "
+              f"{tls['days-left']} days left, from {tls['cert']}")
     return 0 if data.get("running") else 1
 
 

@@ -81,6 +81,10 @@ class Target:
         return self.scheme == "wss"
 
     @property
+    def netloc(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
     def lab_base(self) -> str:
         """Where the listings live, next to the upload path: `/fulab/lab` for `/fulab/lab/upload/ws`."""
         if self.path.endswith("/lab/upload/ws"):
@@ -207,16 +211,16 @@ class Doctor:
         try:
             self.connect(target).close()
         except ConnectionRefusedError:
-            raise Failure(f"{step}\0{target.host}:{target.port} refused the connection: nothing listens there. "
+            raise Failure(f"{step}\0{target.netloc} refused the connection: nothing listens there. "
                           f"Start the daemon (systemctl start fulabd) or nginx (systemctl start nginx), and on the "
                           f"server check: ss -ltnp | grep {target.port}")
         except (TimeoutError, socket.timeout):
-            raise Failure(f"{step}\0no answer from {target.host}:{target.port} within {self.timeout:g} s: a "
+            raise Failure(f"{step}\0no answer from {target.netloc} within {self.timeout:g} s: a "
                           f"firewall drops the packets; open the port (ufw allow {target.port}/tcp, or the "
                           f"provider's firewall)")
         except OSError as e:
-            raise Failure(f"{step}\0cannot reach {target.host}:{target.port}: {e.strerror or e}")
-        self.ok(step, f"{target.host}:{target.port} accepts connections ({(time.monotonic() - started) * 1000:.1f} ms)")
+            raise Failure(f"{step}\0cannot reach {target.netloc}: {e.strerror or e}")
+        self.ok(step, f"{target.netloc} accepts connections ({(time.monotonic() - started) * 1000:.1f} ms)")
 
     def tls_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.cafile)
@@ -251,7 +255,7 @@ class Doctor:
         try:
             chain = self.served_chain(target)
         except Exception as e:
-            raise Failure(f"{step}\0no TLS on {target.host}:{target.port} ({e or type(e).__name__}): the port does "
+            raise Failure(f"{step}\0no TLS on {target.netloc} ({e or type(e).__name__}): the port does "
                           f"not speak TLS; use ws:// for a plain port, or the TLS port (--tls-port, nginx's "
                           f"listen ... ssl)")
         leaf = chain[0] if chain else None
@@ -290,8 +294,7 @@ class Doctor:
         if target.secure:
             sock = self.wrap(target, sock)
         key = base64.b64encode(os.urandom(16))
-        host = f"[{target.host}]" if ":" in target.host else target.host
-        request = [f"GET {path} HTTP/1.1", f"Host: {host}:{target.port}", "Upgrade: websocket",
+        request = [f"GET {path} HTTP/1.1", f"Host: {target.netloc}", "Upgrade: websocket",
                    "Connection: Upgrade", f"Sec-WebSocket-Key: {key.decode()}", "Sec-WebSocket-Version: 13",
                    "User-Agent: fulab-doctor"]
         if self.token:

@@ -13,6 +13,7 @@ import signal
 from datetime import datetime, timezone
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.application import service
 from twisted.internet import ssl, task
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -39,15 +40,15 @@ def load_options(cert_path: str, key_path: str) -> tuple[ssl.CertificateOptions,
     if not blocks:
         raise CertificateError(f"{cert_path} holds no PEM certificate (expected a fullchain.pem)")
     try:
-        leaf = ssl.PrivateCertificate.loadPEM(key_pem + b"\n" + blocks[0])
-        chain = [ssl.Certificate.loadPEM(block).original for block in blocks[1:]]
-        options = ssl.CertificateOptions(privateKey=leaf.privateKey.original, certificate=leaf.original,
-                                         extraCertChain=chain)
+        certificates = [x509.load_pem_x509_certificate(block) for block in blocks]
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        options = ssl.CertificateOptions(privateKey=key, certificate=certificates[0],
+                                         extraCertChain=certificates[1:])
         options.getContext()
     except Exception as e:
         raise CertificateError(f"{cert_path} with {key_path}: {e or type(e).__name__} "
                                "(is the key the one of the first certificate?)") from e
-    return options, x509.load_pem_x509_certificate(blocks[0]), len(blocks)
+    return options, certificates[0], len(blocks)
 
 
 def describe_certificate(certificate: x509.Certificate, chain_length: int) -> dict:

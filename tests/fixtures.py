@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents
                 if (folder / "shared" / "samples" / "SOURCES.md").is_file()),
                REPO.parent / "shared" / "samples")
-LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
+LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*\bport=(?P<port>\d+)")
 
 
 def sample_files() -> list[Path]:

@@ -4,14 +4,19 @@ re-read on SIGHUP or when the files change without dropping connections.
 """
 
 import os
+import re
 import shutil
 import signal
+import socket
 import time
 
 import orjson
 import pytest
+from twisted.python import usage
 from websockets.sync.client import connect
 
+from fulabd import admin
+from fulabd.tap import Options
 from tests.fixtures import Daemon, get_json, sample_files, sample_lines
 
 
@@ -66,6 +71,46 @@ def test_status_lists_every_listener_and_the_certificate(daemon_tls):
     assert endpoints == ["tcp:0:interface=127.0.0.1", "tls:0:interface=127.0.0.1"]
     assert all(listener["listening"] for listener in status["listeners"])
     assert (status["tls"]["subject"], status["tls"]["chain"]) == ("localhost", 2)
+
+
+def test_status_command_shows_the_certificate(daemon_tls, capsys):
+    assert admin.main(["status", "--url", daemon_tls.http]) == 0
+    out = capsys.readouterr().out
+    assert "listener: tls:0:interface=127.0.0.1 listening" in out
+    assert re.search(r"tls: localhost \(chain of 2\) valid until \S+, 29 days left, from \S+fullchain\.pem", out)
+
+
+def test_listen_is_repeatable_and_tls_options_go_together(ca):
+    cert, key = ca.issue("live")
+    options = Options()
+    options.parseOptions(["--listen", "unix:/run/a.sock", "--listen", "tcp:6000", "--tls-port", "5057",
+                          "--tls-cert", str(cert), "--tls-key", str(key)])
+    assert options["endpoints"] == ["tcp:5056:interface=127.0.0.1", "unix:/run/a.sock", "tcp:6000"]
+    assert (options["tls-port"], options["tls-interface"]) == (5057, "0.0.0.0")
+    for partial in (["--tls-port", "5057"], ["--tls-cert", str(cert), "--tls-key", str(key)]):
+        with pytest.raises(usage.UsageError, match="go together"):
+            Options().parseOptions(partial)
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_tls_on_ipv6(tmp_path, ca):
+    cert, key = ca.issue("v6", names=("localhost", "::1"))
+    server = Daemon(tmp_path / "remote", "--tls-port", "0", "--tls-interface", "::1",
+                    "--tls-cert", str(cert), "--tls-key", str(key)).start()
+    try:
+        with connect(f"wss://[::1]:{server.tls_port}/fulab/lab/upload/ws", ssl=ca.client_context()) as ws:
+            assert ping(ws)["type"] == "pong"
+    finally:
+        server.stop()
 
 
 def test_supervisor_self_probe_passes_on_the_tls_port(daemon_tls):
