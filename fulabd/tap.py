@@ -11,9 +11,12 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 import fulabd
-from fulabd import supervisor, tls, web
+from fulabd import pars, supervisor, tls, web
+from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
+from fulabd.local import LocalSources
 from fulabd.store import SessionStore
+from fulabd.stream import StreamFactory
 from fulabd.upload import UploadFactory
 
 MiB = 1024 * 1024
@@ -42,6 +45,9 @@ class Options(usage.Options):
         ["ping-interval", None, 30.0, "Seconds between WebSocket pings to each client (0: off).", float],
         ["ping-timeout", None, 30.0, "Seconds to wait for a pong before dropping a client.", float],
         ["handshake-timeout", None, 10.0, "Seconds a client may take to finish the opening handshake.", float],
+        ["codex-dir", None, None, "Also list and stream the Codex sessions under this folder (e.g. ~/.codex/sessions)."],
+        ["claude-dir", None, None, "Also list and stream the Claude Code sessions under this folder "
+                                   "(e.g. ~/.claude/projects)."],
         ["tls-port", None, None, "Also serve wss:// and https:// on this port (needs --tls-cert and --tls-key).", int],
         ["tls-interface", None, "0.0.0.0", "Interface --tls-port listens on (`::` for IPv6 and IPv4)."],
         ["tls-cert", None, None, "PEM certificate chain, leaf first (a Let's Encrypt fullchain.pem)."],
@@ -84,12 +90,21 @@ def makeService(config, reactor=None) -> service.MultiService:
     store = SessionStore(config["root"], clock=reactor, hub=hub)
     store.setServiceParent(parent)
 
+    sources = [StoreSource(store)]
+    folders = [(source, config[f"{source}-dir"]) for source in ("codex", "claude") if config[f"{source}-dir"]]
+    if folders:
+        local = LocalSources(folders, hub, reactor)
+        local.setServiceParent(parent)
+        sources.append(local)
+    catalog = Catalog(sources)
+
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
                             peer_of=lambda request, transport: request.peer, reactor=reactor)
-    for factory in (uploads,):
+    stream = StreamFactory(catalog, hub, clock=reactor, reactor=reactor)
+    for factory in (uploads, stream):
         factory.setProtocolOptions(autoPingInterval=config["ping-interval"], autoPingTimeout=config["ping-timeout"],
                                    openHandshakeTimeout=config["handshake-timeout"])
-    dispatch = web.WebSocketDispatch(uploads)
+    dispatch = web.WebSocketDispatch(uploads, stream)
 
     listen = [(description, endpoints.serverFromString(reactor, description)) for description in config["endpoints"]]
     certificate = None
@@ -113,12 +128,13 @@ def makeService(config, reactor=None) -> service.MultiService:
         ports = [listener.describe() for listener in listeners]
         return {"running": any(port["listening"] for port in ports),
                 "port": next((port["port"] for port in ports if port["port"] is not None), None),
-                "clients": len(uploads.connections), "uploads": len(uploads.connections),
-                "viewers": 0, "sessions": len(store.sessions()),
+                "clients": len(uploads.connections) + len(stream.viewers), "uploads": len(uploads.connections),
+                "viewers": len(stream.viewers), "sessions": len(store.sessions()),
                 "restarts": sum(port["restarts"] for port in ports),
                 "uptime": round(reactor.seconds() - started, 3), "version": fulabd.__version__,
                 "root": store.root, "listeners": ports,
                 **({"tls": certificate.describe()} if certificate is not None else {})}
 
-    web.build_tree(dispatch, store.sessions, reactor, config["active-window"], status)
+    web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
+                   session_child=lambda name: pars.session_child(store, name))
     return parent

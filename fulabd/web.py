@@ -12,7 +12,7 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.web import resource, server
 
-from fulabd import edn
+from fulabd import edn, ui
 from fulabd.messages import INVALID_PATH, now_iso
 
 UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
@@ -120,12 +120,19 @@ class Sessions(resource.Resource):
 
     isLeaf = False
 
-    def __init__(self, catalog, clock, active_window: float, active_only: bool = False):
+    def __init__(self, catalog, clock, active_window: float, active_only: bool = False, session_child=None):
         super().__init__()
         self.catalog = catalog
         self.clock = clock
         self.active_window = active_window
         self.active_only = active_only
+        self.session_child = session_child
+
+    def getChild(self, name, request):
+        """`sessions/<id>/…`, when the tree was built with a `session_child` factory."""
+        if self.session_child is None:
+            return super().getChild(name, request)
+        return self.session_child(name)
 
     def render_GET(self, request):
         now = self.clock.seconds()
@@ -147,11 +154,16 @@ class Status(resource.Resource):
         return render_data(request, self.status())
 
 
-def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float, status) -> resource.Resource:
-    """Mount the HTTP resources under `/fulab/lab/` of the dispatching root."""
+def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float, status,
+               session_child=None) -> resource.Resource:
+    """Mount the web UI and the HTTP resources under `/fulab/lab/` of the dispatching root.
+
+    `session_child(name)` gives the resource for `sessions/<name>` (e.g. its PARs).
+    """
     fulab = resource.Resource()
-    lab = resource.Resource()
-    sessions = Sessions(catalog, clock, active_window)
+    lab = ui.Lab()
+    ui.mount(lab)
+    sessions = Sessions(catalog, clock, active_window, session_child=session_child)
     sessions.putChild(b"active", Sessions(catalog, clock, active_window, active_only=True))
     sessions.putChild(b"", sessions)
     lab.putChild(b"sessions", sessions)

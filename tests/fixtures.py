@@ -292,3 +292,185 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(30)
+
+
+class Uploader:
+    """The real `fulab-upload` command in a subprocess; its output is collected line by line."""
+
+    def __init__(self, *args: str):
+        self.args = list(args)
+        self.process: subprocess.Popen | None = None
+        self.output: list[str] = []
+        self._lines = threading.Condition()
+
+    def start(self) -> "Uploader":
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen([sys.executable, str(REPO / "bin" / "fulab-upload"), *self.args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        return self
+
+    def _read(self, process):
+        for raw in process.stdout:
+            with self._lines:
+                self.output.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._lines.notify_all()
+
+    def wait_for_output(self, pattern: str, timeout: float = 60, count: int = 1) -> list[str]:
+        """The first `count` output lines matching `pattern` (waiting for them)."""
+        regex = re.compile(pattern)
+
+        def found():
+            matches = [line for line in self.output if regex.search(line)]
+            return matches if len(matches) >= count else None
+
+        with self._lines:
+            matches = self._lines.wait_for(found, timeout)
+        if not matches:
+            raise AssertionError(f"no {count} output line(s) matching {pattern!r}:\n" + "\n".join(self.output[-40:]))
+        return matches
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.process.wait(timeout)
+
+    def kill(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(timeout)
+
+
+class CuttableProxy:
+    """A loopback TCP proxy to `port` whose connections can be cut at will: a real network fault.
+
+    `cut_after(n)` lets n more client bytes through and then drops every
+    connection, so the cut lands inside a WebSocket frame.  `requests` keeps the
+    first bytes each client sent (its HTTP upgrade request).
+    """
+
+    def __init__(self, port: int):
+        import socket
+
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests: list[bytes] = []
+        self.cuts = 0
+        self._pairs: list = []
+        self._budget: int | None = None
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def _accept(self):
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, server))
+            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+
+    def _pipe(self, source, sink, upstream: bool):
+        first = upstream
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            if first:
+                self.requests.append(data)
+                first = False
+            cut = False
+            if upstream:
+                with self._lock:
+                    if self._budget is not None:
+                        if len(data) >= self._budget:
+                            data, cut = data[:self._budget], True
+                        else:
+                            self._budget -= len(data)
+            try:
+                sink.sendall(data)
+            except OSError:
+                break
+            if cut:
+                self.cut()
+                break
+        for end in (source, sink):
+            try:
+                end.close()
+            except OSError:
+                pass
+
+    def cut_after(self, client_bytes: int):
+        with self._lock:
+            self._budget = client_bytes
+
+    def cut(self):
+        """Drop every open connection at once (RST, as a dead link or a crashed proxy would)."""
+        import socket
+        import struct
+
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+            self._budget = None
+            self.cuts += 1
+        for pair in pairs:
+            for end in pair:
+                try:
+                    end.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    end.shutdown(socket.SHUT_RDWR)
+                    end.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+        self.cut()
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def chromium_missing() -> str | None:
+    """Why a real browser cannot run here, or None."""
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(path, os.X_OK):
+            return f"{path} not found: install the Debian package {package} (.ci/run does)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed: pip install '.[test]'"
+    return None
+
+
+def start_chromium(profile: Path):
+    """Headless Chromium driven by the system chromedriver; Selenium Manager never downloads anything."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--no-first-run", "--window-size=1400,900", f"--user-data-dir={profile}"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)

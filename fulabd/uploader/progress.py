@@ -1,0 +1,120 @@
+"""
+What the user sees: one line per event that matters, and a progress bar while catching up.
+
+Status lines go to stderr, each a plain sentence with the session id, so they
+read well in a terminal and in a log.  The bar (lines, MB, rate) is drawn only
+on a terminal and only while there is a backlog.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.internet.task import LoopingCall
+
+ADVICE = {
+    "storage-full": "the server's disk is below its free-space limit; free space on the server. "
+                    "The uploader retries every minute and loses nothing",
+    "storage-failed": "the server could not write its files; check the server's log and disk. Retrying",
+    "too-large": "a line is larger than the server accepts; raise the server's --max-message-size and restart "
+                 "the uploader",
+    "invalid-path": "the URL is not an upload endpoint; use a URL ending in /fulab/lab/upload/ws",
+    "gap": "the server lost track of this session's position; resuming",
+    "bad-event": "the server refused a line; report this as a bug with the file",
+}
+
+
+class Reporter:
+    def __init__(self, stream=None, quiet: bool = False, bar: bool | None = None, clock=None):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.bar = (not quiet and self.stream.isatty()) if bar is None else bar
+        self.clock = clock
+        self.lines = 0
+        self.bytes = 0
+        self._drawn = False
+        self._last = (0.0, 0)
+        self._rate = 0.0
+        self._backlog = set()
+        self._ticker = LoopingCall(self._draw) if self.bar else None
+        if self._ticker is not None:
+            self._ticker.clock = clock
+
+    def say(self, text: str, always: bool = False):
+        if self.quiet and not always:
+            return
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self._drawn = False
+        self.stream.write(f"fulab-upload: {text}\n")
+        self.stream.flush()
+
+    def connected(self, sessions: int):
+        self.say(f"connected; resuming {sessions} session(s)")
+
+    def disconnected(self, code, reason):
+        self.say(f"connection lost ({reason or code}); reconnecting with backoff", always=True)
+
+    def connect_failed(self, reason):
+        self.say(f"could not connect: {reason}; retrying with backoff", always=True)
+
+    def tracking(self, sender):
+        self._backlog.add(sender)
+        if self._ticker is not None and not self._ticker.running:
+            self._ticker.start(0.5, now=False)
+
+    def live(self, sender):
+        self._backlog.discard(sender)
+        meta = sender.identity.meta
+        where = meta.get("project") or meta.get("cwd") or ""
+        self.say(f"live {sender.session_id} ({meta.get('source', '?')}{', ' + where if where else ''}): "
+                 f"{sender.acked.index} lines on the server, from {sender.reader.path}")
+
+    def acked(self, sender, lines: int, size: int, count: int):
+        self.lines += lines
+        self.bytes += size
+
+    def conflict(self, sender, successor, detail: str):
+        if successor is None:
+            self.say(f"conflict in {sender.session_id}: {detail}; the file is unreadable now, "
+                     "it is uploaded again when it has a complete line", always=True)
+        else:
+            self.say(f"conflict in {sender.session_id}: {detail}. The server keeps what it has; "
+                     f"the file's current content is uploaded as session {successor.session_id}", always=True)
+
+    def error(self, sender, reply: dict, blocked: bool):
+        err = reply.get("err", "?")
+        what = ADVICE.get(err, "")
+        state = "this session is stopped until the uploader is restarted" if blocked else ""
+        self.say(f"server refused {sender.session_id}: {err}: {reply.get('detail', '')}"
+                 f"{'; ' + what if what else ''}{'; ' + state if state else ''}", always=True)
+
+    def server_error(self, reply: dict):
+        err = reply.get("err", "?")
+        self.say(f"server error {err}: {reply.get('detail', '')}{'; ' + ADVICE[err] if err in ADVICE else ''}",
+                 always=True)
+
+    def warning(self, sender, text: str):
+        self.say(f"warning for {sender.session_id}: {text}", always=True)
+
+    def gone(self, sender):
+        self._backlog.discard(sender)
+        self.say(f"{sender.reader.path} was removed; session {sender.session_id} keeps what the server has")
+
+    def _draw(self):
+        now = self.clock.seconds()
+        then, before = self._last
+        if now > then:
+            self._rate = 0.7 * self._rate + 0.3 * (self.bytes - before) / (now - then) if then else 0.0
+        self._last = (now, self.bytes)
+        behind = sum(1 for sender in self._backlog if not sender.live)
+        if not behind:
+            if self._drawn:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+                self._drawn = False
+            return
+        self.stream.write(f"\r\x1b[Kcatching up {behind} session(s): {self.lines:,} lines, "
+                          f"{self.bytes / 1e6:,.1f} MB, {self._rate / 1e6:,.1f} MB/s")
+        self.stream.flush()
+        self._drawn = True

@@ -1,0 +1,301 @@
+"""
+One session's upload: where the server stands, what is in flight, what comes next.
+
+The server is the authority on position: on every (re)connect the sender asks
+(`resume`) and reads its file from there.  It re-sends the last stored line and
+the first line as checks, so a file rewritten behind the server's back is
+refused (`conflict`) instead of silently spliced.  Lines travel as raw strings
+in `events` batches of bounded size; nothing is kept once sent, because the
+file itself is the write-ahead log.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from fulabd.uploader.identity import Identity
+from fulabd.uploader.tail import LineReader, Position, Replaced
+
+MAX_FRAME_BYTES = 1 << 20
+RETRY_SECONDS = 5
+FULL_RETRY_SECONDS = 60
+
+WAITING = "waiting"        # no connection
+RESUMING = "resuming"      # asked the server where the session stands
+STREAMING = "streaming"    # sending lines as the file grows
+RESYNCING = "resyncing"    # a message was refused: let the rest settle, then resume
+BLOCKED = "blocked"        # cannot go on without the user (or a new generation)
+STOPPED = "stopped"
+
+
+@dataclass
+class Batch:
+    end: Position
+    lines: int
+    size: int
+
+
+class Sender:
+    """Uploads one file as one session (one generation of it) over the current channel."""
+
+    _log = Logger()
+
+    def __init__(self, base: Identity, reader: LineReader, budget, reporter, clock, generation: int = 1,
+                 max_frame_bytes: int = MAX_FRAME_BYTES):
+        self.base = base
+        self.identity = base.generation(generation)
+        self.reader = reader
+        self.budget = budget
+        self.reporter = reporter
+        self.clock = clock
+        self.generation = generation
+        self.max_frame_bytes = max_frame_bytes
+        self.state = WAITING
+        self.channel = None
+        self.acked = Position(0, 0)
+        self.inflight: deque[Batch] = deque()
+        self.legacy = False
+        self.live = False
+        self.idle = False
+        self._retry = None
+        self._resync_delay = 0.0
+
+    @property
+    def session_id(self) -> str:
+        return self.identity.session_id
+
+    @property
+    def caught_up(self) -> bool:
+        """Every complete line of the file is acknowledged (or the session cannot go on)."""
+        return self.state in (BLOCKED, STOPPED) or (self.state == STREAMING and self.idle and not self.inflight)
+
+    def attach(self, channel):
+        self.channel = channel
+        self._resume()
+
+    def detach(self):
+        """The connection is gone, and with it everything in flight (the budget is reset with it)."""
+        self.channel = None
+        self.inflight.clear()
+        self._cancel_retry()
+        if self.state not in (BLOCKED, STOPPED):
+            self.state = WAITING
+
+    def stop(self):
+        """Send nothing more; what is in flight still gets its ack."""
+        self._cancel_retry()
+        if self.state != BLOCKED:
+            self.state = STOPPED
+
+    def _cancel_retry(self):
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    def _resume(self):
+        if self.channel is None or self.state in (BLOCKED, STOPPED):
+            return
+        self.state = RESUMING
+        self.channel.send({"type": "resume", "session-id": self.session_id}, self._resumed)
+
+    def _resumed(self, reply: dict):
+        if self.state != RESUMING:
+            return
+        if reply.get("type") == "error" and reply.get("err") == "unknown-type":
+            self._log.warn("the server does not know resume; sending session {session} from its start "
+                           "(an old server may store duplicates)", session=self.session_id)
+            self.legacy = True
+            return self._start_from(0)
+        if reply.get("type") != "ack" or not isinstance(reply.get("count"), int):
+            return self._refused(reply)
+        self._start_from(reply["count"])
+
+    def _start_from(self, count: int):
+        """Continue after the server's `count` lines, re-sending line 0 and line count-1 as checks."""
+        known = (self.acked, *(batch.end for batch in self.inflight))
+        try:
+            if count > 1:
+                self.reader.seek(0)
+                first = self.reader.read(self.max_frame_bytes)
+                if not first:
+                    return self._conflict(f"the file has no complete line but the server holds {count}")
+                self._send_check(first[0])
+            start = max(count - 1, 0)
+            if not self.reader.seek(start, known):
+                return self._conflict(f"the file has fewer than {count} lines, the server holds {count}")
+            self.acked = self.reader.position
+        except Replaced as e:
+            return self._replaced(e)
+        except FileNotFoundError:
+            return self._gone()
+        self.state = STREAMING
+        if count > 0:
+            try:
+                lines = self.reader.read(self.max_frame_bytes)
+            except Replaced as e:
+                return self._replaced(e)
+            if not lines:
+                return self._conflict(f"the file has {count - 1} complete lines but the server holds {count}")
+            self._send_lines(start, lines, self.reader.position)
+        self.pump()
+
+    def pump(self):
+        """Send what the file holds, as far as the window allows."""
+        if self._retry is not None:
+            return
+        while self.state == STREAMING and self.channel is not None and self.budget.available():
+            try:
+                seq = self.reader.position.index
+                lines = self.reader.read(self.max_frame_bytes)
+            except Replaced as e:
+                return self._replaced(e)
+            except FileNotFoundError:
+                return self._gone()
+            if not lines:
+                self._check_live()
+                return
+            self._send_lines(seq, lines, self.reader.position)
+        if self.state == STREAMING and self.channel is not None:
+            self.budget.wait(self)
+
+    def _send_check(self, first_line: bytes):
+        """Line 0 again: the server refuses it with `conflict` if the file is not the one it holds."""
+        self.channel.send({"type": "events", "session-id": self.session_id, "seq": 0,
+                           "events": [first_line.decode("utf-8", "replace")]}, self._checked)
+
+    def _checked(self, reply: dict):
+        if reply.get("type") != "ack" and self.state not in (BLOCKED, STOPPED):
+            self._refused(reply)
+
+    def _send_lines(self, seq: int, lines: list[bytes], end: Position):
+        self.idle = False
+        events = []
+        for offset, line in enumerate(lines):
+            try:
+                events.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                self.reporter.warning(self, f"line {seq + offset} is not valid UTF-8; it is sent with "
+                                            "replacement characters and will not be byte-identical")
+                events.append(line.decode("utf-8", "replace"))
+        size = sum(len(line) + 1 for line in lines)
+        if self.legacy:
+            messages = self._legacy_messages(seq, events)
+        elif seq == 0:
+            messages = [{"type": "init", "session-id": self.session_id, **self.identity.meta, "events": events}]
+        else:
+            messages = [{"type": "events", "session-id": self.session_id, "seq": seq, "events": events}]
+        batch = Batch(end, len(lines), size)
+        self.inflight.append(batch)
+        self.budget.take(size)
+        for message in messages[:-1]:
+            self.channel.send(message, self._legacy_step)
+        self.channel.send(messages[-1], lambda reply: self._acked(batch, reply))
+
+    def _legacy_messages(self, seq: int, events: list[str]) -> list[dict]:
+        """An old server gets `init` for line 0 on, then one `event` per line (with `seq`, which new servers use)."""
+        if seq == 0:
+            return [{"type": "init", "session-id": self.session_id, **self.identity.meta, "events": events}]
+        return [{"type": "event", "session-id": self.session_id, "seq": seq + i, "event": event}
+                for i, event in enumerate(events)]
+
+    def _legacy_step(self, reply: dict):
+        if reply.get("type") == "error":
+            self._refused(reply)
+
+    def _acked(self, batch: Batch, reply: dict):
+        if batch not in self.inflight:
+            return
+        while self.inflight and self.inflight[0] is not batch:
+            self.budget.release(self.inflight.popleft().size)
+        self.inflight.popleft()
+        self.budget.release(batch.size)
+        if reply.get("type") != "ack":
+            return self._refused(reply)
+        if self.state == RESYNCING:
+            return self._settled()
+        self.acked = batch.end
+        self.reporter.acked(self, reply.get("appended", batch.lines), batch.size, reply.get("count", batch.end.index))
+        self.pump()
+
+    def _refused(self, reply: dict):
+        err = reply.get("err", "?")
+        if self.state in (BLOCKED, STOPPED):
+            return
+        if self.state == RESYNCING:
+            return self._settled()
+        if err == "conflict":
+            return self._conflict(reply.get("detail", "the server holds different lines"))
+        if err in ("too-large", "bad-event", "missing-session-id", "bad-json", "invalid-path", "unknown-type"):
+            self.state = BLOCKED
+            self.reporter.error(self, reply, blocked=True)
+            return
+        if err != "gap":
+            self.reporter.error(self, reply, blocked=False)
+        self.state = RESYNCING
+        self._resync_delay = {"gap": 0, "storage-full": FULL_RETRY_SECONDS}.get(err, RETRY_SECONDS)
+        self._settled()
+
+    def _settled(self):
+        """Once nothing of this session is in flight, wait a little, then ask the server where it stands."""
+        if self.inflight or self.state != RESYNCING or self._retry is not None:
+            return
+        self._retry = self.clock.callLater(self._resync_delay, self._retry_now)
+
+    def _retry_now(self):
+        self._retry = None
+        self._resume()
+
+    def _check_live(self):
+        self.idle = True
+        if not self.inflight and not self.live:
+            self.live = True
+            self.reporter.live(self)
+        if not self.inflight:
+            self.reporter.idle(self)
+
+    def _conflict(self, detail: str):
+        self.state = BLOCKED
+        self.reporter.conflict(self, detail)
+
+    def _replaced(self, error: Replaced):
+        self.state = BLOCKED
+        self.reporter.conflict(self, str(error))
+
+    def _gone(self):
+        self.state = STOPPED
+        self.reporter.gone(self)
+
+
+class Budget:
+    """The connection's window: bytes and messages in flight, shared by all sessions."""
+
+    def __init__(self, max_bytes: int = 8 << 20, max_batches: int = 64):
+        self.max_bytes = max_bytes
+        self.max_batches = max_batches
+        self.bytes = 0
+        self.batches = 0
+        self._waiting: deque[Sender] = deque()
+
+    def available(self) -> bool:
+        return self.bytes < self.max_bytes and self.batches < self.max_batches
+
+    def take(self, size: int):
+        self.bytes += size
+        self.batches += 1
+
+    def release(self, size: int):
+        self.bytes -= size
+        self.batches -= 1
+        while self._waiting and self.available():
+            self._waiting.popleft().pump()
+
+    def wait(self, sender: Sender):
+        if sender not in self._waiting:
+            self._waiting.append(sender)
+
+    def reset(self):
+        self.bytes = self.batches = 0
+        self._waiting.clear()

@@ -1,0 +1,133 @@
+"""
+A session file as a sequence of complete lines with byte offsets.
+
+The file on the laptop is the write-ahead log: nothing is kept in memory
+beyond the lines of one read.  A partial last line (no newline yet) is held
+back until its newline arrives.  A file that shrinks below the read position,
+is replaced (another inode) or whose first line changes is reported as
+`Replaced`; the caller decides what that means (a new generation).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+CHUNK = 1 << 20
+FINGERPRINT_BYTES = 4096
+
+
+class Replaced(Exception):
+    """The file is no longer the one whose lines were read."""
+
+
+@dataclass
+class Position:
+    """Line `index` starts at byte `offset`."""
+
+    index: int
+    offset: int
+
+
+class LineReader:
+    """Complete lines of `path`, read forward from a position.
+
+    The file is opened for each read, so a reader holds no descriptor while
+    idle (thousands of sessions can be watched) and sees a replaced file.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.position = Position(0, 0)
+        self._inode: tuple[int, int] | None = None
+        self._fingerprint: bytes | None = None
+
+    def _open(self, check_size: bool = True):
+        handle = open(self.path, "rb")
+        status = os.fstat(handle.fileno())
+        inode = (status.st_dev, status.st_ino)
+        try:
+            if self._inode is not None and inode != self._inode:
+                raise Replaced(f"{self.path} was replaced by another file")
+            if check_size and status.st_size < self.position.offset:
+                raise Replaced(f"{self.path} shrank from {self.position.offset} to {status.st_size} bytes")
+            self._check_fingerprint(handle)
+        except Replaced:
+            handle.close()
+            raise
+        self._inode = inode
+        return handle
+
+    def _check_fingerprint(self, handle):
+        """The first bytes of the file must stay what they were when first seen."""
+        head = handle.read(FINGERPRINT_BYTES)
+        if self._fingerprint is not None and not head.startswith(self._fingerprint):
+            raise Replaced(f"{self.path} was rewritten: its first bytes changed")
+        self._fingerprint = head
+
+    def pending_bytes(self) -> int:
+        """Bytes on disk past the read position (0 if the file is gone)."""
+        try:
+            return max(0, os.stat(self.path).st_size - self.position.offset)
+        except OSError:
+            return 0
+
+    def seek(self, index: int, known: tuple[Position, ...] = ()) -> bool:
+        """Move to the start of line `index`, scanning newlines from the best known position.
+
+        Returns False (and stays put) when the file has fewer than `index`
+        complete lines.  Memory stays bounded: the scan reads in chunks.
+        """
+        start = max((p for p in (Position(0, 0), *known) if p.index <= index), key=lambda p: p.index)
+        with self._open(check_size=False) as handle:
+            line, offset = start.index, start.offset
+            handle.seek(offset)
+            while line < index:
+                chunk = handle.read(CHUNK)
+                if not chunk:
+                    return False
+                at = 0
+                while line < index:
+                    found = chunk.find(b"\n", at)
+                    if found < 0:
+                        break
+                    line += 1
+                    at = found + 1
+                offset += at if line == index else len(chunk)
+        self.position = Position(index, offset)
+        return True
+
+    def read(self, max_bytes: int) -> list[bytes]:
+        """Complete lines from the position, up to `max_bytes` (at least one line, however long)."""
+        with self._open() as handle:
+            handle.seek(self.position.offset)
+            lines: list[bytes] = []
+            taken = 0
+            buffer = bytearray()
+            full = False
+            while not full:
+                chunk = handle.read(CHUNK)
+                if not chunk:
+                    break
+                buffer += chunk
+                start = 0
+                while True:
+                    end = buffer.find(b"\n", start)
+                    if end < 0:
+                        break
+                    if lines and taken + end - start + 1 > max_bytes:
+                        full = True
+                        break
+                    lines.append(bytes(buffer[start:end]))
+                    taken += end - start + 1
+                    start = end + 1
+                del buffer[:start]
+                full = full or taken >= max_bytes
+        self.position = Position(self.position.index + len(lines), self.position.offset + taken)
+        return lines
+
+    def reset(self):
+        """Forget the file: the next read starts at line 0 of whatever is at the path now."""
+        self.position = Position(0, 0)
+        self._inode = None
+        self._fingerprint = None

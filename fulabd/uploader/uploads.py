@@ -1,0 +1,157 @@
+"""
+Every session being uploaded over the one connection, by file.
+
+A file whose content no longer matches what the server holds (rewritten,
+shrunk, replaced) is never spliced: its sender stops with a conflict and the
+file's current content is uploaded as the next generation of the session,
+`<session-id>~g<N>`, whose metadata names the original as `parent-session-id`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet import defer
+
+from fulabd.uploader.identity import Identity, NotReady, identify
+from fulabd.uploader.sender import Budget, Sender
+from fulabd.uploader.tail import LineReader
+
+STOP_TIMEOUT = 15
+
+
+class Uploads:
+    def __init__(self, clock, reporter, source: str | None = None, overrides: dict | None = None,
+                 budget: Budget | None = None, max_frame_bytes: int | None = None):
+        self.clock = clock
+        self.reporter = reporter
+        self.source = source
+        self.overrides = overrides or {}
+        self.budget = budget or Budget()
+        self.frame = {"max_frame_bytes": max_frame_bytes} if max_frame_bytes else {}
+        self.senders: dict[str, Sender] = {}
+        self.channel = None
+        self.stopping = False
+        self._idle_waiters: list[defer.Deferred] = []
+
+    def track(self, path) -> Sender | None:
+        """Upload `path` (or, if it already is, send what it has new)."""
+        key = str(path)
+        sender = self.senders.get(key)
+        if sender is not None:
+            sender.pump()
+            return sender
+        if self.stopping:
+            return None
+        try:
+            identity = identify(Path(path), self.source, self.overrides)
+        except (NotReady, FileNotFoundError):
+            return None
+        return self._start(key, identity, 1)
+
+    def _start(self, key: str, base: Identity, generation: int) -> Sender:
+        sender = Sender(base, LineReader(key), self.budget, self, self.clock, generation=generation, **self.frame)
+        self.senders[key] = sender
+        self.reporter.tracking(sender)
+        if self.channel is not None:
+            sender.attach(self.channel)
+        return sender
+
+    def connected(self, channel):
+        self.channel = channel
+        self.budget.reset()
+        self.reporter.connected(len(self.senders))
+        for sender in list(self.senders.values()):
+            sender.attach(channel)
+
+    def disconnected(self, channel, code, reason):
+        if channel is not self.channel:
+            return
+        self.channel = None
+        self.budget.reset()
+        for sender in self.senders.values():
+            sender.detach()
+        if not self.stopping:
+            self.reporter.disconnected(code, reason)
+        self._check_idle()
+
+    # What senders report.
+
+    def conflict(self, sender: Sender, detail: str):
+        key = sender.reader.path
+        try:
+            base = identify(Path(key), self.source, self.overrides)
+        except (NotReady, FileNotFoundError):
+            base = None
+        if base is not None and base.session_id != sender.base.session_id:
+            successor = self._start(key, base, 1)
+        elif base is not None:
+            successor = self._start(key, sender.base, sender.generation + 1)
+        else:
+            del self.senders[key]
+            successor = None
+        self.reporter.conflict(sender, successor, detail)
+
+    def gone(self, sender: Sender):
+        if self.senders.get(sender.reader.path) is sender:
+            del self.senders[sender.reader.path]
+        self.reporter.gone(sender)
+        self._check_idle()
+
+    def acked(self, sender: Sender, lines: int, size: int, count: int):
+        self.reporter.acked(sender, lines, size, count)
+
+    def live(self, sender: Sender):
+        self.reporter.live(sender)
+
+    def idle(self, sender: Sender):
+        self._check_idle()
+
+    def error(self, sender: Sender, reply: dict, blocked: bool):
+        self.reporter.error(sender, reply, blocked)
+        self._check_idle()
+
+    def warning(self, sender: Sender, text: str):
+        self.reporter.warning(sender, text)
+
+    # Waiting for the end.
+
+    @property
+    def settled(self) -> bool:
+        """Nothing in flight: every line sent is acknowledged (or the connection is gone)."""
+        return self.channel is None or all(not sender.inflight for sender in self.senders.values())
+
+    @property
+    def caught_up(self) -> bool:
+        return self.channel is not None and all(sender.caught_up for sender in self.senders.values())
+
+    def when_caught_up(self) -> defer.Deferred:
+        """Fires once every complete line of every tracked file is acknowledged."""
+        waiter = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        self._check_idle()
+        return waiter
+
+    def _check_idle(self):
+        if self._idle_waiters and self.caught_up:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def stop(self) -> defer.Deferred:
+        """Send nothing new; fire once what is in flight is acknowledged (or after STOP_TIMEOUT)."""
+        self.stopping = True
+        for sender in self.senders.values():
+            sender.stop()
+        done = defer.Deferred()
+
+        def check():
+            if self.settled or self.clock.seconds() >= deadline:
+                if not done.called:
+                    done.callback(self.settled)
+            else:
+                self.clock.callLater(0.05, check)
+
+        deadline = self.clock.seconds() + STOP_TIMEOUT
+        check()
+        return done

@@ -1,0 +1,154 @@
+"""
+Finding session files and noticing new lines.
+
+inotify (through watchdog) reports a write within milliseconds; a slow poll
+of every tracked file's size and a periodic rescan of the folders back it up
+(and replace it where file events are unavailable: then the poll runs every
+`POLL_WITHOUT_EVENTS` seconds).  Events arrive on watchdog's thread and are
+handed to the reactor, coalesced per file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+POLL_WITH_EVENTS = 1.0
+POLL_WITHOUT_EVENTS = 0.1
+RESCAN = 10.0
+
+
+def session_files(folder: Path):
+    """Every session file under `folder`, Claude sub-agent files included."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if name.endswith(".jsonl"):
+                yield Path(root) / name
+
+
+class Watcher(Service):
+    """Tracks the files given, and every session file under the folders given."""
+
+    _log = Logger()
+
+    def __init__(self, reactor, uploads, folders=(), files=(), active_minutes: float = 60, backfill: bool = False,
+                 use_events: bool = True):
+        self.reactor = reactor
+        self.uploads = uploads
+        self.folders = [Path(folder).expanduser().absolute() for folder in folders]
+        self.files = [Path(file).expanduser().absolute() for file in files]
+        self.active_seconds = active_minutes * 60
+        self.backfill = backfill
+        self.use_events = use_events
+        self._started_at = 0.0
+        self._not_ready: set[str] = set()
+        self._dirty: set[str] = set()
+        self._observer = None
+        self._poll = LoopingCall(self.poll)
+        self._poll.clock = reactor
+        self._rescan = LoopingCall(self.scan)
+        self._rescan.clock = reactor
+
+    def startService(self):
+        super().startService()
+        self._started_at = time.time()
+        for file in self.files:
+            self._track(str(file))
+        self.scan(initial=True)
+        if self.use_events:
+            self._observer = self._start_observer()
+        interval = POLL_WITH_EVENTS if self._observer is not None else POLL_WITHOUT_EVENTS
+        self._poll.start(interval, now=False)
+        if self.folders:
+            self._rescan.start(RESCAN if self._observer is not None else 1.0, now=False)
+
+    def stopService(self):
+        super().stopService()
+        for loop in (self._poll, self._rescan):
+            if loop.running:
+                loop.stop()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer = None
+
+    def _start_observer(self):
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            self._log.warn("watchdog is not installed; polling for new lines every {interval} s",
+                           interval=POLL_WITHOUT_EVENTS)
+            return None
+        watcher = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event):
+                for path in (getattr(event, "dest_path", ""), event.src_path):
+                    if path and str(path).endswith(".jsonl"):
+                        watcher.reactor.callFromThread(watcher.changed, os.fsdecode(path))
+
+        observer = Observer()
+        handler = Handler()
+        try:
+            for folder in self.folders:
+                folder.mkdir(parents=True, exist_ok=True)
+                observer.schedule(handler, str(folder), recursive=True)
+            for parent in {file.parent for file in self.files}:
+                observer.schedule(handler, str(parent), recursive=False)
+            observer.start()
+        except OSError as e:
+            self._log.warn("file events are unavailable ({error}); polling for new lines", error=e)
+            return None
+        return observer
+
+    def wanted(self, path: str) -> bool:
+        if self.files and Path(path) in self.files:
+            return True
+        return any(Path(path).is_relative_to(folder) for folder in self.folders)
+
+    def changed(self, path: str):
+        """A file event: coalesce events for the same file into one read on the next turn."""
+        if path in self._dirty or not self.running:
+            return
+        self._dirty.add(path)
+        self.reactor.callLater(0, self._flush, path)
+
+    def _flush(self, path: str):
+        self._dirty.discard(path)
+        if self.running and self.wanted(path):
+            self._track(path)
+
+    def _track(self, path: str):
+        if self.uploads.track(path) is None and os.path.exists(path):
+            self._not_ready.add(path)
+        else:
+            self._not_ready.discard(path)
+
+    def scan(self, initial: bool = False):
+        """Look for session files: at start all recent ones (all with backfill), later any that changed."""
+        tracked = self.uploads.senders
+        since = self._started_at - self.active_seconds
+        for folder in self.folders:
+            for path in session_files(folder):
+                key = str(path)
+                if key in tracked or key in self._not_ready:
+                    continue
+                try:
+                    modified = path.stat().st_mtime
+                except OSError:
+                    continue
+                if (initial and self.backfill) or modified >= since:
+                    self._track(key)
+
+    def poll(self):
+        """Back up file events: send any tracked file that grew, retry files without a complete line yet."""
+        for path in list(self._not_ready):
+            self._track(path)
+        for sender in list(self.uploads.senders.values()):
+            if sender.reader.pending_bytes() > 0:
+                sender.pump()

@@ -1,0 +1,267 @@
+"""
+The uploader's parts in memory: tailing files, telling sessions apart, and one
+session's sender against a scripted server (a deterministic Clock, no network).
+"""
+
+import os
+
+import orjson
+from twisted.internet.task import Clock
+
+from fulabd.uploader.identity import NotReady, identify
+from fulabd.uploader.sender import BLOCKED, STREAMING, Budget, Sender
+from fulabd.uploader.tail import LineReader, Replaced
+from tests.fixtures import SAMPLES, sample_files
+
+import pytest
+
+
+# Tailing.
+
+def test_partial_last_line_waits_for_its_newline(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b'{"a":1}\n{"b":')
+    reader = LineReader(str(path))
+    assert reader.read(1 << 20) == [b'{"a":1}']
+    assert reader.read(1 << 20) == []
+    with open(path, "ab") as out:
+        out.write(b'2}\n{"c"')
+    assert reader.read(1 << 20) == [b'{"b":2}']
+    assert (reader.position.index, reader.position.offset) == (2, 16)
+
+
+def test_reads_are_bounded_but_a_bigger_line_still_comes_whole(tmp_path):
+    path = tmp_path / "s.jsonl"
+    big = b"x" * 3_000_000
+    path.write_bytes(b"a\n" * 10 + big + b"\n" + b"b\n")
+    reader = LineReader(str(path))
+    assert reader.read(8) == [b"a"] * 4
+    assert len(reader.read(100)) == 6
+    assert reader.read(100) == [big]
+    assert reader.read(100) == [b"b"]
+
+
+def test_seek_finds_a_line_by_count_and_refuses_past_the_end(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"zero\none\ntwo\nthr")
+    reader = LineReader(str(path))
+    assert reader.seek(2)
+    assert reader.read(100) == [b"two"]
+    assert not reader.seek(4)
+    assert reader.seek(3) and reader.read(100) == []
+
+
+def test_shrink_replace_and_rewrite_are_reported(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"one\ntwo\n")
+    reader = LineReader(str(path))
+    reader.read(100)
+    path.write_bytes(b"one\n")
+    with pytest.raises(Replaced, match="shrank"):
+        reader.read(100)
+
+    reader = LineReader(str(path))
+    reader.read(100)
+    path.write_bytes(b"ONE\ntwo\nthree\n")
+    with pytest.raises(Replaced, match="rewritten"):
+        reader.read(100)
+
+    reader = LineReader(str(path))
+    reader.read(100)
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(b"ONE\ntwo\nthree\nfour\n")
+    os.replace(other, path)
+    with pytest.raises(Replaced, match="replaced"):
+        reader.read(100)
+
+
+# Identity.
+
+def test_codex_session_id_and_metadata_come_from_the_first_session_meta():
+    rollout = next(p for p in sample_files() if p.name.startswith("rollout-"))
+    identity = identify(rollout)
+    assert identity.session_id == "019e9625-802f-7e91-840a-cfe88d14117a"
+    assert identity.meta == {"source": "codex", "cwd": "/tmp/agent-history-real-agent/codex/workspace",
+                             "project": "/tmp/agent-history-real-agent/codex/workspace",
+                             "originator": "codex_exec"}
+    overridden = identify(rollout, overrides={"project": "p", "originator": "laptop", "cwd": None})
+    assert (overridden.meta["project"], overridden.meta["originator"]) == ("p", "laptop")
+
+
+def test_legacy_codex_file_is_identified_by_its_first_line_id(tmp_path):
+    path = tmp_path / "rollout-2025-09-10T10-00-00-cf4def41.jsonl"
+    path.write_bytes(b'{"id":"cf4def41-0000-4000-8000-000000000000","timestamp":"2025-09-10T10:00:00Z"}\n'
+                     b'{"type":"message","role":"user","content":[]}\n')
+    assert identify(path).session_id == "cf4def41-0000-4000-8000-000000000000"
+    assert identify(path).meta == {"source": "codex"}
+
+
+def test_claude_session_and_subagent_ids():
+    session = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "fe5e1c67-53e7-4862-81ae-d0e013e3270b.jsonl"
+    identity = identify(session)
+    assert identity.session_id == "fe5e1c67-53e7-4862-81ae-d0e013e3270b"
+    assert identity.meta == {"source": "claude", "cwd": "/path/to/Demo", "project": "/path/to/Demo"}
+    subagent = next(p for p in sample_files() if p.parent.name == "subagents")
+    parent = subagent.parent.parent.name
+    assert identify(subagent).session_id == f"{parent}/agent-a0ad4f44468bdf20d"
+    assert identify(subagent).meta["parent-session-id"] == parent
+
+
+def test_a_file_without_a_complete_line_is_not_ready(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"type":"session_meta","payl')
+    with pytest.raises(NotReady):
+        identify(path)
+
+
+def test_generations_are_named_and_point_at_the_first():
+    session = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "fe5e1c67-53e7-4862-81ae-d0e013e3270b.jsonl"
+    second = identify(session).generation(2)
+    assert second.session_id == "fe5e1c67-53e7-4862-81ae-d0e013e3270b~g2"
+    assert second.meta["parent-session-id"] == "fe5e1c67-53e7-4862-81ae-d0e013e3270b"
+
+
+# One session's sender against a scripted server.
+
+class ScriptedServer:
+    """Holds lines like the real server (by index), and answers only when told to."""
+
+    def __init__(self, lines=()):
+        self.lines = list(lines)
+        self.pending = []
+        self.sent_bytes = []
+
+    def send(self, message, on_reply):
+        self.sent_bytes.append(len(orjson.dumps(message)))
+        self.pending.append((message, on_reply))
+
+    def answer(self, limit=None):
+        answered = 0
+        while self.pending and (limit is None or answered < limit):
+            message, on_reply = self.pending.pop(0)
+            on_reply(self.reply(message))
+            answered += 1
+        return answered
+
+    def reply(self, message):
+        session = message["session-id"]
+        if message["type"] == "resume":
+            return {"type": "ack", "session-id": session, "count": len(self.lines), "resume": True}
+        seq = message.get("seq", 0)
+        events = message["events"]
+        if seq > len(self.lines):
+            return {"type": "error", "err": "gap", "expected": len(self.lines)}
+        for index, event in enumerate(events[:len(self.lines) - seq]):
+            if self.lines[seq + index] != event:
+                return {"type": "error", "err": "conflict", "line": seq + index, "detail": "differs"}
+        new = events[len(self.lines) - seq:]
+        self.lines.extend(new)
+        return {"type": "ack", "session-id": session, "count": len(self.lines), "appended": len(new),
+                "dedup": not new}
+
+
+class Events:
+    def __init__(self):
+        self.seen = []
+
+    def __getattr__(self, name):
+        return lambda sender, *args, **kw: self.seen.append((name, *args, *kw.values()))
+
+
+def make_sender(path, budget=None, frame=1000):
+    events = Events()
+    sender = Sender(identify(path, "codex"), LineReader(str(path)), budget or Budget(), events, Clock(),
+                    max_frame_bytes=frame)
+    return sender, events
+
+
+def write_lines(path, count, start=0):
+    with open(path, "ab") as out:
+        for index in range(start, start + count):
+            out.write(orjson.dumps({"line": index, "pad": "p" * 80}) + b"\n")
+
+
+def test_window_bounds_what_is_in_flight_however_big_the_file(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 5000)
+    server = ScriptedServer()
+    sender, _ = make_sender(path, Budget(max_bytes=10_000, max_batches=4), frame=2000)
+    sender.attach(server)
+    server.answer(1)
+    most = 0
+    while server.pending:
+        most = max(most, len(server.pending), sum(batch.size for batch in sender.inflight))
+        assert len(server.pending) <= 4 and sum(batch.size for batch in sender.inflight) < 10_000 + 2000
+        server.answer(1)
+    assert server.lines == path.read_bytes().decode().split("\n")[:-1]
+    assert max(server.sent_bytes) < 2000 * 1.1 + 200
+    assert sender.caught_up and sender.state == STREAMING
+
+
+def test_reconnect_resumes_from_the_server_count_with_checks(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 50)
+    lines = path.read_bytes().decode().split("\n")[:-1]
+    server = ScriptedServer(lines[:30])
+    sender, _ = make_sender(path)
+    sender.attach(server)
+    server.answer(1)
+    first = server.pending[0][0]
+    overlap = server.pending[1][0]
+    assert (first["seq"], first["events"]) == (0, lines[:1])
+    assert overlap["seq"] == 29 and overlap["events"][0] == lines[29]
+    server.answer()
+    assert server.lines == lines
+
+
+def test_server_holding_other_lines_means_a_conflict_not_a_splice(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 20)
+    server = ScriptedServer(["something else"] * 10)
+    sender, events = make_sender(path)
+    sender.attach(server)
+    server.answer()
+    assert sender.state == BLOCKED
+    assert [event[0] for event in events.seen] == ["conflict"]
+    assert server.lines == ["something else"] * 10
+
+
+def test_server_holding_more_lines_than_the_file_is_a_conflict(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 5)
+    lines = path.read_bytes().decode().split("\n")[:-1]
+    server = ScriptedServer(lines + ['{"line": 5}'])
+    sender, events = make_sender(path)
+    sender.attach(server)
+    server.answer()
+    assert sender.state == BLOCKED and events.seen[0][0] == "conflict"
+
+
+def test_a_refused_batch_is_resent_after_a_fresh_resume(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 40)
+    server = ScriptedServer()
+    sender, events = make_sender(path, frame=500)
+    sender.attach(server)
+    server.answer(1)
+    message, on_reply = server.pending.pop(0)
+    on_reply({"type": "error", "err": "storage-failed", "detail": "disk"})
+    server.answer()
+    assert ("error", {"type": "error", "err": "storage-failed", "detail": "disk"}, False) in events.seen
+    sender.clock.advance(5)
+    server.answer()
+    server.answer()
+    assert server.lines == path.read_bytes().decode().split("\n")[:-1]
+
+
+def test_an_old_server_without_resume_gets_init_and_events(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 3)
+    server = ScriptedServer()
+    sender, _ = make_sender(path, frame=100)
+    sender.attach(server)
+    message, on_reply = server.pending.pop(0)
+    on_reply({"type": "error", "err": "unknown-type", "detail": "unknown message type 'resume'"})
+    kinds = [message["type"] for message, _ in server.pending]
+    assert kinds[0] == "init" and set(kinds[1:]) == {"event"}
+    assert [m.get("seq") for m, _ in server.pending[1:]] == [1, 2]
