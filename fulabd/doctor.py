@@ -44,7 +44,9 @@ HTTP_ADVICE = {
     404: "nothing is served at {path} on this host: the path is wrong, or the proxy has no location for it. "
          "Uploads go to /fulab/lab/upload/ws; nginx must proxy location /fulab/lab/ (and /upload/ws and / for "
          "the old paths: README, Deploying)",
-    426: "the server wants another WebSocket version or protocol: is this a fulabd daemon?",
+    426: "the daemon got the request without its Upgrade header: a proxy in between drops it. nginx needs, in "
+         "the location block: proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
+         "proxy_set_header Connection \"upgrade\"; (as in etc/nginx/fulab.conf)",
     500: "the server failed on this request: read its log (journalctl -u fulabd, or the nginx error log)",
     502: "the proxy (nginx) is up but the daemon behind it is not answering: start it (systemctl start fulabd) and "
          "check that it listens where proxy_pass points (on the server: ss -ltnp | grep 5056)",

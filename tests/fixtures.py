@@ -216,13 +216,16 @@ class Nginx:
     backend address changed, in front of a daemon on `backend_port`.
     """
 
-    def __init__(self, folder: Path, backend_port: int, cert: Path, key: Path, old_paths: bool = False):
+    def __init__(self, folder: Path, backend_port: int, cert: Path, key: Path, old_paths: bool = False,
+                 dropping: tuple[str, ...] = ()):
+        """`dropping`: leave out the config lines containing these words (to make a misconfiguration real)."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.backend_port = backend_port
         self.cert, self.key = cert, key
         self.old_paths = old_paths
+        self.dropping = dropping
         self.process: subprocess.Popen | None = None
 
     def _shipped(self, name: str, replacements: dict[str, str]) -> str:
@@ -230,7 +233,8 @@ class Nginx:
         for old, new in replacements.items():
             assert old in text, f"{name} no longer contains {old!r}: update the Nginx fixture"
             text = text.replace(old, new)
-        return text
+        return "".join(line for line in text.splitlines(keepends=True)
+                       if not any(word in line for word in self.dropping))
 
     def write_config(self) -> Path:
         backend = {"http://127.0.0.1:5056;": f"http://127.0.0.1:{self.backend_port};"}

@@ -97,6 +97,19 @@ def test_nginx_without_the_old_paths_warns_about_upload_ws(tmp_path, daemon, ca,
     assert "[warn] upload path /upload/ws: HTTP/1.1 404 Not Found — nothing is served at /upload/ws" in "\n".join(lines)
 
 
+def test_nginx_dropping_the_upgrade_headers(tmp_path, daemon, ca, capsys):
+    """The usual nginx mistake: no Upgrade/Connection headers, so the daemon sees a plain GET."""
+    cert, key = ca.issue("nginx")
+    proxy = Nginx(tmp_path / "nginx-no-upgrade", daemon.port, cert, key, dropping=("Upgrade", "Connection")).start()
+    try:
+        code, lines = doctor(capsys, proxy.url + "/fulab/lab/upload/ws", "--cafile", str(ca.root_path))
+    finally:
+        proxy.stop()
+    assert code == 1
+    assert failure(lines).startswith("[FAIL] HTTP upgrade: HTTP/1.1 426 Upgrade Required — the daemon got the request "
+                                     "without its Upgrade header: a proxy in between drops it. nginx needs")
+
+
 def test_nginx_up_backend_down_is_a_502(nginx, daemon, ca, capsys):
     daemon.stop()
     code, lines = doctor(capsys, nginx.url + "/fulab/lab/upload/ws", "--cafile", str(ca.root_path))
