@@ -69,6 +69,11 @@ VERIFY_ADVICE = {
 class Failure(Exception):
     """A broken link: the checklist stops here."""
 
+    def __init__(self, step: str, detail: str):
+        super().__init__(f"{step}: {detail}")
+        self.step = step
+        self.detail = detail
+
 
 @dataclass
 class Target:
@@ -97,10 +102,15 @@ class Target:
 def parse_target(url: str) -> Target:
     parts = urlsplit(url if "://" in url else "wss://" + url)
     scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
+    try:
+        port = parts.port
+    except ValueError:
+        raise Failure("URL", f"{url} has no valid port number (1-65535)") from None
     if scheme not in ("ws", "wss") or not parts.hostname:
-        raise Failure(f"{url} is not a ws:// or wss:// URL, e.g. wss://lab.example.org:5057/fulab/lab/upload/ws")
+        raise Failure("URL", f"{url} is not a ws:// or wss:// URL, "
+                             f"e.g. wss://lab.example.org:5057/fulab/lab/upload/ws")
     path = parts.path if parts.path not in ("", "/") or parts.query else UPLOAD_PATHS[0]
-    return Target(scheme, parts.hostname, parts.port or (443 if scheme == "wss" else 80), path, parts.query)
+    return Target(scheme, parts.hostname, port or (443 if scheme == "wss" else 80), path, parts.query)
 
 
 class Wire:
@@ -188,8 +198,7 @@ class Doctor:
             self.listings(target)
             self.status(target)
         except Failure as e:
-            step, _, detail = str(e).partition("\0")
-            self.out(f"[FAIL] {step}: {detail}" if detail else f"[FAIL] {step}")
+            self.out(f"[FAIL] {e.step}: {e.detail}")
             return 1
         self.out("all checks passed")
         return 0
@@ -199,7 +208,7 @@ class Doctor:
         try:
             infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
         except socket.gaierror as e:
-            raise Failure(f"{step}\0cannot resolve {target.host} ({e.strerror}): check the spelling of the host, "
+            raise Failure(step, f"cannot resolve {target.host} ({e.strerror}): check the spelling of the host, "
                           f"or this machine's DNS (getent hosts {target.host})")
         self.addresses = list(dict.fromkeys(info[4][0] for info in infos))
         self.ok(step, f"{target.host} is {', '.join(self.addresses)}")
@@ -213,15 +222,15 @@ class Doctor:
         try:
             self.connect(target).close()
         except ConnectionRefusedError:
-            raise Failure(f"{step}\0{target.netloc} refused the connection: nothing listens there. "
+            raise Failure(step, f"{target.netloc} refused the connection: nothing listens there. "
                           f"Start the daemon (systemctl start fulabd) or nginx (systemctl start nginx), and on the "
                           f"server check: ss -ltnp | grep {target.port}")
         except (TimeoutError, socket.timeout):
-            raise Failure(f"{step}\0no answer from {target.netloc} within {self.timeout:g} s: a "
+            raise Failure(step, f"no answer from {target.netloc} within {self.timeout:g} s: a "
                           f"firewall drops the packets; open the port (ufw allow {target.port}/tcp, or the "
                           f"provider's firewall)")
         except OSError as e:
-            raise Failure(f"{step}\0cannot reach {target.netloc}: {e.strerror or e}")
+            raise Failure(step, f"cannot reach {target.netloc}: {e.strerror or e}")
         self.ok(step, f"{target.netloc} accepts connections ({(time.monotonic() - started) * 1000:.1f} ms)")
 
     def tls_context(self) -> ssl.SSLContext:
@@ -257,7 +266,7 @@ class Doctor:
         try:
             chain = self.served_chain(target)
         except Exception as e:
-            raise Failure(f"{step}\0no TLS on {target.netloc} ({e or type(e).__name__}): the port does "
+            raise Failure(step, f"no TLS on {target.netloc} ({e or type(e).__name__}): the port does "
                           f"not speak TLS; use ws:// for a plain port, or the TLS port (--tls-port, nginx's "
                           f"listen ... ssl)")
         leaf = chain[0] if chain else None
@@ -266,9 +275,9 @@ class Doctor:
             with self.wrap(target, self.connect(target)) as sock:
                 version = sock.version()
         except ssl.SSLCertVerificationError as e:
-            raise Failure(f"{step}\0{self.verify_failure(target, e, leaf, names, len(chain))}")
+            raise Failure(step, self.verify_failure(target, e, leaf, names, len(chain)))
         except (ssl.SSLError, OSError) as e:
-            raise Failure(f"{step}\0the TLS handshake failed: {e}")
+            raise Failure(step, f"the TLS handshake failed: {e}")
         days = days_left(leaf)
         detail = (f"certificate for {', '.join(names)} valid {days} more days "
                   f"(until {leaf.not_valid_after_utc:%Y-%m-%d}), chain of {len(chain)}, {version}")
@@ -377,7 +386,7 @@ class Doctor:
 
     def broken(self, step: str, hard: bool, detail: str):
         if hard:
-            raise Failure(f"{step}\0{detail}")
+            raise Failure(step, detail)
         self.warn(step, detail)
 
     def get(self, target: Target, path: str, step: str):
@@ -393,17 +402,17 @@ class Doctor:
             response = connection.getresponse()
             body = response.read()
         except (OSError, http.client.HTTPException) as e:
-            raise Failure(f"{step}\0GET {path} failed: {e}")
+            raise Failure(step, f"GET {path} failed: {e}")
         finally:
             connection.close()
         if response.status != 200:
             advice = UpgradeRefused(response.status, f"{response.status} {response.reason}",
                                     {"location": response.getheader("location", "")}).explain(path)
-            raise Failure(f"{step}\0GET {path}: {advice}")
+            raise Failure(step, f"GET {path}: {advice}")
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise Failure(f"{step}\0GET {path} answered 200 but not JSON: another web application answers this "
+            raise Failure(step, f"GET {path} answered 200 but not JSON: another web application answers this "
                           f"path; point the proxy's location {target.lab_base}/ at the daemon")
 
     def listings(self, target: Target):

@@ -94,7 +94,8 @@ def test_nginx_without_the_old_paths_warns_about_upload_ws(tmp_path, daemon, ca,
     finally:
         proxy.stop()
     assert code == 0, lines
-    assert "[warn] upload path /upload/ws: HTTP/1.1 404 Not Found — nothing is served at /upload/ws" in "\n".join(lines)
+    assert ("[warn] upload path /upload/ws: HTTP/1.1 404 Not Found — nothing is served at /upload/ws"
+            in "\n".join(lines))
 
 
 def test_nginx_dropping_the_upgrade_headers(tmp_path, daemon, ca, capsys):
@@ -106,8 +107,8 @@ def test_nginx_dropping_the_upgrade_headers(tmp_path, daemon, ca, capsys):
     finally:
         proxy.stop()
     assert code == 1
-    assert failure(lines).startswith("[FAIL] HTTP upgrade: HTTP/1.1 426 Upgrade Required — the daemon got the request "
-                                     "without its Upgrade header: a proxy in between drops it. nginx needs")
+    assert failure(lines).startswith("[FAIL] HTTP upgrade: HTTP/1.1 426 Upgrade Required — the daemon got the "
+                                     "request without its Upgrade header: a proxy in between drops it. nginx needs")
 
 
 def test_nginx_up_backend_down_is_a_502(nginx, daemon, ca, capsys):
@@ -173,3 +174,12 @@ def test_leaf_without_its_chain_says_to_serve_fullchain(tmp_path, ca, capsys):
     assert code == 1
     assert failure(lines).startswith("[FAIL] TLS handshake: unable to get local issuer certificate (served chain "
                                      "of 1): the chain is incomplete or its issuer is not trusted: serve fullchain.pem")
+
+
+def test_not_a_websocket_url(capsys):
+    code, lines = doctor(capsys, "ftp://lab.example.org/")
+    assert code == 1
+    assert failure(lines) == ("[FAIL] URL: ftp://lab.example.org/ is not a ws:// or wss:// URL, "
+                              "e.g. wss://lab.example.org:5057/fulab/lab/upload/ws")
+    code, lines = doctor(capsys, "wss://lab.example.org:port/")
+    assert failure(lines) == "[FAIL] URL: wss://lab.example.org:port/ has no valid port number (1-65535)"
