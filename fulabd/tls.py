@@ -129,7 +129,9 @@ class ReloadingCertificate(service.Service):
             self.reload("files changed")
 
     def _on_sighup(self, signum, frame):
-        # Only hand over to the reactor here: no work in a signal handler.
+        # Only hand over to the reactor here: no work in a signal handler.  twistd
+        # rotates its log on SIGUSR1, not SIGHUP; any handler installed before ours
+        # still runs.
         self.clock.callFromThread(self.reload, "SIGHUP")
         if callable(self._previous_sighup):
             self._previous_sighup(signum, frame)
