@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application import service
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints, ssl, task
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 
@@ -38,6 +38,7 @@ class ListenerSupervisor(service.Service):
         self._address = None
         self.restarts = 0
         self.failures = 0
+        self.probes = 0
         self.last_error: str | None = None
         self._ever_listened = False
         self._check_running = defer.succeed(None)
@@ -95,6 +96,7 @@ class ListenerSupervisor(service.Service):
             return
         try:
             yield probe(client, self.clock, PROBE_PATH, headers=self.probe_headers)
+            self.probes += 1
         except Exception as e:
             self.failures += 1
             self.last_error = f"self-probe failed: {e}"
@@ -111,7 +113,7 @@ class ListenerSupervisor(service.Service):
         address = self.address
         return {"endpoint": self.description, "listening": self.port is not None,
                 "port": getattr(address, "port", None), "restarts": self.restarts,
-                "failures": self.failures, "last-error": self.last_error}
+                "failures": self.failures, "probes": self.probes, "last-error": self.last_error}
 
 
 def loopback_endpoint(address, reactor=None):
@@ -127,6 +129,19 @@ def loopback_endpoint(address, reactor=None):
     if isinstance(address, UNIXAddress):
         return endpoints.UNIXClientEndpoint(reactor, address.name, timeout=PROBE_TIMEOUT)
     return None
+
+
+def self_probe_endpoint(description: str, address, reactor=None):
+    """
+    The client endpoint the supervisor probes a listener with.  For TLS ports it
+    does not verify the certificate: the probe asks whether our own socket
+    answers, and the certificate names the public host, not the loopback
+    address dialled; checking the certificate is `fulab doctor`'s job.
+    """
+    plain = loopback_endpoint(address, reactor)
+    if plain is not None and description.startswith(("ssl:", "tls:")):
+        return endpoints.wrapClientTLS(ssl.CertificateOptions(), plain)
+    return plain
 
 
 class _ProbeProtocol(WebSocketClientProtocol):

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 import fulabd
-from fulabd import access, pars, supervisor, web
+from fulabd import access, pars, supervisor, tls, web
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
 from fulabd.local import LocalSources
@@ -55,11 +55,18 @@ class Options(usage.Options):
         ["max-connections-per-ip", None, 64, "Most WebSocket connections open from one client address (0: no cap).",
          int],
         ["min-free-mb", None, 64, "Refuse uploads (storage-full) that would leave less free disk than this.", int],
+        ["tls-port", None, None, "Also serve wss:// and https:// on this port (needs --tls-cert and --tls-key).", int],
+        ["tls-interface", None, "0.0.0.0", "Interface --tls-port listens on (`::` for IPv6 and IPv4)."],
+        ["tls-cert", None, None, "PEM certificate chain, leaf first (a Let's Encrypt fullchain.pem)."],
+        ["tls-key", None, None, "PEM private key of the first certificate of --tls-cert."],
+        ["tls-check-interval", None, 60.0, "Seconds between checks of the TLS files for changes (0: SIGHUP only).",
+         float],
     ]
 
     def __init__(self):
         super().__init__()
         self["trusted-proxies"] = []
+        self["listen"] = []
 
     def opt_trusted_proxy(self, value):
         """Take the client's address from X-Forwarded-For when the peer is this address or network (repeatable)."""
@@ -67,6 +74,10 @@ class Options(usage.Options):
             self["trusted-proxies"].append(access.parse_network(value))
         except ValueError:
             raise usage.UsageError(f"--trusted-proxy {value!r} is not an IP address or network") from None
+
+    def opt_listen(self, description):
+        """Also listen on this Twisted endpoint string (repeatable), e.g. unix:/run/fulab.sock"""
+        self["listen"].append(description)
 
     def postOptions(self):
         if self["root"] is None:
@@ -81,7 +92,14 @@ class Options(usage.Options):
             self["tokens"] = access.load_tokens(self["token-file"]) if self["token-file"] else None
         except access.TokenFileError as e:
             raise usage.UsageError(str(e)) from None
-        self["endpoints"] = [endpoint_description(self["port"], self["interface"])]
+        self["endpoints"] = [endpoint_description(self["port"], self["interface"])] + self["listen"]
+        if len({self[name] is None for name in ("tls-port", "tls-cert", "tls-key")}) > 1:
+            raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together: give all three or none")
+        if self["tls-cert"] is not None:
+            try:
+                tls.load_options(self["tls-cert"], self["tls-key"])
+            except tls.CertificateError as e:
+                raise usage.UsageError(f"cannot serve TLS: {e}")
 
 
 _log = Logger()
@@ -129,12 +147,22 @@ def makeService(config, reactor=None) -> service.MultiService:
                                    openHandshakeTimeout=config["handshake-timeout"])
     dispatch = web.WebSocketDispatch(uploads, stream)
 
+    listen = [(description, endpoints.serverFromString(reactor, description)) for description in config["endpoints"]]
+    certificate = None
+    if config["tls-port"] is not None:
+        certificate = tls.ReloadingCertificate(config["tls-cert"], config["tls-key"], reactor,
+                                               config["tls-check-interval"])
+        certificate.setServiceParent(parent)
+        interface = config["tls-interface"]
+        listen.append((f"tls:{config['tls-port']}:interface={interface}",
+                       endpoints.SSL4ServerEndpoint(reactor, config["tls-port"], certificate, interface=interface)))
+
     listeners = []
-    for description in config["endpoints"]:
+    for description, endpoint in listen:
         listener = supervisor.ListenerSupervisor(
-            description, endpoints.serverFromString(reactor, description),
-            web.LabSite(dispatch, gate, timeout=config["handshake-timeout"]), reactor,
-            config["restart-interval"], lambda address: supervisor.loopback_endpoint(address, reactor),
+            description, endpoint, web.LabSite(dispatch, gate, timeout=config["handshake-timeout"]), reactor,
+            config["restart-interval"],
+            lambda address, description=description: supervisor.self_probe_endpoint(description, address, reactor),
             probe_headers=gate.probe_headers)
         listener.setServiceParent(parent)
         listeners.append(listener)
@@ -147,7 +175,8 @@ def makeService(config, reactor=None) -> service.MultiService:
                 "viewers": len(stream.viewers), "sessions": len(store.sessions()),
                 "restarts": sum(port["restarts"] for port in ports),
                 "uptime": round(reactor.seconds() - started, 3), "version": fulabd.__version__,
-                "root": store.root, "listeners": ports}
+                "root": store.root, "listeners": ports,
+                **({"tls": certificate.describe()} if certificate is not None else {})}
 
     web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
                    session_child=lambda name: pars.session_child(store, name))

@@ -78,6 +78,24 @@ def unauthorized(path: str) -> dict:
                       "if yours was refused, ask the operator for a valid one"}
 
 
+class UpgradeRequired(resource.Resource):
+    """
+    A plain HTTP request for a WebSocket path: most often a proxy dropped the
+    Upgrade header on the way, so say that, instead of a bare 404.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(426, b"Upgrade Required")
+        request.setHeader(b"upgrade", b"websocket")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return (b"This path is a WebSocket endpoint, but the request had no 'Upgrade: websocket' header. "
+                b"If it came through a proxy, the proxy dropped it; nginx needs, in the location block: "
+                b"proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
+                b"proxy_set_header Connection \"upgrade\";\n")
+
+
 class WebSocketDispatch(resource.Resource):
     """The root of the site: WebSocket upgrades go by path, everything else to the HTTP tree."""
 
@@ -90,6 +108,9 @@ class WebSocketDispatch(resource.Resource):
     def getChildWithDefault(self, name, request):
         if is_websocket(request):
             return self.websocket_for(request)
+        path = urlsplit(request.uri.decode("utf-8", "replace")).path
+        if is_upload_path(path) or path == STREAM_PATH:
+            return UpgradeRequired()
         return super().getChildWithDefault(name, request)
 
     def websocket_for(self, request):

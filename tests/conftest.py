@@ -1,6 +1,6 @@
 import pytest
 
-from tests.fixtures import Daemon, chromium_missing, start_chromium
+from tests.fixtures import CertificateAuthority, Daemon, Nginx, chromium_missing, start_chromium
 
 
 @pytest.fixture
@@ -35,3 +35,18 @@ def browser(request, tmp_path):
             driver.save_screenshot(str(screenshot))
             print(f"browser screenshot saved to {screenshot}")
         driver.quit()
+
+
+@pytest.fixture
+def ca(tmp_path):
+    """A root and intermediate CA issuing test certificates (root only is trusted by clients)."""
+    return CertificateAuthority(tmp_path / "pki")
+
+
+@pytest.fixture
+def nginx(tmp_path, daemon, ca):
+    """The real nginx with the shipped config (and the old paths), on TLS, in front of `daemon`."""
+    cert, key = ca.issue("nginx")
+    proxy = Nginx(tmp_path / "nginx", daemon.port, cert, key, old_paths=True).start()
+    yield proxy
+    proxy.stop()
