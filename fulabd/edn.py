@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 import edn_format
@@ -46,14 +46,9 @@ def from_edn(value: Any) -> Any:
     """EDN data back to plain Python: keywords become their names (without `:`)."""
     if isinstance(value, Keyword):
         return value.name
-    if isinstance(value, (str, bytes)):
-        return value
-    # edn_format reads maps and vectors as its ImmutableDict and ImmutableList, not dict and list.
     if isinstance(value, Mapping):
         return {from_edn(key): from_edn(item) for key, item in value.items()}
-    if isinstance(value, Sequence):
-        return [from_edn(item) for item in value]
-    if isinstance(value, (set, frozenset)):
+    if isinstance(value, (Sequence, Set)) and not isinstance(value, (str, bytes)):
         return [from_edn(item) for item in value]
     return value
 
@@ -80,6 +75,26 @@ def write_atomically(path: str, data: bytes) -> None:
         os.close(fd)
     os.replace(temporary, path)
     fsync_directory(directory)
+
+
+def write_all_atomically(files: list[tuple[str, bytes]]) -> list[OSError | None]:
+    """`write_atomically` for many files, with one directory fsync per folder; one error (or None) per file."""
+    errors, directories = [], set()
+    for path, data in files:
+        try:
+            temporary = f"{path}.tmp"
+            with open(temporary, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+            directories.add(os.path.dirname(path) or ".")
+            errors.append(None)
+        except OSError as e:
+            errors.append(e)
+    for directory in directories:
+        fsync_directory(directory)
+    return errors
 
 
 def fsync_directory(directory: str) -> None:
