@@ -77,7 +77,7 @@ def server(tmp_path):
     store = SessionStore(str(tmp_path / "remote"), clock=reactor, hub=hub)
     store.startService()
     uploads = UploadFactory(store, clock=reactor, max_message_size=64 << 20,
-                            peer_of=lambda request, transport: request.peer, reactor=reactor)
+                            admit=lambda request, protocol: request.peer, reactor=reactor)
     site = web.LabSite(web.WebSocketDispatch(uploads))
     port = pytest_twisted.blockon(endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site))
     server = type("Server", (), {})()
