@@ -351,6 +351,20 @@ def derived_session(path: Path, size: int, seed: int = 0, big_lines: int = 3, bi
     return path
 
 
+def in_process_site(store, max_message_size: int = 64 << 20):
+    """The daemon's site with its upload endpoint on `store`, for tests that run it in their own reactor."""
+    from twisted.internet import reactor
+
+    from fulabd import web
+    from fulabd.access import Gate
+    from fulabd.upload import UploadFactory
+
+    gate = Gate()
+    uploads = UploadFactory(store, clock=reactor, max_message_size=max_message_size, admit=gate.admit,
+                            reactor=reactor)
+    return web.LabSite(web.WebSocketDispatch(uploads), gate)
+
+
 class Uploader:
     """The real `fulab-upload` command in a subprocess; its output is collected line by line."""
 
@@ -555,40 +569,3 @@ def start_chromium(profile: Path):
                      "--no-first-run", "--window-size=1400,900", f"--user-data-dir={profile}"):
         options.add_argument(argument)
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-
-
-def make_certificates(folder: Path) -> dict[str, Path]:
-    """A private CA and a server certificate it signed for localhost/127.0.0.1 (PEM files)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def build(subject, issuer, public_key, signing_key, ca: bool):
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-                   .not_valid_after(now + datetime.timedelta(days=2))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if not ca:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        return builder.sign(signing_key, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fulabd test CA")])
-    ca = build(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), ca_name, key.public_key(),
-                 ca_key, ca=False)
-    paths = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    return paths

@@ -17,7 +17,7 @@ import pytest
 
 from fulabd.store import safe_id
 from fulabd.uploader.identity import identify
-from tests.fixtures import SAMPLES, CuttableProxy, Daemon, Uploader, make_certificates, sample_files
+from tests.fixtures import SAMPLES, CuttableProxy, Daemon, Uploader, sample_files
 
 UPLOAD = "/fulab/lab/upload/ws"
 
@@ -209,20 +209,18 @@ def test_par_is_sent_with_the_token(daemon, tmp_path):
     assert stored_pars[0][edn_format.Keyword("title")] == "Uploader"
 
 
-def test_tls_verifies_the_server_certificate(tmp_path):
-    certificates = make_certificates(tmp_path / "certs")
-    # A long restart interval: the daemon's self-probe speaks plain WebSocket, not TLS.
-    daemon = Daemon(tmp_path / "remote", "--restart-interval", "3600",
-                    port=f"ssl:0:interface=127.0.0.1:privateKey={certificates['key']}:certKey={certificates['cert']}")
-    daemon.start()
+def test_tls_verifies_the_server_certificate(tmp_path, ca):
+    cert, key = ca.issue("server")
+    daemon = Daemon(tmp_path / "remote", "--tls-port", "0", "--tls-interface", "127.0.0.1",
+                    "--tls-cert", str(cert), "--tls-key", str(key)).start()
     session = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "5c0375b4-57a5-4f26-b12d-d022ee4e51b7.jsonl"
-    url = f"wss://localhost:{daemon.port}{UPLOAD}"
+    url = f"wss://localhost:{daemon.tls_port}{UPLOAD}"
     try:
         untrusted = Uploader("--url", url, "--path", str(session), "--once").start()
         untrusted.wait_for_output("certificate verify failed.*pass --cafile")
         assert untrusted.terminate() == 0
         assert not stored(daemon, session.stem).exists()
-        trusted = Uploader("--url", url, "--path", str(session), "--once", "--cafile", str(certificates["ca"])).start()
+        trusted = Uploader("--url", url, "--path", str(session), "--once", "--cafile", str(ca.root_path)).start()
         assert trusted.wait() == 0, "\n".join(trusted.output)
         assert stored(daemon, session.stem).read_bytes() == session.read_bytes()
     finally:
