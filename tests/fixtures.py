@@ -267,8 +267,9 @@ class Nginx:
         import time
 
         pid_file = self.folder / "nginx.pid"
-        self.process = subprocess.Popen(["/usr/sbin/nginx", "-c", str(self.write_config()), "-p", str(self.folder)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with open(self.folder / "stderr.log", "wb") as stderr:
+            self.process = subprocess.Popen(["/usr/sbin/nginx", "-c", str(self.write_config()), "-p", str(self.folder)],
+                                            stdout=subprocess.DEVNULL, stderr=stderr)
         # nginx offers no readiness event; it writes its pid file once its sockets listen.
         for _ in range(int(timeout / 0.05)):
             if pid_file.exists() or self.process.poll() is not None:
@@ -277,7 +278,7 @@ class Nginx:
         if not pid_file.exists():
             self.stop()
             log = (self.folder / "error.log").read_text() if (self.folder / "error.log").exists() else ""
-            raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}\n{log}")
+            raise RuntimeError(f"nginx did not start: {(self.folder / 'stderr.log').read_text()}\n{log}")
         return self
 
     @property
