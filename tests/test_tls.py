@@ -12,11 +12,13 @@ import time
 
 import orjson
 import pytest
+from twisted.internet.task import Clock
 from twisted.python import usage
 from websockets.sync.client import connect
 
 from fulabd import admin
 from fulabd.tap import Options
+from fulabd.tls import ReloadingCertificate
 from tests.fixtures import Daemon, get_json, sample_files, sample_lines
 
 
@@ -187,3 +189,23 @@ def test_bad_tls_options_are_refused_with_a_clear_message(tmp_path, ca):
         server = Daemon(tmp_path / "remote", *args)
         with pytest.raises(RuntimeError, match=message):
             server.start(timeout=20)
+
+
+def test_file_check_runs_on_the_injected_clock_and_sighup_is_restored(ca):
+    live = ca.directory / "live"
+    cert, key = ca.issue("live")
+    clock = Clock()
+    previous = signal.getsignal(signal.SIGHUP)
+    certificate = ReloadingCertificate(str(cert), str(key), clock, check_interval=5)
+    certificate.startService()
+    try:
+        assert signal.getsignal(signal.SIGHUP) == certificate._on_sighup
+        replace_certificate(ca, live, "renewed.example")
+        clock.advance(4)
+        assert certificate.describe()["subject"] == "localhost"
+        clock.advance(1)
+        assert certificate.describe()["subject"] == "renewed.example"
+    finally:
+        certificate.stopService()
+    assert signal.getsignal(signal.SIGHUP) == previous
+    assert not clock.getDelayedCalls()
