@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -16,9 +17,15 @@ DEFAULT_URL = "http://127.0.0.1:5056"
 
 def status(args) -> int:
     url = args.url.rstrip("/") + "/fulab/lab/status"
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=args.timeout) as response:
             data = orjson.loads(response.read())
+    except urllib.error.HTTPError as e:
+        print(f"fulab: {url} answered {e.code} {e.reason}", file=sys.stderr)
+        if e.code == 401:
+            print("The daemon requires an access token: pass --token TOKEN or set FULAB_TOKEN", file=sys.stderr)
+        return 1
     except (urllib.error.URLError, OSError) as e:
         print(f"fulab: cannot read {url}: {getattr(e, 'reason', e)}", file=sys.stderr)
         print("Is the daemon running? Start it with: twistd -n fulab --port 5056", file=sys.stderr)
@@ -52,6 +59,8 @@ def main(argv=None) -> int:
     status_parser.add_argument("--url", default=DEFAULT_URL, help=f"the daemon's base URL [{DEFAULT_URL}]")
     status_parser.add_argument("--json", action="store_true", help="print the raw JSON")
     status_parser.add_argument("--timeout", type=float, default=10.0)
+    status_parser.add_argument("--token", default=os.environ.get("FULAB_TOKEN"),
+                               help="access token, for a daemon run with --token-file [$FULAB_TOKEN]")
     status_parser.set_defaults(run=status)
     doctor_parser = commands.add_parser(
         "doctor", help="check every link from here to a daemon and say what is wrong",

@@ -15,6 +15,9 @@ import orjson
 MAX_STRING = 64 * 1024         # characters kept of any one string in an event
 MAX_EVENT_BYTES = 256 * 1024   # an event encoding larger than this is clipped harder
 SMALL_STRING = 2 * 1024
+# An event holds at most two copies of its line's text (a first block and `blocks`), each at most twice as
+# long once re-escaped, so an event from a line this short is already within both limits above.
+SMALL_LINE = 16 * 1024
 BULKY_FIELDS = ("data", "input", "content", "blocks", "questions", "text")  # previewed when still too large
 
 # Codex event_msg payload types that duplicate a response_item line: skipped.
@@ -25,8 +28,7 @@ CODEX_TOOL_CALLS = frozenset({"function_call", "custom_tool_call", "local_shell_
 CODEX_TOOL_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output", "tool_search_output"})
 CODEX_ROLES = {"user": "user", "assistant": "assistant", "developer": "system", "system": "system"}
 # Text a Codex user-role message carries when the CLI injects context rather than the person typing.
-INJECTED_PREFIXES = ("<environment_context>", "<user_instructions>", "# AGENTS.md", "<INSTRUCTIONS>",
-                     "<permissions instructions>")
+INJECTED_PREFIXES = ("<environment_context>", "<user_instructions>", "# AGENTS.md", "<INSTRUCTIONS>")
 PAR_QUESTIONS = ("intention", "happening", "perspectives", "learned", "forward")
 
 
@@ -45,7 +47,8 @@ def normalize(raw: bytes, index: int) -> dict | None:
     timestamp = value.get("timestamp")
     if not isinstance(timestamp, str):
         timestamp = (value.get("payload") or {}).get("timestamp") if isinstance(value.get("payload"), dict) else None
-    return bounded({"line": index, "timestamp": timestamp if isinstance(timestamp, str) else None} | event)
+    event = {"line": index, "timestamp": timestamp if isinstance(timestamp, str) else None} | event
+    return event if len(raw) <= SMALL_LINE else bounded(event)
 
 
 def _recognise(line: dict) -> dict | None:
@@ -84,9 +87,9 @@ def _codex_item(item: dict) -> dict | None:
     if kind == "message":
         role = item.get("role")
         text = _text(item.get("content"))
-        event = {"type": CODEX_ROLES.get(role, "system" if role is None else str(role)), "text": text}
-        if event["type"] not in ("user", "assistant", "system"):
-            event = {"type": "system", "text": text, "role": role}
+        event = {"type": CODEX_ROLES.get(role, "system"), "text": text}
+        if role is not None and role not in CODEX_ROLES:
+            event["role"] = role
         if role == "user" and text.lstrip().startswith(INJECTED_PREFIXES):
             event["injected"] = True
         return event

@@ -27,6 +27,7 @@ from fulabd import edn
 from fulabd.store import line_ends, safe_id
 
 HEAD_BYTES = 64 * 1024  # read from a file's start for its id, cwd and originator
+GROW_BYTES = 4 * 1024 * 1024  # read of appended data per reactor turn
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -167,9 +168,12 @@ class LocalSources(service.Service):
             while limit < stop and ends[limit] - begin <= max_bytes:
                 limit += 1
             stop = limit
-        with open(session.path, "rb") as f:
-            f.seek(begin)
-            data = f.read(ends[stop - 1] - begin)
+        try:
+            with open(session.path, "rb") as f:
+                f.seek(begin)
+                data = f.read(ends[stop - 1] - begin)
+        except FileNotFoundError:
+            return []  # deleted: the watcher forgets it
         lines = data[:-1].split(b"\n")
         if len(lines) != stop - start:  # the file was rewritten under us: serve nothing rather than wrong lines
             self._log.warn("{path} changed under a reader; re-indexing it", path=session.path)
@@ -235,9 +239,17 @@ class LocalSources(service.Service):
             self._changed(path)
 
     def _grow(self, session: LocalSession) -> None:
+        """Publish the complete lines appended since the last look, a bounded chunk at a time."""
+        chunks = []
         with open(session.path, "rb") as f:
             f.seek(session.size)
-            data = f.read()
+            while chunk := f.read(GROW_BYTES):
+                chunks.append(chunk)
+                if b"\n" in chunk:
+                    break
+        if chunks and len(chunks[-1]) == GROW_BYTES:
+            self.reactor.callLater(0, self._changed, session.path)  # more follows: the next chunk next turn
+        data = b"".join(chunks)
         complete = data[:data.rfind(b"\n") + 1]
         if not complete:
             return  # only a partial line so far: wait for its newline

@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import secrets
+import time
 from array import array
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -104,13 +105,16 @@ class SessionStore(service.Service):
 
     _log = Logger()
 
-    def __init__(self, root: str, clock=None, hub=None, run_in_thread=None, min_free_bytes: int = 0):
+    def __init__(self, root: str, clock=None, hub=None, run_in_thread=None, min_free_bytes: int = 0,
+                 observe_fsync=None):
+        """`observe_fsync(seconds)` is told how long each fdatasync took (for metrics)."""
         from twisted.internet import reactor
 
         self.root = os.path.abspath(root)
         self.clock = clock or reactor
         self.hub = hub
         self.min_free_bytes = min_free_bytes
+        self.observe_fsync = observe_fsync
         self._run_in_thread = run_in_thread or threads.deferToThread
         self._sessions: dict[str, Session] = {}
         self._dirty: set[Session] = set()
@@ -449,6 +453,8 @@ class SessionStore(service.Service):
             if job.meta is not None:
                 session._meta_writing = False
             if error is None:
+                if job.fd is not None and self.observe_fsync is not None:
+                    self.observe_fsync(job.fsync_seconds)
                 first = session.count
                 session.count, session.size = job.lines, job.size
                 self._publish(session, first, job)
@@ -587,6 +593,7 @@ class CommitJob:
     published_lines: list
     published_pars: list
     waiters: list
+    fsync_seconds: float = 0.0
 
 
 def run_commit_jobs(batch: list[CommitJob]) -> list:
@@ -595,7 +602,9 @@ def run_commit_jobs(batch: list[CommitJob]) -> list:
     for job in batch:
         try:
             if job.fd is not None:
+                started = time.perf_counter()
                 os.fdatasync(job.fd)
+                job.fsync_seconds = time.perf_counter() - started
             if job.pars is not None:
                 edn.write_atomically(job.session.par_path, job.pars)
             if job.meta is not None:

@@ -42,9 +42,19 @@ def count_param(value: str | None) -> int:
         return 0
 
 
+# Viewers only send pings: a bigger message is refused before it is buffered. (Autobahn's own
+# maxMessagePayloadSize would also cap what the server sends, and history frames are ~1 MiB.)
+VIEWER_MESSAGE_LIMIT = 64 * 1024
+
+
 @implementer(IPushProducer)
 class StreamProtocol(WebSocketServerProtocol):
     _log = Logger()
+
+    def onMessageFrameBegin(self, length):
+        super().onMessageFrameBegin(length)
+        if self.message_data_total_length > VIEWER_MESSAGE_LIMIT:
+            self._fail_connection(1009, "viewers send only pings")
 
     def __init__(self):
         super().__init__()
@@ -66,7 +76,7 @@ class StreamProtocol(WebSocketServerProtocol):
     # -- opening -----------------------------------------------------------
 
     def onConnect(self, request):
-        self._peer = request.peer
+        self._peer = self.factory.admit(request, self)
         params = request.params
         path, ident = first_param(params, "path"), first_param(params, "session")
         catalog = self.factory.catalog
@@ -245,9 +255,12 @@ class StreamProtocol(WebSocketServerProtocol):
 class StreamFactory(WebSocketServerFactory):
     protocol = StreamProtocol
 
-    def __init__(self, catalog, hub, clock, **kw):
+    def __init__(self, catalog, hub, clock, admit, **kw):
+        """`admit(request, protocol)` returns the viewer's address, or raises `ConnectionDeny` to refuse it."""
         super().__init__(**kw)
+        self.admit = admit
         self.catalog = catalog
         self.hub = hub
         self.clock = clock
         self.viewers: set = set()
+        self.setProtocolOptions(failByDrop=False)  # say why (close code) when refusing a viewer's message

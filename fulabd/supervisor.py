@@ -20,10 +20,12 @@ PROBE_TIMEOUT = 5.0
 class ListenerSupervisor(service.Service):
     _log = Logger()
 
-    def __init__(self, description: str, endpoint, factory, clock, interval: float, probe_endpoint=None):
+    def __init__(self, description: str, endpoint, factory, clock, interval: float, probe_endpoint=None,
+                 probe_headers=None):
         """
         `probe_endpoint(address)` returns a client endpoint that reaches the
-        listening port (None disables the probe for that kind of port).
+        listening port (None disables the probe for that kind of port);
+        `probe_headers` go with the probe's handshake (its credentials).
         """
         self.description = description
         self.endpoint = endpoint
@@ -31,6 +33,7 @@ class ListenerSupervisor(service.Service):
         self.clock = clock
         self.interval = interval
         self.probe_endpoint = probe_endpoint or loopback_endpoint
+        self.probe_headers = probe_headers or {}
         self.port = None
         self._address = None
         self.restarts = 0
@@ -92,7 +95,7 @@ class ListenerSupervisor(service.Service):
         if client is None:
             return
         try:
-            yield probe(client, self.clock, PROBE_PATH)
+            yield probe(client, self.clock, PROBE_PATH, headers=self.probe_headers)
             self.probes += 1
         except Exception as e:
             self.failures += 1
@@ -159,9 +162,10 @@ class _ProbeProtocol(WebSocketClientProtocol):
             self.factory.result.errback(ConnectionError(f"closed before pong (code {code}: {reason})"))
 
 
-def probe(client_endpoint, clock, path: str, timeout: float = PROBE_TIMEOUT) -> defer.Deferred:
+def probe(client_endpoint, clock, path: str, timeout: float = PROBE_TIMEOUT, headers=None) -> defer.Deferred:
     """Handshake and ping; fires True on pong, fails otherwise or after `timeout`."""
-    factory = WebSocketClientFactory(f"ws://localhost{path}", headers={"User-Agent": "fulabd-self-probe"})
+    factory = WebSocketClientFactory(f"ws://localhost{path}",
+                                     headers={"User-Agent": "fulabd-self-probe", **(headers or {})})
     factory.protocol = _ProbeProtocol
     factory.noisy = False
     factory.result = defer.Deferred()

@@ -13,10 +13,12 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.web import resource, server
 
 from fulabd import edn, ui
-from fulabd.messages import INVALID_PATH, now_iso
+from fulabd.messages import INVALID_PATH, UNAUTHORIZED, now_iso
 
 UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
 STREAM_PATH = "/fulab/lab/stream/ws"
+OPEN_PATHS = (b"/healthz",)  # answered without a token, for load balancers and service managers
+REFUSED_MESSAGE_LIMIT = 64 * 1024  # a refused client has nothing to say
 
 
 def is_upload_path(path: str) -> bool:
@@ -44,19 +46,36 @@ def render_data(request, data: dict, code: int = 200) -> bytes:
 
 
 class RefusedProtocol(WebSocketServerProtocol):
-    """A WebSocket on a path nobody serves: say so, then close."""
+    """A WebSocket that is not served: say why, then close with 1008 (policy violation)."""
 
     def onOpen(self):
-        path = self.http_request_path
-        self.sendMessage(orjson.dumps({
-            "type": "error", "err": INVALID_PATH, "path": path,
-            "detail": f"no WebSocket endpoint at {path}; uploads go to /fulab/lab/upload/ws, "
-                      f"viewers to {STREAM_PATH}?session=ID or /?path=PATH"}))
-        self.sendCloseFrame(code=1008, reasonUtf8=b"invalid path")
+        self.sendMessage(orjson.dumps(self.factory.explain(self.http_request_path)))
+        self.sendCloseFrame(code=1008, reasonUtf8=self.factory.reason)
 
 
 class RefusedFactory(WebSocketServerFactory):
     protocol = RefusedProtocol
+
+    def __init__(self, explain, reason: bytes):
+        """`explain(path)` is the error message sent before the close."""
+        super().__init__()
+        self.explain = explain
+        self.reason = reason
+        self.setProtocolOptions(maxMessagePayloadSize=REFUSED_MESSAGE_LIMIT,
+                                maxFramePayloadSize=REFUSED_MESSAGE_LIMIT)
+
+
+def invalid_path(path: str) -> dict:
+    return {"type": "error", "err": INVALID_PATH, "path": path,
+            "detail": f"no WebSocket endpoint at {path}; uploads go to /fulab/lab/upload/ws, "
+                      f"viewers to {STREAM_PATH}?session=ID or /?path=PATH"}
+
+
+def unauthorized(path: str) -> dict:
+    return {"type": "error", "err": UNAUTHORIZED, "path": path,
+            "detail": "this server needs an access token: send the header `Authorization: Bearer TOKEN` "
+                      "(fulab-upload --token or FULAB_TOKEN) or add ?token=TOKEN to the URL; "
+                      "if yours was refused, ask the operator for a valid one"}
 
 
 class UpgradeRequired(resource.Resource):
@@ -84,7 +103,7 @@ class WebSocketDispatch(resource.Resource):
         super().__init__()
         self.upload = WebSocketResource(upload_factory)
         self.stream = WebSocketResource(stream_factory) if stream_factory is not None else None
-        self.refused = WebSocketResource(RefusedFactory())
+        self.refused = WebSocketResource(RefusedFactory(invalid_path, b"invalid path"))
 
     def getChildWithDefault(self, name, request):
         if is_websocket(request):
@@ -194,8 +213,48 @@ def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float
     return lab
 
 
+class Unauthorized(resource.Resource):
+    isLeaf = True
+
+    def render(self, request):
+        request.setHeader(b"www-authenticate", b'Bearer realm="fulab"')
+        return render_data(request, {"ok": False} | unauthorized(request.path.decode("utf-8", "replace")), code=401)
+
+
+class Health(resource.Resource):
+    """`GET /healthz`: 200 `ok` while the daemon can take uploads, else 503 and why not."""
+
+    isLeaf = True
+
+    def __init__(self, problem):
+        """`problem()` is None when healthy, else what is wrong."""
+        super().__init__()
+        self.problem = problem
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        problem = self.problem()
+        if problem is None:
+            return b"ok\n"
+        request.setResponseCode(503)
+        return f"unavailable: {problem}\n".encode()
+
+
 class LabSite(server.Site):
-    """A Site that does not write an access-log line per request (the UI polls)."""
+    """A Site that does not write an access-log line per request (the UI polls, and URLs may hold
+    `?token=`), and that asks its `gate` (when it has one) before serving anything."""
+
+    def __init__(self, root, gate=None, **kw):
+        super().__init__(root, **kw)
+        self.gate = gate
+        self.unauthorized_websocket = WebSocketResource(RefusedFactory(unauthorized, b"unauthorized"))
+
+    def getResourceFor(self, request):
+        if self.gate is not None and request.path not in OPEN_PATHS and not self.gate.request_allowed(request):
+            request.site = self
+            return self.unauthorized_websocket if is_websocket(request) else Unauthorized()
+        return super().getResourceFor(request)
 
     def log(self, request):
         pass

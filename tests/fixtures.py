@@ -36,9 +36,12 @@ def sample_lines(path: Path) -> list[str]:
 class Daemon:
     """`twistd -n fulab` in a subprocess, on a free loopback port, with its own store."""
 
-    def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1"):
+    def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1", env: dict | None = None,
+                 twistd_args: tuple = ()):
         self.root = Path(root)
         self.args = list(args)
+        self.env = env or {}
+        self.twistd_args = list(twistd_args)
         self.port_description = port
         self.port: int | None = None
         self.ports: dict[str, int] = {}
@@ -49,11 +52,12 @@ class Daemon:
         self._ended: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> "Daemon":
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **self.env)
         self._listening.clear()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
+             "-n", "--pidfile=", *self.twistd_args,
+             "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.root.parent))
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         with self._lines:
@@ -79,14 +83,19 @@ class Daemon:
             self._ended = process
             self._lines.notify_all()
 
-    def wait_for_log(self, pattern: str, timeout: float = 30) -> str:
-        """The first log line (from now on or earlier) matching `pattern`."""
+    def wait_for_log(self, pattern: str, timeout: float = 30, count: int = 1) -> str:
+        """The `count`th log line (from now on or earlier) matching `pattern`."""
         regex = re.compile(pattern)
+
+        def found():
+            matching = [line for line in self.log if regex.search(line)]
+            return matching[count - 1] if len(matching) >= count else None
+
         with self._lines:
-            found = self._lines.wait_for(lambda: next((l for l in self.log if regex.search(l)), None), timeout)
-        if not found:
-            raise AssertionError(f"no log line matching {pattern!r}:\n" + "\n".join(self.log[-40:]))
-        return found
+            line = self._lines.wait_for(found, timeout)
+        if not line:
+            raise AssertionError(f"fewer than {count} log lines match {pattern!r}:\n" + "\n".join(self.log[-40:]))
+        return line
 
     @property
     def url(self) -> str:
@@ -450,6 +459,8 @@ class CuttableProxy:
     def close(self):
         self.listener.close()
         self.cut()
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 

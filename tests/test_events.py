@@ -4,6 +4,8 @@ Normalized viewer events, on lines taken from the real (and curated) sample sess
 
 import orjson
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from fulabd import events
 from tests.fixtures import sample_files
@@ -211,3 +213,17 @@ def test_legacy_codex_lines_are_bare_response_items():
     assert (event["type"], event["line"], event["timestamp"]) == (events.CODEX_ROLES[item["role"]], 2, None)
     assert event["text"] == "\n".join(part.get("text") or "[image]" for part in item["content"])  # images: a placeholder
     assert events.normalize(b'{"record_type":"state"}', 3)["kind"] == "record_type/state"
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=3000), min_size=1, max_size=6),
+       role=st.sampled_from(["user", "assistant"]))
+def test_lines_below_the_small_line_size_give_events_within_the_limits(texts, role):
+    """The shortcut in `normalize` (no size check for short lines) must never let a large event through."""
+    blocks = [{"type": "text", "text": text} if n % 2 else {"type": "other", "payload": text}
+              for n, text in enumerate(texts)]
+    raw = orjson.dumps({"type": role, "message": {"content": blocks}})
+    assume(len(raw) <= events.SMALL_LINE)
+    event = events.normalize(raw, 0)
+    assert len(orjson.dumps(event)) <= events.MAX_EVENT_BYTES
+    assert all(len(block.get("text", "")) <= events.MAX_STRING for block in event.get("blocks", [event]))

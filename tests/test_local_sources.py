@@ -121,3 +121,13 @@ def test_files_created_empty_rewritten_or_deleted_are_followed(local):
     fresh.unlink()
     local.wait_for_log(r"local session .*019e9999.*\.jsonl is gone")
     assert [entry["events"] for entry in listing(local).values() if entry["source"] == "codex"] == [2]
+
+
+def test_a_large_append_reaches_a_viewer_whole_and_in_order(local):
+    path = local.claude / "-path-to-Demo" / "fe5e1c67-53e7-4862-81ae-d0e013e3270b.jsonl"
+    lines = path.read_bytes().split(b"\n")[:-1]
+    with viewer(local, path=str(path)) as ws:
+        read_history(ws)
+        append(path, b"\n".join(lines * 12) + b"\n")  # derived: 9 MB written at once, read in bounded chunks
+        live = [receive(ws)["event"] for _ in range(len(lines) * 12)]
+    assert line_indexes(live) == list(range(len(lines), len(lines) * 13))

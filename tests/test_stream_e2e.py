@@ -260,3 +260,14 @@ def test_pars_and_metadata_survive_a_restart(daemon):
     assert [event["par-id"] for event in history if event["type"] == "par"] == ["par-a"]
     with uploader(daemon) as up:
         assert call(up, {"type": "par", "session-id": "kept", "par": PAR_B})["pars"] == 2
+
+
+def test_a_viewer_that_sends_a_big_message_is_closed_with_1009(daemon):
+    listed = store(daemon, "quiet", ['{"type":"user"}'])
+    with viewer(daemon, path=listed) as ws:
+        read_history(ws)
+        ws.send("x" * 100_000)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1009

@@ -54,7 +54,7 @@ async def test_busy_port_is_retried_every_interval_until_it_is_free():
 def daemon_site(tmp_path):
     store = SessionStore(str(tmp_path), clock=reactor, hub=Hub())
     store.startService()
-    uploads = UploadFactory(store, clock=reactor, max_message_size=1024, peer_of=lambda r, t: r.peer)
+    uploads = UploadFactory(store, clock=reactor, max_message_size=1024, admit=lambda request, protocol: request.peer)
     dispatch = WebSocketDispatch(uploads)
     build_tree(dispatch, store.sessions, reactor, 3600, dict)
     return server.Site(dispatch)
