@@ -200,3 +200,20 @@ def test_token(tmp_path, capsys):
     assert wrong[0] == 1 and failure(wrong[1]) == (
         "[FAIL] ping/pong: the daemon refused this token: pass the right one with --token (the laptop's FULAB_TOKEN)")
     assert right[0] == 0, right[1]
+
+
+def test_token_passes_through_nginx(tmp_path, ca, capsys):
+    token = "doctor-test-token-0123456789"
+    (tmp_path / "tokens").write_text(f"{token} laptop\n")
+    server = Daemon(tmp_path / "remote", "--token-file", str(tmp_path / "tokens"),
+                    "--trusted-proxy", "127.0.0.1").start()
+    cert, key = ca.issue("nginx")
+    proxy = Nginx(tmp_path / "nginx", server.port, cert, key).start()
+    try:
+        code, lines = doctor(capsys, proxy.url + "/fulab/lab/upload/ws", "--cafile", str(ca.root_path),
+                             "--token", token)
+        server.wait_for_log(r"upload connection open from 127\.0\.0\.1 \(uploader laptop\)")
+    finally:
+        proxy.stop()
+        server.stop()
+    assert code == 0, lines
