@@ -264,7 +264,7 @@ class Nginx:
             "daemon off;", "worker_processes 1;", f"pid {self.folder / 'nginx.pid'};",
             f"error_log {self.folder / 'error.log'} info;",
             *(["user root;"] if os.geteuid() == 0 else []),
-            "events { worker_connections 64; }",
+            "events { worker_connections 512; }",
             "http {",
             f"    access_log {self.folder / 'access.log'};",
             *(f"    {kind}_temp_path {path};" for kind, path in temp.items()),
