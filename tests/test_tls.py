@@ -148,13 +148,13 @@ def test_certificate_reload_keeps_open_connections(tmp_path, ca, trigger):
     server = tls_daemon(tmp_path, ca, "--tls-check-interval", "0.2" if trigger == "file change" else "0")
     try:
         url = f"wss://127.0.0.1:{server.tls_port}/fulab/lab/upload/ws"
-        with connect(url, ssl=ca.client_context(), open_timeout=30) as old:
+        with connect(url, ssl=ca.client_context()) as old:
             assert served_subject(old) == "localhost"
             replace_certificate(ca, ca.directory / "live", "renewed.example")
             if trigger == "SIGHUP":
                 server.process.send_signal(signal.SIGHUP)
             server.wait_for_log(r"TLS certificate reloaded .*renewed\.example")
-            with connect(url, ssl=ca.client_context(), open_timeout=30) as new:
+            with connect(url, ssl=ca.client_context()) as new:
                 assert served_subject(new) == "renewed.example"
                 assert ping(new)["type"] == "pong"
             assert ping(old)["type"] == "pong"
