@@ -210,7 +210,8 @@ class CertificateAuthority:
         the caller writes to it, and with TLS 1.3 (whose session tickets arrive after the
         handshake) that loses the opening request now and then: measured against the
         daemon, 4 stalled handshakes in 600 connections with TLS 1.3, none in 600 with
-        TLS 1.2; the same stall showed through nginx.  `fulab doctor` (one thread)
+        TLS 1.2; the same stall showed through nginx.  Related reports: python/cpython
+        #137583 (websockets #1648), python-engineio #461.  `fulab doctor` (one thread)
         covers TLS 1.3.
         """
         import ssl
