@@ -369,6 +369,11 @@ class Doctor:
             except (ConnectionError, OSError, ValueError) as e:
                 return self.broken(step, hard, str(e))
             if reply.get("type") != "pong":
+                if reply.get("err") == "unauthorized":
+                    return self.broken(step, hard, "the daemon refused this token: pass the right one with --token "
+                                                   "(the laptop's FULAB_TOKEN)" if self.token else
+                                                   "the daemon wants an access token: pass it with --token TOKEN "
+                                                   "(the laptop's FULAB_TOKEN)")
                 if reply.get("err") == "invalid-path":
                     return self.broken(step, hard, f"the daemon has no WebSocket endpoint at {path}: uploads go "
                                                    f"to /fulab/lab/upload/ws")

@@ -3,12 +3,19 @@ import pytest
 from tests.fixtures import CertificateAuthority, Daemon, Nginx, chromium_missing, start_chromium
 
 
+def failed(request) -> bool:
+    report = getattr(request.node, "report_call", None)
+    return report is not None and report.failed
+
+
 @pytest.fixture
-def daemon(tmp_path):
-    """A running daemon with an empty store under the test's temporary folder."""
+def daemon(request, tmp_path):
+    """A running daemon with an empty store under the test's temporary folder (its log shown if the test fails)."""
     server = Daemon(tmp_path / "remote").start()
     yield server
     server.stop()
+    if failed(request):
+        print("daemon log:\n" + "\n".join(server.log[-80:]))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -44,9 +51,11 @@ def ca(tmp_path):
 
 
 @pytest.fixture
-def nginx(tmp_path, daemon, ca):
+def nginx(request, tmp_path, daemon, ca):
     """The real nginx with the shipped config (and the old paths), on TLS, in front of `daemon`."""
     cert, key = ca.issue("nginx")
     proxy = Nginx(tmp_path / "nginx", daemon.port, cert, key, old_paths=True).start()
     yield proxy
     proxy.stop()
+    if failed(request):
+        print("nginx error log:\n" + (proxy.folder / "error.log").read_text()[-8000:])

@@ -183,3 +183,37 @@ def test_not_a_websocket_url(capsys):
                               "e.g. wss://lab.example.org:5057/fulab/lab/upload/ws")
     code, lines = doctor(capsys, "wss://lab.example.org:port/")
     assert failure(lines) == "[FAIL] URL: wss://lab.example.org:port/ has no valid port number (1-65535)"
+
+
+def test_token(tmp_path, capsys):
+    token = "doctor-test-token-0123456789"
+    (tmp_path / "tokens").write_text(f"{token} laptop\n")
+    server = Daemon(tmp_path / "remote", "--token-file", str(tmp_path / "tokens")).start()
+    try:
+        missing = doctor(capsys, server.url + "/fulab/lab/upload/ws")
+        wrong = doctor(capsys, server.url + "/fulab/lab/upload/ws", "--token", "not-the-token-0123456789")
+        right = doctor(capsys, server.url + "/fulab/lab/upload/ws", "--token", token)
+    finally:
+        server.stop()
+    assert missing[0] == 1 and failure(missing[1]) == (
+        "[FAIL] ping/pong: the daemon wants an access token: pass it with --token TOKEN (the laptop's FULAB_TOKEN)")
+    assert wrong[0] == 1 and failure(wrong[1]) == (
+        "[FAIL] ping/pong: the daemon refused this token: pass the right one with --token (the laptop's FULAB_TOKEN)")
+    assert right[0] == 0, right[1]
+
+
+def test_token_passes_through_nginx(tmp_path, ca, capsys):
+    token = "doctor-test-token-0123456789"
+    (tmp_path / "tokens").write_text(f"{token} laptop\n")
+    server = Daemon(tmp_path / "remote", "--token-file", str(tmp_path / "tokens"),
+                    "--trusted-proxy", "127.0.0.1").start()
+    cert, key = ca.issue("nginx")
+    proxy = Nginx(tmp_path / "nginx", server.port, cert, key).start()
+    try:
+        code, lines = doctor(capsys, proxy.url + "/fulab/lab/upload/ws", "--cafile", str(ca.root_path),
+                             "--token", token)
+        server.wait_for_log(r"upload connection open from 127\.0\.0\.1 \(uploader laptop\)")
+    finally:
+        proxy.stop()
+        server.stop()
+    assert code == 0, lines

@@ -18,9 +18,11 @@ CODEX_ID = "019e9625-802f-7e91-840a-cfe88d14117a"
 def local(tmp_path):
     """A daemon following copies of the real sample folders (the curated ones too)."""
     codex, claude = tmp_path / "codex-sessions", tmp_path / "claude-projects"
-    shutil.copytree(SAMPLES / "codex" / "sessions", codex)
-    shutil.copytree(SAMPLES / "claude" / "projects", claude)
-    shutil.copytree(SAMPLES / "claude" / "curated-not-real" / "subagent-layout", claude / "-tmp-subagents")
+    # Copied without their old times: written just now, as an agent's live files are (and so active).
+    fresh = {"copy_function": shutil.copy}
+    shutil.copytree(SAMPLES / "codex" / "sessions", codex, **fresh)
+    shutil.copytree(SAMPLES / "claude" / "projects", claude, **fresh)
+    shutil.copytree(SAMPLES / "claude" / "curated-not-real" / "subagent-layout", claude / "-tmp-subagents", **fresh)
     for folder in (codex, claude):
         for path in folder.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)

@@ -3,6 +3,9 @@ The shipped nginx config, run by the real nginx with TLS in front of the
 real daemon: uploads over wss:// and the listings come through it.
 """
 
+import re
+import urllib.request
+
 import orjson
 import pytest
 from websockets.sync.client import connect
@@ -36,3 +39,18 @@ def test_old_viewer_path_reaches_the_daemon(nginx, ca):
     with connect(nginx.url + "/?path=/nowhere.jsonl", ssl=ca.client_context()) as ws:
         reply = orjson.loads(ws.recv(timeout=30))
     assert "type" in reply
+
+
+def test_the_ui_and_its_files_come_through_the_prefix_alone(nginx, ca):
+    """The page refers to its files relatively, so `location /fulab/lab/` is all it needs."""
+    def fetch(path):
+        with urllib.request.urlopen(nginx.https + path, timeout=30, context=ca.client_context()) as response:
+            return response.status, response.read().decode()
+
+    status, page = fetch("/fulab/lab/")
+    assert status == 200 and "<html" in page.lower()
+    references = re.findall(r'(?:src|href)="([^"]+)"', page)
+    local = [ref for ref in references if not ref.startswith(("data:", "http:", "https:", "#"))]
+    assert local and not any(ref.startswith("/") for ref in local), references
+    for ref in local:
+        assert fetch("/fulab/lab/" + ref.removeprefix("./"))[0] == 200, ref

@@ -12,11 +12,13 @@ import time
 
 import orjson
 import pytest
+from twisted.internet.task import Clock
 from twisted.python import usage
 from websockets.sync.client import connect
 
 from fulabd import admin
 from fulabd.tap import Options
+from fulabd.tls import ReloadingCertificate
 from tests.fixtures import Daemon, get_json, sample_files, sample_lines
 
 
@@ -146,13 +148,13 @@ def test_certificate_reload_keeps_open_connections(tmp_path, ca, trigger):
     server = tls_daemon(tmp_path, ca, "--tls-check-interval", "0.2" if trigger == "file change" else "0")
     try:
         url = f"wss://127.0.0.1:{server.tls_port}/fulab/lab/upload/ws"
-        with connect(url, ssl=ca.client_context(), open_timeout=30) as old:
+        with connect(url, ssl=ca.client_context()) as old:
             assert served_subject(old) == "localhost"
             replace_certificate(ca, ca.directory / "live", "renewed.example")
             if trigger == "SIGHUP":
                 server.process.send_signal(signal.SIGHUP)
             server.wait_for_log(r"TLS certificate reloaded .*renewed\.example")
-            with connect(url, ssl=ca.client_context(), open_timeout=30) as new:
+            with connect(url, ssl=ca.client_context()) as new:
                 assert served_subject(new) == "renewed.example"
                 assert ping(new)["type"] == "pong"
             assert ping(old)["type"] == "pong"
@@ -187,3 +189,23 @@ def test_bad_tls_options_are_refused_with_a_clear_message(tmp_path, ca):
         server = Daemon(tmp_path / "remote", *args)
         with pytest.raises(RuntimeError, match=message):
             server.start(timeout=20)
+
+
+def test_file_check_runs_on_the_injected_clock_and_sighup_is_restored(ca):
+    live = ca.directory / "live"
+    cert, key = ca.issue("live")
+    clock = Clock()
+    previous = signal.getsignal(signal.SIGHUP)
+    certificate = ReloadingCertificate(str(cert), str(key), clock, check_interval=5)
+    certificate.startService()
+    try:
+        assert signal.getsignal(signal.SIGHUP) == certificate._on_sighup
+        replace_certificate(ca, live, "renewed.example")
+        clock.advance(4)
+        assert certificate.describe()["subject"] == "localhost"
+        clock.advance(1)
+        assert certificate.describe()["subject"] == "renewed.example"
+    finally:
+        certificate.stopService()
+    assert signal.getsignal(signal.SIGHUP) == previous
+    assert not clock.getDelayedCalls()
