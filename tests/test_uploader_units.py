@@ -265,3 +265,32 @@ def test_an_old_server_without_resume_gets_init_and_events(tmp_path):
     kinds = [message["type"] for message, _ in server.pending]
     assert kinds[0] == "init" and set(kinds[1:]) == {"event"}
     assert [m.get("seq") for m, _ in server.pending[1:]] == [1, 2]
+
+
+def test_stop_waits_for_the_acks_in_flight_and_sends_nothing_new(tmp_path):
+    from fulabd.uploader.uploads import STOP_TIMEOUT, Uploads
+
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 200)
+    clock = Clock()
+    uploads = Uploads(clock, Events(), source="codex", budget=Budget(max_batches=2), max_frame_bytes=1000)
+    server = ScriptedServer()
+    uploads.track(path)
+    uploads.connected(server)
+    server.answer(1)
+    assert len(server.pending) == 2
+    stopped = uploads.stop()
+    assert not stopped.called
+    server.answer()
+    assert stopped.result is True
+    assert 0 < len(server.lines) < 200 and not server.pending
+
+    uploads = Uploads(clock, Events(), source="codex", max_frame_bytes=1000)
+    uploads.track(path)
+    silent = ScriptedServer()
+    uploads.connected(silent)
+    silent.answer(1)
+    stopped = uploads.stop()
+    assert not stopped.called
+    clock.advance(STOP_TIMEOUT)
+    assert stopped.result is False

@@ -226,6 +226,8 @@ class Sender:
             self.budget.release(self.inflight.popleft().size)
         self.inflight.popleft()
         self.budget.release(batch.size)
+        if self.state == STOPPED:
+            return self.reporter.idle(self)
         if reply.get("type") != "ack":
             return self._refused(reply)
         if self.state == RESYNCING:
