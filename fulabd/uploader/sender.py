@@ -226,8 +226,10 @@ class Sender:
             self.budget.release(self.inflight.popleft().size)
         self.inflight.popleft()
         self.budget.release(batch.size)
-        if self.state == STOPPED:
-            return self.reporter.idle(self)
+        if self.state in (BLOCKED, STOPPED):
+            if not self.inflight:
+                self.reporter.idle(self)
+            return
         if reply.get("type") != "ack":
             return self._refused(reply)
         if self.state == RESYNCING:
