@@ -302,3 +302,21 @@ def test_progress_bar_on_a_terminal_only(daemon, tmp_path):
     piped = Uploader(*args).start()
     assert piped.wait() == 0
     assert not any("catching up" in line for line in piped.output)
+
+
+def test_a_file_rewritten_while_the_uploader_was_not_running_becomes_a_new_generation(daemon, tmp_path):
+    sample = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "5c0375b4-57a5-4f26-b12d-d022ee4e51b7.jsonl"
+    session = tmp_path / sample.name
+    session.write_bytes(sample.read_bytes())
+    args = ("--url", daemon.url + UPLOAD, "--path", str(session), "--once")
+    assert Uploader(*args).start().wait() == 0
+    lines = sample.read_bytes().split(b"\n")[:-1]
+    rewritten = b"".join(line + b"\n" for line in lines[:1] + lines[2:] + lines[:5])
+    session.write_bytes(rewritten)
+    second = Uploader(*args).start()
+    assert second.wait() == 0, "\n".join(second.output)
+    second.wait_for_output(f"conflict in {sample.stem}: .*uploaded as session {sample.stem}~g2")
+    assert stored(daemon, sample.stem).read_bytes() == sample.read_bytes()
+    assert stored(daemon, f"{sample.stem}~g2").read_bytes() == rewritten
+    meta = edn_format.loads((daemon.root / f"{safe_id(sample.stem + '~g2')}.meta.edn").read_text())
+    assert meta[edn_format.Keyword("parent-session-id")] == sample.stem
