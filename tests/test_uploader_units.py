@@ -206,12 +206,30 @@ def test_reconnect_resumes_from_the_server_count_with_checks(tmp_path):
     sender, _ = make_sender(path)
     sender.attach(server)
     server.answer(1)
-    first = server.pending[0][0]
-    overlap = server.pending[1][0]
-    assert (first["seq"], first["events"]) == (0, lines[:1])
+    checks = [message for message, _ in server.pending[:8]]
+    overlap = server.pending[8][0]
+    assert [(check["seq"], check["events"]) for check in checks] == [(i, [lines[i]]) for i in (0, 3, 7, 11, 15, 18, 22, 26)]
     assert overlap["seq"] == 29 and overlap["events"][0] == lines[29]
     server.answer()
     assert server.lines == lines
+    server.lines = server.lines[:45]
+    sender.detach()
+    sender.attach(server)
+    server.answer(1)
+    assert [message["seq"] for message, _ in server.pending] == [0, 44]
+    server.answer()
+    assert server.lines == lines
+
+
+def test_a_rewrite_between_the_first_and_last_stored_lines_is_caught_on_a_fresh_start(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 50)
+    lines = path.read_bytes().decode().split("\n")[:-1]
+    server = ScriptedServer(lines[:20] + ["changed"] + lines[21:40])
+    sender, events = make_sender(path)
+    sender.attach(server)
+    server.answer()
+    assert sender.state == BLOCKED and events.seen[0][0] == "conflict"
 
 
 def test_server_holding_other_lines_means_a_conflict_not_a_splice(tmp_path):
