@@ -44,11 +44,15 @@ def sha256(path: Path) -> str:
 
 
 def test_every_sample_is_stored_byte_identical(daemon, tmp_path):
-    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(SAMPLES), "--backfill", "--once").start()
+    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(SAMPLES), "--backfill", "--once",
+                        "--originator", "laptop").start()
     assert uploader.wait() == 0, "\n".join(uploader.output)
     for sample in sample_files():
         identity = identify(sample)
         assert stored(daemon, identity.session_id).read_bytes() == sample.read_bytes(), sample
+    rollout = identify(next(p for p in sample_files() if p.name.startswith("rollout-")))
+    meta = edn_format.loads((daemon.root / f"{safe_id(rollout.session_id)}.meta.edn").read_text())
+    assert (meta[edn_format.Keyword("originator")], meta[edn_format.Keyword("cwd")]) == ("laptop", rollout.meta["cwd"])
     subagent = next(p for p in sample_files() if p.parent.name == "subagents")
     identity = identify(subagent)
     assert identity.session_id == f"{subagent.parent.parent.name}/{subagent.stem}"

@@ -107,6 +107,16 @@ def test_claude_session_and_subagent_ids():
     assert identify(subagent).meta["parent-session-id"] == parent
 
 
+def test_claude_2_0_sibling_agent_file_is_its_own_session_under_its_parent(tmp_path):
+    parent = "fe5e1c67-53e7-4862-81ae-d0e013e3270b"
+    path = tmp_path / "-path-to-Demo" / "agent-3f2a9c1b.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(orjson.dumps({"type": "user", "sessionId": parent, "agentId": "3f2a9c1b", "cwd": "/p"}) + b"\n")
+    identity = identify(path)
+    assert identity.session_id == f"{parent}/agent-3f2a9c1b"
+    assert identity.meta == {"source": "claude", "cwd": "/p", "project": "/p", "parent-session-id": parent}
+
+
 def test_a_file_without_a_complete_line_is_not_ready(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'{"type":"session_meta","payl')
