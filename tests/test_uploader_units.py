@@ -136,6 +136,8 @@ def test_generations_are_named_and_point_at_the_first():
 class ScriptedServer:
     """Holds lines like the real server (by index), and answers only when told to."""
 
+    legacy = False
+
     def __init__(self, lines=()):
         self.lines = list(lines)
         self.pending = []
@@ -322,3 +324,36 @@ def test_stop_waits_for_the_acks_in_flight_and_sends_nothing_new(tmp_path):
     assert not stopped.called
     clock.advance(STOP_TIMEOUT)
     assert stopped.result is False
+
+
+def test_a_server_that_ignores_resume_is_told_by_the_pong_of_a_probe():
+    from fulabd.uploader.connection import Replies
+
+    replies, got = Replies(), []
+    replies.expect(lambda reply: got.append(("resume a", reply)))
+    replies.expect(lambda reply: got.append(("resume b", reply)))
+    replies.probe()
+    replies.expect(lambda reply: got.append(("init", reply)))
+    assert replies.deliver({"type": "pong"})
+    assert replies.legacy
+    assert [(name, reply["err"]) for name, reply in got] == [("resume a", "unknown-type"), ("resume b", "unknown-type")]
+    assert replies.deliver({"type": "ack", "session-id": "a"})
+    assert got[-1] == ("init", {"type": "ack", "session-id": "a"})
+
+    replies, got = Replies(), []
+    replies.expect(got.append)
+    replies.probe()
+    assert replies.deliver({"type": "ack", "count": 0}) and replies.deliver({"type": "pong"})
+    assert not replies.legacy and got == [{"type": "ack", "count": 0}]
+    assert not replies.deliver({"type": "ack"})
+
+
+def test_on_a_legacy_connection_a_session_goes_from_its_start_without_resume(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 3)
+    server = ScriptedServer()
+    server.legacy = True
+    sender, events = make_sender(path, frame=100)
+    sender.attach(server)
+    assert [message["type"] for message, _ in server.pending] == ["init", "event", "event"]
+    assert events.seen[0][0] == "warning"

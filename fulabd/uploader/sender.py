@@ -15,8 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 
 import orjson
-from twisted.logger import Logger
 
+from fulabd.uploader.connection import SKIPPED
 from fulabd.uploader.identity import Identity
 from fulabd.uploader.tail import LineReader, Position, Replaced
 
@@ -42,8 +42,6 @@ class Batch:
 
 class Sender:
     """Uploads one file as one session (one generation of it) over the current channel."""
-
-    _log = Logger()
 
     def __init__(self, base: Identity, reader: LineReader, budget, reporter, clock, generation: int = 1,
                  max_frame_bytes: int = MAX_FRAME_BYTES):
@@ -101,14 +99,17 @@ class Sender:
         if self.channel is None or self.state in (BLOCKED, STOPPED):
             return
         self.state = RESUMING
+        if self.channel.legacy:
+            return self._resumed(SKIPPED)
         self.channel.send(orjson.dumps({"type": "resume", "session-id": self.session_id}), self._resumed)
 
     def _resumed(self, reply: dict):
         if self.state != RESUMING:
             return
         if reply.get("type") == "error" and reply.get("err") == "unknown-type":
-            self._log.warn("the server does not know resume; sending session {session} from its start "
-                           "(an old server may store duplicates)", session=self.session_id)
+            if not self.legacy:
+                self.reporter.warning(self, "the server does not know resume (an older server); the session "
+                                            "is sent from its start, and an old server may store it twice")
             self.legacy = True
             return self._start_from(0)
         if reply.get("type") != "ack" or not isinstance(reply.get("count"), int):
