@@ -25,6 +25,7 @@ GAP = "gap"
 INVALID_PATH = "invalid-path"
 STORAGE_FAILED = "storage-failed"
 STORAGE_FULL = "storage-full"
+UNAUTHORIZED = "unauthorized"
 
 MAX_SESSION_ID_LENGTH = 1024
 

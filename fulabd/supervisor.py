@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.application import service
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, endpoints, ssl, task
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 
@@ -20,10 +20,12 @@ PROBE_TIMEOUT = 5.0
 class ListenerSupervisor(service.Service):
     _log = Logger()
 
-    def __init__(self, description: str, endpoint, factory, clock, interval: float, probe_endpoint=None):
+    def __init__(self, description: str, endpoint, factory, clock, interval: float, probe_endpoint=None,
+                 probe_headers=None):
         """
         `probe_endpoint(address)` returns a client endpoint that reaches the
-        listening port (None disables the probe for that kind of port).
+        listening port (None disables the probe for that kind of port);
+        `probe_headers` go with the probe's handshake (its credentials).
         """
         self.description = description
         self.endpoint = endpoint
@@ -31,12 +33,15 @@ class ListenerSupervisor(service.Service):
         self.clock = clock
         self.interval = interval
         self.probe_endpoint = probe_endpoint or loopback_endpoint
+        self.probe_headers = probe_headers or {}
         self.port = None
+        self._address = None
         self.restarts = 0
         self.failures = 0
+        self.probes = 0
         self.last_error: str | None = None
         self._ever_listened = False
-        self._busy = False
+        self._check_running = defer.succeed(None)
         self._loop = None
 
     def startService(self):
@@ -56,20 +61,12 @@ class ListenerSupervisor(service.Service):
 
     @property
     def address(self):
-        return self.port.getHost() if self.port is not None else None
+        return self._address if self.port is not None else None
 
-    @defer.inlineCallbacks
-    def _check(self):
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            if self.port is None:
-                yield self._listen()
-            else:
-                yield self._probe()
-        finally:
-            self._busy = False
+    def _check(self) -> defer.Deferred:
+        """Listen if not listening, else probe; the loop waits for this before the next interval."""
+        self._check_running = self._listen() if self.port is None else self._probe()
+        return self._check_running
 
     @defer.inlineCallbacks
     def _listen(self):
@@ -85,7 +82,7 @@ class ListenerSupervisor(service.Service):
             yield port.stopListening()
             return
         self.port = port
-        self.last_error = None
+        self._address = port.getHost()
         if self._ever_listened:
             self.restarts += 1
         self._ever_listened = True
@@ -94,11 +91,12 @@ class ListenerSupervisor(service.Service):
 
     @defer.inlineCallbacks
     def _probe(self):
-        client = self.probe_endpoint(self.port.getHost())
+        client = self.probe_endpoint(self._address)
         if client is None:
             return
         try:
-            yield probe(client, self.clock, PROBE_PATH)
+            yield probe(client, self.clock, PROBE_PATH, headers=self.probe_headers)
+            self.probes += 1
         except Exception as e:
             self.failures += 1
             self.last_error = f"self-probe failed: {e}"
@@ -115,7 +113,7 @@ class ListenerSupervisor(service.Service):
         address = self.address
         return {"endpoint": self.description, "listening": self.port is not None,
                 "port": getattr(address, "port", None), "restarts": self.restarts,
-                "failures": self.failures, "last-error": self.last_error}
+                "failures": self.failures, "probes": self.probes, "last-error": self.last_error}
 
 
 def loopback_endpoint(address, reactor=None):
@@ -131,6 +129,19 @@ def loopback_endpoint(address, reactor=None):
     if isinstance(address, UNIXAddress):
         return endpoints.UNIXClientEndpoint(reactor, address.name, timeout=PROBE_TIMEOUT)
     return None
+
+
+def self_probe_endpoint(description: str, address, reactor=None):
+    """
+    The client endpoint the supervisor probes a listener with.  For TLS ports it
+    does not verify the certificate: the probe asks whether our own socket
+    answers, and the certificate names the public host, not the loopback
+    address dialled; checking the certificate is `fulab doctor`'s job.
+    """
+    plain = loopback_endpoint(address, reactor)
+    if plain is not None and description.startswith(("ssl:", "tls:")):
+        return endpoints.wrapClientTLS(ssl.CertificateOptions(), plain)
+    return plain
 
 
 class _ProbeProtocol(WebSocketClientProtocol):
@@ -151,9 +162,10 @@ class _ProbeProtocol(WebSocketClientProtocol):
             self.factory.result.errback(ConnectionError(f"closed before pong (code {code}: {reason})"))
 
 
-def probe(client_endpoint, clock, path: str, timeout: float = PROBE_TIMEOUT) -> defer.Deferred:
+def probe(client_endpoint, clock, path: str, timeout: float = PROBE_TIMEOUT, headers=None) -> defer.Deferred:
     """Handshake and ping; fires True on pong, fails otherwise or after `timeout`."""
-    factory = WebSocketClientFactory(f"ws://localhost{path}", headers={"User-Agent": "fulabd-self-probe"})
+    factory = WebSocketClientFactory(f"ws://localhost{path}",
+                                     headers={"User-Agent": "fulabd-self-probe", **(headers or {})})
     factory.protocol = _ProbeProtocol
     factory.noisy = False
     factory.result = defer.Deferred()

@@ -8,12 +8,17 @@ import os
 
 from twisted.application import service
 from twisted.internet import endpoints
+from twisted.logger import Logger
 from twisted.python import usage
 
 import fulabd
-from fulabd import supervisor, web
+from fulabd import access, pars, supervisor, tls, web
+from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
+from fulabd.local import LocalSources
+from fulabd.metrics import Metrics, MetricsResource
 from fulabd.store import SessionStore
+from fulabd.stream import StreamFactory
 from fulabd.upload import UploadFactory
 
 MiB = 1024 * 1024
@@ -42,7 +47,37 @@ class Options(usage.Options):
         ["ping-interval", None, 30.0, "Seconds between WebSocket pings to each client (0: off).", float],
         ["ping-timeout", None, 30.0, "Seconds to wait for a pong before dropping a client.", float],
         ["handshake-timeout", None, 10.0, "Seconds a client may take to finish the opening handshake.", float],
+        ["codex-dir", None, None, "Also list and stream the Codex sessions under this folder (e.g. ~/.codex/sessions)."],
+        ["claude-dir", None, None, "Also list and stream the Claude Code sessions under this folder "
+                                   "(e.g. ~/.claude/projects)."],
+        ["token-file", None, None, "Require a token from this file (lines `TOKEN [NAME]`) on every request."],
+        ["max-connections", None, 512, "Most WebSocket connections open at once (0: no cap).", int],
+        ["max-connections-per-ip", None, 64, "Most WebSocket connections open from one client address (0: no cap).",
+         int],
+        ["min-free-mb", None, 64, "Refuse uploads (storage-full) that would leave less free disk than this.", int],
+        ["tls-port", None, None, "Also serve wss:// and https:// on this port (needs --tls-cert and --tls-key).", int],
+        ["tls-interface", None, "0.0.0.0", "Interface --tls-port listens on (`::` for IPv6 and IPv4)."],
+        ["tls-cert", None, None, "PEM certificate chain, leaf first (a Let's Encrypt fullchain.pem)."],
+        ["tls-key", None, None, "PEM private key of the first certificate of --tls-cert."],
+        ["tls-check-interval", None, 60.0, "Seconds between checks of the TLS files for changes (0: SIGHUP only).",
+         float],
     ]
+
+    def __init__(self):
+        super().__init__()
+        self["trusted-proxies"] = []
+        self["listen"] = []
+
+    def opt_trusted_proxy(self, value):
+        """Take the client's address from X-Forwarded-For when the peer is this address or network (repeatable)."""
+        try:
+            self["trusted-proxies"].append(access.parse_network(value))
+        except ValueError:
+            raise usage.UsageError(f"--trusted-proxy {value!r} is not an IP address or network") from None
+
+    def opt_listen(self, description):
+        """Also listen on this Twisted endpoint string (repeatable), e.g. unix:/run/fulab.sock"""
+        self["listen"].append(description)
 
     def postOptions(self):
         if self["root"] is None:
@@ -50,7 +85,33 @@ class Options(usage.Options):
         for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
-        self["endpoints"] = [endpoint_description(self["port"], self["interface"])]
+        for name in ("max-connections", "max-connections-per-ip", "min-free-mb"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must be 0 or more")
+        try:
+            self["tokens"] = access.load_tokens(self["token-file"]) if self["token-file"] else None
+        except access.TokenFileError as e:
+            raise usage.UsageError(str(e)) from None
+        self["endpoints"] = [endpoint_description(self["port"], self["interface"])] + self["listen"]
+        if len({self[name] is None for name in ("tls-port", "tls-cert", "tls-key")}) > 1:
+            raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together: give all three or none")
+        if self["tls-cert"] is not None:
+            try:
+                tls.load_options(self["tls-cert"], self["tls-key"])
+            except tls.CertificateError as e:
+                raise usage.UsageError(f"cannot serve TLS: {e}")
+
+
+_log = Logger()
+
+
+def warn_without_acceleration():
+    from autobahn.websocket import USES_NVX
+
+    if not USES_NVX:
+        _log.warn("Autobahn's native acceleration (NVX) is off: WebSocket masking and UTF-8 checks run in pure "
+                  "Python, several times slower. Unset AUTOBAHN_USE_NVX, or reinstall autobahn where its CFFI "
+                  "extension can be built (a C compiler and libffi-dev).")
 
 
 def makeService(config, reactor=None) -> service.MultiService:
@@ -58,23 +119,51 @@ def makeService(config, reactor=None) -> service.MultiService:
         from twisted.internet import reactor
     started = reactor.seconds()
     parent = service.MultiService()
+    warn_without_acceleration()
+    if config["tokens"] is not None and access.readable_by_others(config["token-file"]):
+        _log.warn("the token file {path} can be read by other users; chmod 600 it", path=config["token-file"])
+    metrics = Metrics()
+    gate = access.Gate(config["tokens"], access.TrustedProxies(config["trusted-proxies"]),
+                       access.ConnectionLimits(config["max-connections"], config["max-connections-per-ip"]))
 
     hub = Hub()
-    store = SessionStore(config["root"], clock=reactor, hub=hub)
+    store = SessionStore(config["root"], clock=reactor, hub=hub, min_free_bytes=config["min-free-mb"] * MiB,
+                         observe_fsync=metrics.observe_fsync)
     store.setServiceParent(parent)
 
+    sources = [StoreSource(store)]
+    folders = [(source, config[f"{source}-dir"]) for source in ("codex", "claude") if config[f"{source}-dir"]]
+    if folders:
+        local = LocalSources(folders, hub, reactor)
+        local.setServiceParent(parent)
+        sources.append(local)
+    catalog = Catalog(sources)
+
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
-                            peer_of=lambda request, transport: request.peer, reactor=reactor)
-    for factory in (uploads,):
+                            admit=gate.admit, uploader_of=gate.uploader_of, reactor=reactor)
+    stream = StreamFactory(catalog, hub, clock=reactor, admit=gate.admit, reactor=reactor)
+    for factory in (uploads, stream):
         factory.setProtocolOptions(autoPingInterval=config["ping-interval"], autoPingTimeout=config["ping-timeout"],
                                    openHandshakeTimeout=config["handshake-timeout"])
-    dispatch = web.WebSocketDispatch(uploads)
+    dispatch = web.WebSocketDispatch(uploads, stream)
+
+    listen = [(description, endpoints.serverFromString(reactor, description)) for description in config["endpoints"]]
+    certificate = None
+    if config["tls-port"] is not None:
+        certificate = tls.ReloadingCertificate(config["tls-cert"], config["tls-key"], reactor,
+                                               config["tls-check-interval"])
+        certificate.setServiceParent(parent)
+        interface = config["tls-interface"]
+        listen.append((f"tls:{config['tls-port']}:interface={interface}",
+                       endpoints.SSL4ServerEndpoint(reactor, config["tls-port"], certificate, interface=interface)))
 
     listeners = []
-    for description in config["endpoints"]:
+    for description, endpoint in listen:
         listener = supervisor.ListenerSupervisor(
-            description, endpoints.serverFromString(reactor, description), web.LabSite(dispatch), reactor,
-            config["restart-interval"], lambda address: supervisor.loopback_endpoint(address, reactor))
+            description, endpoint, web.LabSite(dispatch, gate, timeout=config["handshake-timeout"]), reactor,
+            config["restart-interval"],
+            lambda address, description=description: supervisor.self_probe_endpoint(description, address, reactor),
+            probe_headers=gate.probe_headers)
         listener.setServiceParent(parent)
         listeners.append(listener)
 
@@ -82,11 +171,17 @@ def makeService(config, reactor=None) -> service.MultiService:
         ports = [listener.describe() for listener in listeners]
         return {"running": any(port["listening"] for port in ports),
                 "port": next((port["port"] for port in ports if port["port"] is not None), None),
-                "clients": len(uploads.connections), "uploads": len(uploads.connections),
-                "viewers": 0, "sessions": len(store.sessions()),
+                "clients": len(uploads.connections) + len(stream.viewers), "uploads": len(uploads.connections),
+                "viewers": len(stream.viewers), "sessions": len(store.sessions()),
                 "restarts": sum(port["restarts"] for port in ports),
                 "uptime": round(reactor.seconds() - started, 3), "version": fulabd.__version__,
-                "root": store.root, "listeners": ports}
+                "root": store.root, "listeners": ports,
+                **({"tls": certificate.describe()} if certificate is not None else {})}
 
-    web.build_tree(dispatch, store.sessions, reactor, config["active-window"], status)
+    web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
+                   session_child=lambda name: pars.session_child(store, name))
+    metrics.watch(uploads, gate, status)
+    dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
+    dispatch.putChild(b"healthz", web.Health(lambda: None if store.running and status()["running"]
+                                             else "the store is not open or no port is listening"))
     return parent

@@ -29,12 +29,13 @@ class UploadProtocol(WebSocketServerProtocol):
         self._peer = "?"
 
     def onConnect(self, request):
-        self._peer = self.factory.peer_of(request, self.transport)
+        self._peer = self.factory.admit(request, self)
         self.uploader = self.factory.uploader_of(request)
 
     def onOpen(self):
         self.factory.connections.add(self)
-        self._log.info("upload connection open from {peer}", peer=self._peer)
+        self._log.info("upload connection open from {peer} (uploader {uploader})", peer=self._peer,
+                       uploader=self.uploader)
 
     def onClose(self, wasClean, code, reason):
         if self not in self.factory.connections:
@@ -77,23 +78,32 @@ class UploadProtocol(WebSocketServerProtocol):
             self._session_id = session_id
         self._attach(session_id)
         if isinstance(message, messages.Par):
-            return self.factory.store.add_par(session_id, message.par).addCallback(
-                lambda result: {"type": "ack", "session-id": session_id, "par-id": result[1]["id"],
-                                "pars": result[0] + 1, "dedup": not result[2]})
+            return self.factory.store.add_par(session_id, message.par).addCallback(self._par_added, session_id)
         return self.factory.store.append(session_id, message.seq, message.lines, message.meta).addCallback(
             self._appended, session_id)
 
     def _appended(self, result, session_id: str) -> dict:
         self._touched[session_id] += result.appended
         self.factory.lines_in += result.appended
+        self._record_uploader(session_id)
         return messages.ack(session_id, result.count, result.appended, result.dedup)
+
+    def _par_added(self, result, session_id: str) -> dict:
+        index, par, added = result
+        self._record_uploader(session_id)
+        return {"type": "ack", "session-id": session_id, "par-id": par["id"], "pars": index + 1, "dedup": not added}
 
     def _attach(self, session_id: str):
         if session_id not in self._touched:
             self._touched[session_id] = 0
             self.factory.store.session(session_id).uploaders += 1
-            if self.uploader:
-                self.factory.store.update_meta(session_id, uploader=self.uploader)
+            self._log.info("upload of session {session_id} from {peer} started", session_id=session_id,
+                           peer=self._peer)
+
+    def _record_uploader(self, session_id: str):
+        """Name the token's holder in the session's meta, once something of theirs is stored."""
+        if self.uploader:
+            self.factory.store.update_meta(session_id, uploader=self.uploader)
 
     def _reply(self, result: defer.Deferred):
         """Queue a reply; replies leave in the order their messages came."""
@@ -104,9 +114,12 @@ class UploadProtocol(WebSocketServerProtocol):
             if isinstance(value, defer.Failure):
                 error = value.value
                 if not isinstance(error, ProtocolError):
-                    self._log.failure("upload message from {peer} failed", value, peer=self._peer)
+                    self._log.failure("upload message for session {session_id} from {peer} failed", value,
+                                      session_id=self._session_id, peer=self._peer)
                     error = ProtocolError(messages.STORAGE_FAILED, "the server failed to handle this message; "
                                                                    "it was not stored, resend it")
+                self._log.info("upload of session {session_id} from {peer}: refused a message: {err}",
+                               session_id=self._session_id, peer=self._peer, err=error.code)
                 self.factory.errors[error.code] = self.factory.errors.get(error.code, 0) + 1
                 value = error.reply(self._session_id)
             entry[0] = value
@@ -133,11 +146,12 @@ class UploadProtocol(WebSocketServerProtocol):
 class UploadFactory(WebSocketServerFactory):
     protocol = UploadProtocol
 
-    def __init__(self, store, clock, max_message_size: int, peer_of, uploader_of=lambda request: None, **kw):
+    def __init__(self, store, clock, max_message_size: int, admit, uploader_of=lambda request: None, **kw):
+        """`admit(request, protocol)` returns the client's address, or raises `ConnectionDeny` to refuse it."""
         super().__init__(**kw)
         self.store = store
         self.clock = clock
-        self.peer_of = peer_of
+        self.admit = admit
         self.uploader_of = uploader_of
         self.connections: set = set()
         self.messages_in = 0

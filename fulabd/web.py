@@ -12,11 +12,13 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.web import resource, server
 
-from fulabd import edn
-from fulabd.messages import INVALID_PATH, now_iso
+from fulabd import edn, ui
+from fulabd.messages import INVALID_PATH, UNAUTHORIZED, now_iso
 
 UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
 STREAM_PATH = "/fulab/lab/stream/ws"
+OPEN_PATHS = (b"/healthz",)  # answered without a token, for load balancers and service managers
+REFUSED_MESSAGE_LIMIT = 64 * 1024  # a refused client has nothing to say
 
 
 def is_upload_path(path: str) -> bool:
@@ -44,19 +46,54 @@ def render_data(request, data: dict, code: int = 200) -> bytes:
 
 
 class RefusedProtocol(WebSocketServerProtocol):
-    """A WebSocket on a path nobody serves: say so, then close."""
+    """A WebSocket that is not served: say why, then close with 1008 (policy violation)."""
 
     def onOpen(self):
-        path = self.http_request_path
-        self.sendMessage(orjson.dumps({
-            "type": "error", "err": INVALID_PATH, "path": path,
-            "detail": f"no WebSocket endpoint at {path}; uploads go to /fulab/lab/upload/ws, "
-                      f"viewers to {STREAM_PATH}?session=ID or /?path=PATH"}))
-        self.sendCloseFrame(code=1008, reasonUtf8=b"invalid path")
+        self.sendMessage(orjson.dumps(self.factory.explain(self.http_request_path)))
+        self.sendCloseFrame(code=1008, reasonUtf8=self.factory.reason)
 
 
 class RefusedFactory(WebSocketServerFactory):
     protocol = RefusedProtocol
+
+    def __init__(self, explain, reason: bytes):
+        """`explain(path)` is the error message sent before the close."""
+        super().__init__()
+        self.explain = explain
+        self.reason = reason
+        self.setProtocolOptions(maxMessagePayloadSize=REFUSED_MESSAGE_LIMIT,
+                                maxFramePayloadSize=REFUSED_MESSAGE_LIMIT)
+
+
+def invalid_path(path: str) -> dict:
+    return {"type": "error", "err": INVALID_PATH, "path": path,
+            "detail": f"no WebSocket endpoint at {path}; uploads go to /fulab/lab/upload/ws, "
+                      f"viewers to {STREAM_PATH}?session=ID or /?path=PATH"}
+
+
+def unauthorized(path: str) -> dict:
+    return {"type": "error", "err": UNAUTHORIZED, "path": path,
+            "detail": "this server needs an access token: send the header `Authorization: Bearer TOKEN` "
+                      "(fulab-upload --token or FULAB_TOKEN) or add ?token=TOKEN to the URL; "
+                      "if yours was refused, ask the operator for a valid one"}
+
+
+class UpgradeRequired(resource.Resource):
+    """
+    A plain HTTP request for a WebSocket path: most often a proxy dropped the
+    Upgrade header on the way, so say that, instead of a bare 404.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        request.setResponseCode(426, b"Upgrade Required")
+        request.setHeader(b"upgrade", b"websocket")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return (b"This path is a WebSocket endpoint, but the request had no 'Upgrade: websocket' header. "
+                b"If it came through a proxy, the proxy dropped it; nginx needs, in the location block: "
+                b"proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
+                b"proxy_set_header Connection \"upgrade\";\n")
 
 
 class WebSocketDispatch(resource.Resource):
@@ -66,11 +103,14 @@ class WebSocketDispatch(resource.Resource):
         super().__init__()
         self.upload = WebSocketResource(upload_factory)
         self.stream = WebSocketResource(stream_factory) if stream_factory is not None else None
-        self.refused = WebSocketResource(RefusedFactory())
+        self.refused = WebSocketResource(RefusedFactory(invalid_path, b"invalid path"))
 
     def getChildWithDefault(self, name, request):
         if is_websocket(request):
             return self.websocket_for(request)
+        path = urlsplit(request.uri.decode("utf-8", "replace")).path
+        if is_upload_path(path) or path == STREAM_PATH:
+            return UpgradeRequired()
         return super().getChildWithDefault(name, request)
 
     def websocket_for(self, request):
@@ -120,12 +160,19 @@ class Sessions(resource.Resource):
 
     isLeaf = False
 
-    def __init__(self, catalog, clock, active_window: float, active_only: bool = False):
+    def __init__(self, catalog, clock, active_window: float, active_only: bool = False, session_child=None):
         super().__init__()
         self.catalog = catalog
         self.clock = clock
         self.active_window = active_window
         self.active_only = active_only
+        self.session_child = session_child
+
+    def getChild(self, name, request):
+        """`sessions/<id>/…`, when the tree was built with a `session_child` factory."""
+        if self.session_child is None:
+            return super().getChild(name, request)
+        return self.session_child(name)
 
     def render_GET(self, request):
         now = self.clock.seconds()
@@ -147,11 +194,16 @@ class Status(resource.Resource):
         return render_data(request, self.status())
 
 
-def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float, status) -> resource.Resource:
-    """Mount the HTTP resources under `/fulab/lab/` of the dispatching root."""
+def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float, status,
+               session_child=None) -> resource.Resource:
+    """Mount the web UI and the HTTP resources under `/fulab/lab/` of the dispatching root.
+
+    `session_child(name)` gives the resource for `sessions/<name>` (e.g. its PARs).
+    """
     fulab = resource.Resource()
-    lab = resource.Resource()
-    sessions = Sessions(catalog, clock, active_window)
+    lab = ui.Lab()
+    ui.mount(lab)
+    sessions = Sessions(catalog, clock, active_window, session_child=session_child)
     sessions.putChild(b"active", Sessions(catalog, clock, active_window, active_only=True))
     sessions.putChild(b"", sessions)
     lab.putChild(b"sessions", sessions)
@@ -161,8 +213,48 @@ def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float
     return lab
 
 
+class Unauthorized(resource.Resource):
+    isLeaf = True
+
+    def render(self, request):
+        request.setHeader(b"www-authenticate", b'Bearer realm="fulab"')
+        return render_data(request, {"ok": False} | unauthorized(request.path.decode("utf-8", "replace")), code=401)
+
+
+class Health(resource.Resource):
+    """`GET /healthz`: 200 `ok` while the daemon can take uploads, else 503 and why not."""
+
+    isLeaf = True
+
+    def __init__(self, problem):
+        """`problem()` is None when healthy, else what is wrong."""
+        super().__init__()
+        self.problem = problem
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        problem = self.problem()
+        if problem is None:
+            return b"ok\n"
+        request.setResponseCode(503)
+        return f"unavailable: {problem}\n".encode()
+
+
 class LabSite(server.Site):
-    """A Site that does not write an access-log line per request (the UI polls)."""
+    """A Site that does not write an access-log line per request (the UI polls, and URLs may hold
+    `?token=`), and that asks its `gate` (when it has one) before serving anything."""
+
+    def __init__(self, root, gate=None, **kw):
+        super().__init__(root, **kw)
+        self.gate = gate
+        self.unauthorized_websocket = WebSocketResource(RefusedFactory(unauthorized, b"unauthorized"))
+
+    def getResourceFor(self, request):
+        if self.gate is not None and request.path not in OPEN_PATHS and not self.gate.request_allowed(request):
+            request.site = self
+            return self.unauthorized_websocket if is_websocket(request) else Unauthorized()
+        return super().getResourceFor(request)
 
     def log(self, request):
         pass

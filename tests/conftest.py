@@ -1,6 +1,6 @@
 import pytest
 
-from tests.fixtures import Daemon
+from tests.fixtures import CertificateAuthority, Daemon, Nginx, chromium_missing, start_chromium
 
 
 @pytest.fixture
@@ -9,3 +9,44 @@ def daemon(tmp_path):
     server = Daemon(tmp_path / "remote").start()
     yield server
     server.stop()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Remember each phase's report on the test item, so fixtures can tell a failed test in teardown."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def browser(request, tmp_path):
+    """Headless Chromium; when the test fails, its last screen is saved as `<tmp_path>/failure.png`."""
+    missing = chromium_missing()
+    if missing:
+        pytest.skip(missing)
+    driver = start_chromium(tmp_path / "chromium-profile")
+    try:
+        yield driver
+    finally:
+        report = getattr(request.node, "report_call", None)
+        if report is None or report.failed:
+            screenshot = tmp_path / "failure.png"
+            driver.save_screenshot(str(screenshot))
+            print(f"browser screenshot saved to {screenshot}")
+        driver.quit()
+
+
+@pytest.fixture
+def ca(tmp_path):
+    """A root and intermediate CA issuing test certificates (root only is trusted by clients)."""
+    return CertificateAuthority(tmp_path / "pki")
+
+
+@pytest.fixture
+def nginx(tmp_path, daemon, ca):
+    """The real nginx with the shipped config (and the old paths), on TLS, in front of `daemon`."""
+    cert, key = ca.issue("nginx")
+    proxy = Nginx(tmp_path / "nginx", daemon.port, cert, key, old_paths=True).start()
+    yield proxy
+    proxy.stop()

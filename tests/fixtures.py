@@ -16,14 +16,18 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = next((folder for folder in (REPO.parent / "shared" / "samples", REPO.parent.parent / "shared" / "samples")
-                if any(folder.rglob("*.jsonl"))), REPO.parent / "shared" / "samples")
-LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*port=(?P<port>\d+)\)")
+# `shared/samples` beside the clone, or beside a parent folder (git worktrees live one level deeper)
+SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents
+                if (folder / "shared" / "samples" / "SOURCES.md").is_file()),
+               REPO.parent / "shared" / "samples")
+LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*\bport=(?P<port>\d+)")
 
 
 def sample_files() -> list[Path]:
     """Every real and curated sample session file."""
-    return sorted(SAMPLES.rglob("*.jsonl"))
+    files = sorted(SAMPLES.rglob("*.jsonl"))
+    assert files, f"no sample sessions under {SAMPLES}"
+    return files
 
 
 def sample_lines(path: Path) -> list[str]:
@@ -34,25 +38,33 @@ def sample_lines(path: Path) -> list[str]:
 class Daemon:
     """`twistd -n fulab` in a subprocess, on a free loopback port, with its own store."""
 
-    def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1"):
+    def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1", env: dict | None = None,
+                 twistd_args: tuple = ()):
         self.root = Path(root)
         self.args = list(args)
+        self.env = env or {}
+        self.twistd_args = list(twistd_args)
         self.port_description = port
         self.port: int | None = None
+        self.ports: dict[str, int] = {}
         self.process: subprocess.Popen | None = None
         self.log: list[str] = []
         self._listening = threading.Event()
         self._lines = threading.Condition()
+        self._ended: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> "Daemon":
-        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **self.env)
         self._listening.clear()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
+             "-n", "--pidfile=", *self.twistd_args,
+             "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.root.parent))
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        if not self._listening.wait(timeout):
+        with self._lines:
+            self._lines.wait_for(lambda: self._listening.is_set() or self._ended is self.process, timeout)
+        if not self._listening.is_set():
             self.stop()
             raise RuntimeError("daemon did not start listening:\n" + "\n".join(self.log[-40:]))
         return self
@@ -64,18 +76,28 @@ class Daemon:
                 self.log.append(line)
                 self._lines.notify_all()
             match = LISTENING.search(line)
+            if match:
+                self.ports[match["description"]] = int(match["port"])
             if match and not self._listening.is_set():
                 self.port = int(match["port"])
                 self._listening.set()
-
-    def wait_for_log(self, pattern: str, timeout: float = 30) -> str:
-        """The first log line (from now on or earlier) matching `pattern`."""
-        regex = re.compile(pattern)
         with self._lines:
-            found = self._lines.wait_for(lambda: next((l for l in self.log if regex.search(l)), None), timeout)
-        if not found:
-            raise AssertionError(f"no log line matching {pattern!r}:\n" + "\n".join(self.log[-40:]))
-        return found
+            self._ended = process
+            self._lines.notify_all()
+
+    def wait_for_log(self, pattern: str, timeout: float = 30, count: int = 1) -> str:
+        """The `count`th log line (from now on or earlier) matching `pattern`."""
+        regex = re.compile(pattern)
+
+        def found():
+            matching = [line for line in self.log if regex.search(line)]
+            return matching[count - 1] if len(matching) >= count else None
+
+        with self._lines:
+            line = self._lines.wait_for(found, timeout)
+        if not line:
+            raise AssertionError(f"fewer than {count} log lines match {pattern!r}:\n" + "\n".join(self.log[-40:]))
+        return line
 
     @property
     def url(self) -> str:
@@ -84,6 +106,12 @@ class Daemon:
     @property
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def tls_port(self) -> int:
+        """The `--tls-port` listener's port, once it listens."""
+        self.wait_for_log(r"listening on tls:")
+        return next(port for description, port in self.ports.items() if description.startswith("tls:"))
 
     def kill(self):
         """SIGKILL: the crash case."""
@@ -99,6 +127,11 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def rss(self) -> int:
+        """The daemon process's resident memory, in bytes."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)[1]) * 1024
+
     def restart(self, kill: bool = True) -> "Daemon":
         """Stop (SIGKILL by default) and start again on the same port."""
         self.kill() if kill else self.stop()
@@ -106,12 +139,216 @@ class Daemon:
         return self.start()
 
 
-def get_json(url: str, headers: dict | None = None):
+def get_json(url: str, headers: dict | None = None, context=None):
     import urllib.request
 
     request = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=30, context=context) as response:
         return orjson.loads(response.read())
+
+
+class CertificateAuthority:
+    """
+    A root CA and an intermediate, as Let's Encrypt has: leaves are issued by
+    the intermediate, so a client trusting only the root verifies a server
+    only if the server sends the chain (`fullchain.pem`: leaf + intermediate).
+    """
+
+    def __init__(self, directory: Path):
+        from cryptography.hazmat.primitives import serialization
+
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.root_key, self.root = self._make("fulabd test root", None, None, ca=True)
+        self.intermediate_key, self.intermediate = self._make("fulabd test intermediate", self.root_key,
+                                                              self.root, ca=True)
+        self.root_path = self.directory / "root.pem"
+        self.root_path.write_bytes(self.root.public_bytes(serialization.Encoding.PEM))
+
+    @staticmethod
+    def _make(name, issuer_key, issuer, ca=False, names=(), days=30, start_days=-1):
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (x509.CertificateBuilder().subject_name(subject)
+                   .issuer_name(issuer.subject if issuer is not None else subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now + datetime.timedelta(days=start_days))
+                   .not_valid_after(now + datetime.timedelta(days=days))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if names:
+            alternatives = []
+            for each in names:
+                try:
+                    alternatives.append(x509.IPAddress(ipaddress.ip_address(each)))
+                except ValueError:
+                    alternatives.append(x509.DNSName(each))
+            builder = builder.add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
+        return key, builder.sign(issuer_key if issuer_key is not None else key, hashes.SHA256())
+
+    def issue(self, name: str, names=("localhost", "127.0.0.1"), days: int = 30, start_days: int = -1):
+        """`(fullchain.pem, privkey.pem)` paths of a new leaf for `names` under `<dir>/<name>/`."""
+        from cryptography.hazmat.primitives import serialization
+
+        key, leaf = self._make(names[0] if names else name, self.intermediate_key, self.intermediate,
+                               names=names, days=days, start_days=start_days)
+        folder = self.directory / name
+        folder.mkdir(exist_ok=True)
+        fullchain, privkey = folder / "fullchain.pem", folder / "privkey.pem"
+        fullchain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM)
+                              + self.intermediate.public_bytes(serialization.Encoding.PEM))
+        privkey.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+        return fullchain, privkey
+
+    def client_context(self):
+        """An `ssl.SSLContext` trusting only the root: the chain must come from the server."""
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.root_path))
+
+
+def free_port() -> int:
+    """A loopback port free right now, for a foreign server that cannot report the port it bound."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Nginx:
+    """
+    The real nginx running the shipped `etc/nginx/fulab.conf` (and, with
+    `old_paths`, `fulab-old-paths.conf`), with only the port, certificate and
+    backend address changed, in front of a daemon on `backend_port`.
+    """
+
+    def __init__(self, folder: Path, backend_port: int, cert: Path, key: Path, old_paths: bool = False,
+                 dropping: tuple[str, ...] = ()):
+        """`dropping`: leave out the config lines containing these words (to make a misconfiguration real)."""
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.backend_port = backend_port
+        self.cert, self.key = cert, key
+        self.old_paths = old_paths
+        self.dropping = dropping
+        self.process: subprocess.Popen | None = None
+
+    def _shipped(self, name: str, replacements: dict[str, str]) -> str:
+        text = (REPO / "etc" / "nginx" / name).read_text()
+        for old, new in replacements.items():
+            assert old in text, f"{name} no longer contains {old!r}: update the Nginx fixture"
+            text = text.replace(old, new)
+        return "".join(line for line in text.splitlines(keepends=True)
+                       if not any(word in line for word in self.dropping))
+
+    def write_config(self) -> Path:
+        backend = {"http://127.0.0.1:5056;": f"http://127.0.0.1:{self.backend_port};"}
+        server = self._shipped("fulab.conf", dict(backend, **{
+            "listen 5057 ssl;": f"listen 127.0.0.1:{self.port} ssl;",
+            "/etc/letsencrypt/live/lab.example.org/fullchain.pem": str(self.cert),
+            "/etc/letsencrypt/live/lab.example.org/privkey.pem": str(self.key),
+        }))
+        if self.old_paths:
+            old_paths = self.folder / "fulab-old-paths.conf"
+            old_paths.write_text(self._shipped("fulab-old-paths.conf", backend))
+            server = server.replace("server_name lab.example.org;",
+                                    f"server_name lab.example.org;\n    include {old_paths};")
+        (self.folder / "fulab.conf").write_text(server)
+        temp = {kind: self.folder / kind for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+        main = self.folder / "nginx.conf"
+        main.write_text("\n".join([
+            "daemon off;", "worker_processes 1;", f"pid {self.folder / 'nginx.pid'};",
+            f"error_log {self.folder / 'error.log'} info;",
+            *(["user root;"] if os.geteuid() == 0 else []),
+            "events { worker_connections 64; }",
+            "http {",
+            f"    access_log {self.folder / 'access.log'};",
+            *(f"    {kind}_temp_path {path};" for kind, path in temp.items()),
+            f"    include {self.folder / 'fulab.conf'};",
+            "}", ""]))
+        return main
+
+    def start(self, timeout: float = 30) -> "Nginx":
+        import time
+
+        pid_file = self.folder / "nginx.pid"
+        self.process = subprocess.Popen(["/usr/sbin/nginx", "-c", str(self.write_config()), "-p", str(self.folder)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # nginx offers no readiness event; it writes its pid file once its sockets listen.
+        for _ in range(int(timeout / 0.05)):
+            if pid_file.exists() or self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not pid_file.exists():
+            self.stop()
+            log = (self.folder / "error.log").read_text() if (self.folder / "error.log").exists() else ""
+            raise RuntimeError(f"nginx did not start: {self.process.stderr.read().decode()}\n{log}")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"wss://127.0.0.1:{self.port}"
+
+    @property
+    def https(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+
+
+def real_sample_files() -> list[Path]:
+    """The samples recorded by the real agents (not the curated format-coverage files)."""
+    return [path for path in sample_files() if "curated-not-real" not in path.parts]
+
+
+def derived_session(path: Path, size: int, seed: int = 0, big_lines: int = 3, big_line_size: int = 3 << 20) -> Path:
+    """Write a real-shaped session of about `size` bytes to `path`, derived from the real samples.
+
+    Its lines are the real samples' lines, byte for byte, in runs of whole
+    sessions; `big_lines` of them, spread through the file, are the samples'
+    longest real line (a Claude tool result) with its output replaced by real
+    sample text repeated to 1 to `big_line_size` bytes, as a session that
+    printed a huge file would have.  Same arguments, same bytes.
+    """
+    import random
+
+    rng = random.Random(seed)
+    sessions = [path.read_bytes() for path in real_sample_files()]
+    longest = max((line for data in sessions for line in data.split(b"\n")), key=len)
+    template = orjson.loads(longest)
+    text = b"".join(sessions).decode("utf-8")
+    big_at = sorted(rng.sample(range(1, 100), big_lines)) if big_lines else []
+    written = 0
+    with open(path, "wb") as out:
+        while written < size:
+            if big_at and written >= size * big_at[0] // 100:
+                big_at.pop(0)
+                wanted = rng.randint(1 << 20, max(1 << 20, big_line_size))
+                template["toolUseResult"]["stdout"] = (text * (wanted // len(text) + 1))[:wanted]
+                data = orjson.dumps(template) + b"\n"
+            else:
+                data = sessions[rng.randrange(len(sessions))]
+            out.write(data)
+            written += len(data)
+    return path
 
 
 class Uploader:
@@ -180,6 +417,8 @@ class CuttableProxy:
         self.port = self.listener.getsockname()[1]
         self.requests: list[bytes] = []
         self.cuts = 0
+        self.forwarded = 0  # client bytes let through, over all connections
+        self._marks: list[tuple[int, threading.Event]] = []
         self._pairs: list = []
         self._frozen: set = set()
         self._budget: int | None = None
@@ -222,7 +461,7 @@ class CuttableProxy:
             if first:
                 self.requests.append(data)
                 first = False
-            cut = False
+            cut, reached = False, []
             if upstream:
                 with self._lock:
                     if self._budget is not None:
@@ -230,10 +469,15 @@ class CuttableProxy:
                             data, cut = data[:self._budget], True
                         else:
                             self._budget -= len(data)
+                    self.forwarded += len(data)
+                    reached = [mark for mark in self._marks if mark[0] <= self.forwarded]
+                    self._marks = [mark for mark in self._marks if mark[0] > self.forwarded]
             try:
                 sink.sendall(data)
             except OSError:
                 break
+            for _, event in reached:
+                event.set()
             if cut:
                 self.cut()
                 break
@@ -247,6 +491,13 @@ class CuttableProxy:
         """Open connections go silent both ways but stay open: a dead link (laptop asleep, Wi-Fi gone)."""
         with self._lock:
             self._frozen.update(end for pair in self._pairs for end in pair)
+
+    def reached(self, client_bytes: int) -> threading.Event:
+        """An event set once `client_bytes` more client bytes have gone through (to kill something right there)."""
+        event = threading.Event()
+        with self._lock:
+            self._marks.append((self.forwarded + max(1, client_bytes), event))
+        return event
 
     def cut_after(self, client_bytes: int):
         with self._lock:
@@ -275,38 +526,32 @@ class CuttableProxy:
         self.cut()
 
 
-def make_certificates(folder: Path) -> dict[str, Path]:
-    """A private CA and a server certificate it signed for localhost/127.0.0.1 (PEM files)."""
-    import datetime
-    import ipaddress
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+def chromium_missing() -> str | None:
+    """Why a real browser cannot run here, or None."""
+    for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(path, os.X_OK):
+            return f"{path} not found: install the Debian package {package} (.ci/run does)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed: pip install '.[test]'"
+    return None
 
-    def build(subject, issuer, public_key, signing_key, ca: bool):
-        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-                   .not_valid_after(now + datetime.timedelta(days=2))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if not ca:
-            builder = builder.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        return builder.sign(signing_key, hashes.SHA256())
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fulabd test CA")])
-    ca = build(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = build(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), ca_name, key.public_key(),
-                 ca_key, ca=False)
-    paths = {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-    return paths
+def start_chromium(profile: Path):
+    """Headless Chromium driven by the system chromedriver; Selenium Manager never downloads anything."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--no-first-run", "--window-size=1400,900", f"--user-data-dir={profile}"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)

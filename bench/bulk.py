@@ -1,0 +1,87 @@
+"""
+Scenario 1, bulk backfill: a session file of `size` bytes uploaded to durable ack.
+
+fulabd through `fulab-upload --once` (process start to exit, i.e. to the last
+durable ack), beside the raw TCP copy of the same bytes into a file (the
+physical ceiling) and the old protocol's pattern (one `event` frame per line)
+against the same daemon.  Every fulabd figure is gated on the stored file's
+sha256 equalling the source's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import clients, rawcopy
+from bench.common import MB, Row, read_lines, session_file, start_daemon
+from tests.fixtures import REPO, Uploader
+
+NAME = "1 bulk backfill"
+
+
+def run(work: Path, quick: bool) -> list[Row]:
+    size = (20 if quick else 100) * MB
+    source = session_file(work, size)
+    total = source.stat().st_size
+    lines = read_lines(source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    label = f"{total / MB:.0f} MB, {len(lines):,} lines"
+
+    raw = rawcopy.copy(source, work / "rawcopy.out")
+    assert hashlib.sha256((work / "rawcopy.out").read_bytes()).hexdigest() == digest
+    (work / "rawcopy.out").unlink()
+
+    def measured(name: str, upload) -> float:
+        daemon = start_daemon(work / name)
+        try:
+            started = time.perf_counter()
+            upload(daemon)
+            elapsed = time.perf_counter() - started
+        finally:
+            daemon.stop()
+        [stored] = (work / name).glob("*.jsonl")
+        assert hashlib.sha256(stored.read_bytes()).hexdigest() == digest, f"{name}: stored file differs"
+        return elapsed
+
+    def with_uploader(daemon):
+        uploader = Uploader("--url", daemon.url + "/fulab/lab/upload/ws", "--path", str(source), "--once",
+                            "--quiet").start()
+        assert uploader.wait(600) == 0, "\n".join(uploader.output)
+
+    uploader = measured("fulab-upload", with_uploader)
+    batches = measured("events", lambda d: asyncio.run(clients.events_batches(d.url, "bulk", lines)))
+    per_line = measured("event-per-line", lambda d: asyncio.run(clients.event_per_line(d.url, "bulk", lines)))
+
+    startup = uploader_startup()
+    rate = lambda seconds: total / MB / seconds  # noqa: E731
+    ratio = rate(uploader) / rate(raw)
+    return [
+        Row(NAME, f"fulab-upload --once, {label}, to durable ack", rate(uploader), "MB/s",
+            target=">= 0.3x raw TCP copy", met=ratio >= 0.3,
+            extra={"seconds": uploader, "vs raw TCP copy": ratio, "vs event per line": uploader and per_line / uploader}),
+        Row(NAME, "raw TCP copy into a file + fdatasync (ceiling)", rate(raw), "MB/s", kind="baseline",
+            extra={"seconds": raw}),
+        Row(NAME, "old protocol pattern: one event frame per line, pipelined", rate(per_line), "MB/s",
+            kind="baseline", extra={"seconds": per_line}),
+        Row(NAME, "events batches from a websockets client (no file reading)", rate(batches), "MB/s",
+            kind="context", extra={"seconds": batches}),
+        Row(NAME, "of fulab-upload's time: process start-up (fulab-upload --help)", startup, "s", kind="context",
+            higher_is_better=False, extra={"MB/s without start-up": rate(uploader - startup)}),
+    ]
+
+
+def uploader_startup() -> float:
+    """The median wall time of `fulab-upload --help`: interpreter start and imports."""
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, str(REPO / "bin" / "fulab-upload"), "--help"], check=True,
+                       stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)

@@ -1,0 +1,94 @@
+"""
+What every scenario shares: a daemon on pinned cores, real-shaped session files,
+memory readings, percentiles, and the shape of a result row.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tests.fixtures import Daemon, derived_session
+
+MB = 1 << 20
+DAEMON_CPU = 0
+
+
+@dataclass
+class Row:
+    """One measured figure; `baseline` rows are what a user would use instead."""
+
+    scenario: str
+    what: str
+    value: float
+    unit: str
+    kind: str = "fulabd"          # fulabd, baseline or context
+    higher_is_better: bool = True
+    target: str | None = None     # e.g. ">= 0.3x raw TCP copy"
+    met: bool | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Keep `pid` on one core (daemon on core 0, clients on core 1), when there are two."""
+    if os.cpu_count() and os.cpu_count() >= 2:
+        os.sched_setaffinity(pid, {cpu % os.cpu_count()})
+
+
+def client_cpu() -> int:
+    return DAEMON_CPU + 1
+
+
+def start_daemon(root: Path, *args: str) -> Daemon:
+    """The real daemon, on core 0, with its store at `root`."""
+    daemon = Daemon(root, *args).start()
+    pin(daemon.process.pid, DAEMON_CPU)
+    return daemon
+
+
+def rss(pid: int) -> int:
+    return _status(pid, "VmRSS")
+
+
+def peak_rss(pid: int) -> int:
+    return _status(pid, "VmHWM")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Make VmHWM start again from the current RSS (Linux ≥ 4.0)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _status(pid: int, key: str) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M)[1]) * 1024
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The nearest-rank `p`th percentile."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def session_file(folder: Path, size: int, seed: int = 0) -> Path:
+    """A real-shaped session of about `size` bytes (lines from ~100 B to several MB), derived from the samples."""
+    return derived_session(folder / f"session-{size // MB}MB-{seed}.jsonl", size, seed=seed,
+                           big_lines=max(1, size // (30 * MB)))
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_bytes().decode("utf-8").split("\n")[:-1]

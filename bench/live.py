@@ -1,0 +1,98 @@
+"""
+Scenario 2, live ingest: 50 sessions each appending small real lines at a
+steady rate, all at once; each line is sent as soon as it is due (batched
+with whatever else is due on that session) and its latency runs from the
+moment it was due to its durable ack, so a slow server cannot hide its
+queueing (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+from websockets.asyncio.client import connect
+
+from bench.clients import UPLOAD
+from bench.common import Row, cpu_seconds, percentile, start_daemon
+from tests.fixtures import real_sample_files, sample_lines
+
+NAME = "2 live ingest"
+SESSIONS = 50
+TICK = 0.005
+
+
+def small_lines() -> list[str]:
+    """Real sample lines of 100 B to 1 KB."""
+    return [line for path in real_sample_files() for line in sample_lines(path) if 100 <= len(line) <= 1024]
+
+
+async def session(url: str, number: int, rate: float, seconds: float, pool: list[str], latencies: list[float],
+                  counts: list[int]):
+    session_id = f"live-{number}"
+    async with connect(url + UPLOAD, max_size=None) as ws:
+        due_times: list[list[float]] = []  # per message in flight: when each of its lines was due
+
+        async def receive():
+            while True:
+                try:
+                    reply = orjson.loads(await ws.recv())
+                except Exception:
+                    return
+                now = time.perf_counter()
+                assert reply["type"] == "ack", reply
+                for due in due_times.pop(0):
+                    latencies.append(now - due)
+                counts[0] += reply["appended"]
+
+        receiver = asyncio.create_task(receive())
+        start = time.perf_counter() + number * (1 / rate) / SESSIONS  # spread the sessions' phases
+        sent = 0
+        while True:
+            now = time.perf_counter()
+            if now - start >= seconds:
+                break
+            due = int((now - start) * rate) + 1
+            if due > sent:
+                batch = [pool[(number * 7919 + index) % len(pool)] for index in range(sent, due)]
+                due_times.append([start + index / rate for index in range(sent, due)])
+                await ws.send(orjson.dumps({"type": "events", "session-id": session_id, "seq": sent,
+                                            "events": batch}).decode())
+                sent = due
+            await asyncio.sleep(TICK)
+        while due_times:
+            await asyncio.sleep(TICK)
+        receiver.cancel()
+
+
+def run(work: Path, quick: bool, rate: float = 500.0) -> list[Row]:
+    seconds = 5.0 if quick else 20.0
+    pool = small_lines()
+    daemon = start_daemon(work / "live")
+    latencies: list[float] = []
+    counts = [0]
+    try:
+        async def all_sessions():
+            await asyncio.gather(*(session(daemon.url, n, rate, seconds, pool, latencies, counts)
+                                   for n in range(SESSIONS)))
+
+        started, cpu = time.perf_counter(), cpu_seconds(daemon.process.pid)
+        asyncio.run(all_sessions())
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(daemon.process.pid) - cpu
+    finally:
+        daemon.stop()
+    throughput = counts[0] / elapsed
+    p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    offered = f"{SESSIONS} sessions x {rate:g} lines/s offered, {seconds:g} s"
+    return [
+        Row(NAME, f"lines/s with durable acks ({offered})", throughput, "lines/s", target=">= 20,000",
+            met=throughput >= 20_000, extra={"lines": counts[0], "seconds": elapsed, "daemon cpu seconds": cpu}),
+        Row(NAME, "ack latency p50 (from the moment each line was due)", p50, "ms", higher_is_better=False),
+        Row(NAME, "ack latency p99", p99, "ms", higher_is_better=False, target="< 50 ms", met=p99 < 50,
+            extra={"max ms": max(latencies) * 1000 if latencies else None}),
+        Row(NAME, "old lab: event per line, pipelined (futon3-lab.md §10; not measured here)", 1544, "lines/s",
+            kind="context"),
+    ]

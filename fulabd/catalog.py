@@ -1,0 +1,74 @@
+"""
+Every session the daemon serves, from the store and from local source folders,
+and the only way a viewer's `?path=` or `?session=` becomes a session.
+
+A session is served only when its file, symlinks resolved, lies inside its
+source's folder: a symlink in the store pointing elsewhere is neither listed
+nor streamed, and no other file on the server can be named.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class StoreSource:
+    """The session store seen as a source of sessions for listings and viewers."""
+
+    def __init__(self, store):
+        self.store = store
+
+    @property
+    def roots(self) -> list[str]:
+        return [self.store.root]
+
+    def sessions(self) -> list:
+        return self.store.sessions()
+
+    def lookup(self, ident: str):
+        session = self.store.by_safe_id(ident) or self.store.get(ident)
+        return session if session is not None and session.stored else None
+
+    def read_lines(self, session, start: int, max_lines: int | None = None, max_bytes: int | None = None):
+        return self.store.read_lines(session, start, max_lines, max_bytes)
+
+    def pars(self, session) -> list[dict]:
+        return self.store.pars(session)
+
+
+def inside(path: str, root: str) -> bool:
+    return path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class Catalog:
+    """The sources in lookup order (the store first); each source has the same duck-typed interface."""
+
+    def __init__(self, sources: list):
+        self.sources = sources
+
+    def _served(self, source, session) -> bool:
+        real = os.path.realpath(session.path)
+        return any(inside(real, os.path.realpath(root)) for root in source.roots)
+
+    def sessions(self) -> list:
+        """Every served session, for the listings."""
+        return [session for source in self.sources for session in source.sessions() if self._served(source, session)]
+
+    def by_path(self, requested: str):
+        """(session, source) for a listed `path`, or None: the same None whatever is on disk there."""
+        wanted = os.path.realpath(requested)
+        for source in self.sources:
+            if not any(inside(wanted, os.path.realpath(root)) for root in source.roots):
+                continue
+            for session in source.sessions():
+                if os.path.realpath(session.path) == wanted and self._served(source, session):
+                    return session, source
+        return None
+
+    def by_id(self, ident: str):
+        """(session, source) for a session id or safe id, or None."""
+        for source in self.sources:
+            session = source.lookup(ident)
+            if session is not None and self._served(source, session):
+                return session, source
+        return None

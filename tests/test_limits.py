@@ -1,0 +1,210 @@
+"""
+The daemon's limits, on a real daemon: connection caps, handshake and ping
+timeouts, the free-disk floor, and the self-probe getting through all of them.
+"""
+
+import base64
+import os
+import secrets
+import socket
+import struct
+
+import orjson
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from tests.fixtures import Daemon, get_json, sample_files, sample_lines
+
+UPLOAD = "/fulab/lab/upload/ws"
+
+
+def call(ws, message: dict) -> dict:
+    ws.send(orjson.dumps(message).decode())
+    return orjson.loads(ws.recv(timeout=30))
+
+
+def from_client(server, address: str):
+    """A WebSocket that says (in X-Forwarded-For) it comes from `address`."""
+    return connect(server.url + UPLOAD, additional_headers={"X-Forwarded-For": address})
+
+
+class RawWebSocket:
+    """Just enough of a WebSocket client to stay silent where a library would answer."""
+
+    def __init__(self, port: int, path: str = UPLOAD):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                          .encode())
+        self.buffer = b""
+        head = self._read_until(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            self._fill()
+        head, self.buffer = self.buffer.split(marker, 1)
+        return head
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("the server closed the connection")
+        self.buffer += chunk
+
+    def _take(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            self._fill()
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def read_frame(self) -> tuple[int, bytes]:
+        first, second = self._take(2)
+        length = second & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", self._take(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", self._take(8))[0]
+        return first & 0x0F, self._take(length)
+
+    def send_frame(self, opcode: int, payload: bytes):
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        self.sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
+
+    def closed(self) -> bool:
+        """True once the server has ended the connection (reading and dropping frames till then)."""
+        try:
+            while True:
+                opcode, _ = self.read_frame()
+                if opcode == 0x8:
+                    return True
+        except (EOFError, ConnectionResetError):
+            return True
+
+
+def test_caps_count_each_client_behind_a_trusted_proxy(tmp_path):
+    server = Daemon(tmp_path / "remote", "--trusted-proxy", "127.0.0.1", "--max-connections", "3",
+                    "--max-connections-per-ip", "2").start()
+    try:
+        with from_client(server, "203.0.113.1") as a1, from_client(server, "203.0.113.1") as a2:
+            with pytest.raises(InvalidStatus) as refused:
+                from_client(server, "203.0.113.1")
+            assert refused.value.response.status_code == 503
+            assert "203.0.113.1 already has the maximum of 2" in refused.value.response.reason_phrase
+            with from_client(server, "203.0.113.2") as b1:
+                with pytest.raises(InvalidStatus) as refused:
+                    from_client(server, "203.0.113.2")
+                assert refused.value.response.status_code == 503
+                assert "maximum of 3 WebSocket connections" in refused.value.response.reason_phrase
+                for ws in (a1, a2, b1):
+                    assert call(ws, {"type": "ping"})["type"] == "pong"
+            server.wait_for_log(r"upload connection from 203\.0\.113\.2 closed")
+            with from_client(server, "203.0.113.3") as c1:
+                assert call(c1, {"type": "ping"})["type"] == "pong"
+        server.wait_for_log(r"refused a WebSocket from 203\.0\.113\.1: 203\.0\.113\.1 already has")
+    finally:
+        server.stop()
+
+
+def test_without_a_trusted_proxy_forwarded_for_does_not_escape_the_per_ip_cap(tmp_path):
+    server = Daemon(tmp_path / "remote", "--max-connections-per-ip", "1").start()
+    try:
+        with from_client(server, "203.0.113.1") as first:
+            with pytest.raises(InvalidStatus) as refused:
+                from_client(server, "203.0.113.2")
+            assert "127.0.0.1 already has the maximum of 1" in refused.value.response.reason_phrase
+            assert call(first, {"type": "ping"})["type"] == "pong"
+    finally:
+        server.stop()
+
+
+def test_the_self_probe_gets_through_tokens_and_full_caps(tmp_path):
+    token = secrets.token_urlsafe(32)
+    (tmp_path / "tokens").write_text(f"{token} alice\n")
+    server = Daemon(tmp_path / "remote", "--token-file", str(tmp_path / "tokens"), "--max-connections", "1",
+                    "--restart-interval", "0.2").start()
+    try:
+        with connect(server.url + UPLOAD + "?token=" + token):
+            probes = len([line for line in server.log if "(uploader self-probe)" in line])
+            server.wait_for_log(r"upload connection open from 127\.0\.0\.1 \(uploader self-probe\)", count=probes + 3)
+        status = get_json(server.http + "/fulab/lab/status?token=" + token)
+        assert status["restarts"] == 0 and all(port["failures"] == 0 for port in status["listeners"])
+        assert not any("did not answer" in line or "Bearer" in line for line in server.log)
+    finally:
+        server.stop()
+
+
+def test_a_client_that_stalls_in_the_handshake_is_dropped_and_open_websockets_are_not(tmp_path):
+    server = Daemon(tmp_path / "remote", "--handshake-timeout", "0.5").start()
+    try:
+        with connect(server.url + UPLOAD) as ws:
+            stalled = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            stalled.sendall(b"GET /fulab/lab/upload/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
+            assert stalled.recv(1) == b""
+            stalled.close()
+            server.wait_for_log(r"Timing out client")
+            assert call(ws, {"type": "ping"})["type"] == "pong"
+    finally:
+        server.stop()
+
+
+def test_a_client_that_answers_pings_stays_and_one_that_does_not_is_dropped(tmp_path):
+    # Autobahn's timers fire on whole seconds (txaio's batched timer truncates), so whole seconds here.
+    server = Daemon(tmp_path / "remote", "--ping-interval", "1", "--ping-timeout", "2").start()
+    try:
+        ws = RawWebSocket(server.port)
+        opcode, payload = ws.read_frame()
+        assert opcode == 0x9
+        ws.send_frame(0xA, payload)
+        opcode, _ = ws.read_frame()
+        assert opcode == 0x9, "a client that answered the ping is still served"
+        assert ws.closed()
+        server.wait_for_log(r"upload connection from 127\.0\.0\.1 closed")
+    finally:
+        server.stop()
+
+
+def free_mb(path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize // (1024 * 1024)
+
+
+def test_below_the_free_space_floor_uploads_are_refused_whole_then_resume(tmp_path):
+    root = tmp_path / "remote"
+    sample = sample_files()[0]
+    lines = sample_lines(sample)
+    token = secrets.token_urlsafe(32)
+    (tmp_path / "tokens").write_text(f"{token} alice\n")
+    server = Daemon(root, "--min-free-mb", str(free_mb(tmp_path) + 1024), "--token-file",
+                    str(tmp_path / "tokens")).start()
+    try:
+        with connect(server.url + UPLOAD + "?token=" + token, max_size=None) as ws:
+            refused = call(ws, {"type": "init", "session-id": "full", "events": lines})
+            assert refused["type"] == "error" and refused["err"] == "storage-full", refused
+            assert "MB free" in refused["detail"]
+            again = call(ws, {"type": "events", "session-id": "full", "seq": 0, "events": lines[:1]})
+            assert again["err"] == "storage-full"
+            assert call(ws, {"type": "resume", "session-id": "full"})["count"] == 0
+    finally:
+        server.stop()
+    assert list(root.iterdir()) == []
+    server = Daemon(root, "--min-free-mb", "1").start()
+    try:
+        with connect(server.url + UPLOAD, max_size=None) as ws:
+            assert call(ws, {"type": "resume", "session-id": "full"})["count"] == 0
+            assert call(ws, {"type": "init", "session-id": "full", "events": lines})["count"] == len(lines)
+    finally:
+        server.stop()
+    assert (root / "full.jsonl").read_bytes() == sample.read_bytes()
+
+
+def test_startup_warns_when_autobahn_runs_without_nvx(tmp_path, daemon):
+    assert not any("NVX" in line for line in daemon.log)
+    server = Daemon(tmp_path / "slow", env={"AUTOBAHN_USE_NVX": "0"}).start()
+    try:
+        assert "Unset AUTOBAHN_USE_NVX" in server.wait_for_log(r"native acceleration \(NVX\) is off")
+    finally:
+        server.stop()
