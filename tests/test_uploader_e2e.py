@@ -17,7 +17,7 @@ import pytest
 
 from fulabd.store import safe_id
 from fulabd.uploader.identity import identify
-from tests.fixtures import SAMPLES, CuttableProxy, Daemon, Uploader, make_certificates, sample_files
+from tests.fixtures import SAMPLES, CuttableProxy, Daemon, Uploader, sample_files
 
 UPLOAD = "/fulab/lab/upload/ws"
 
@@ -213,24 +213,40 @@ def test_par_is_sent_with_the_token(daemon, tmp_path):
     assert stored_pars[0][edn_format.Keyword("title")] == "Uploader"
 
 
-def test_tls_verifies_the_server_certificate(tmp_path):
-    certificates = make_certificates(tmp_path / "certs")
-    # A long restart interval: the daemon's self-probe speaks plain WebSocket, not TLS.
-    daemon = Daemon(tmp_path / "remote", "--restart-interval", "3600",
-                    port=f"ssl:0:interface=127.0.0.1:privateKey={certificates['key']}:certKey={certificates['cert']}")
-    daemon.start()
+def test_tls_verifies_the_server_certificate(tmp_path, ca):
+    cert, key = ca.issue("uploader")
+    daemon = Daemon(tmp_path / "remote", "--tls-port", "0", "--tls-interface", "127.0.0.1",
+                    "--tls-cert", str(cert), "--tls-key", str(key)).start()
     session = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "5c0375b4-57a5-4f26-b12d-d022ee4e51b7.jsonl"
-    url = f"wss://localhost:{daemon.port}{UPLOAD}"
+    url = f"wss://localhost:{daemon.tls_port}{UPLOAD}"
     try:
         untrusted = Uploader("--url", url, "--path", str(session), "--once").start()
         untrusted.wait_for_output("certificate verify failed.*pass --cafile")
         assert untrusted.terminate() == 0
         assert not stored(daemon, session.stem).exists()
-        trusted = Uploader("--url", url, "--path", str(session), "--once", "--cafile", str(certificates["ca"])).start()
+        trusted = Uploader("--url", url, "--path", str(session), "--once", "--cafile", str(ca.root_path)).start()
         assert trusted.wait() == 0, "\n".join(trusted.output)
         assert stored(daemon, session.stem).read_bytes() == session.read_bytes()
     finally:
         daemon.stop()
+
+
+def test_through_nginx_across_a_daemon_crash(nginx, daemon, ca, tmp_path):
+    session = tmp_path / "via-nginx.jsonl"
+    session.write_bytes(b"".join(line + b"\n" for line in derived_lines(6000)))
+    uploader = Uploader("--url", nginx.url + UPLOAD, "--path", str(session), "--source", "claude",
+                        "--cafile", str(ca.root_path)).start()
+    server_copy = stored(daemon, identify(session, "claude").session_id)
+    try:
+        wait_until(lambda: size_of(server_copy) > 3_000_000, what="part of the file through nginx")
+        daemon.kill()
+        assert size_of(server_copy) < session.stat().st_size
+        daemon.restart(kill=True)
+        wait_until(lambda: size_of(server_copy) == session.stat().st_size, what="the whole file through nginx")
+        assert sha256(server_copy) == sha256(session)
+        assert uploader.terminate() == 0
+    finally:
+        uploader.kill()
 
 
 def test_a_line_over_the_server_limit_is_reported_and_the_rest_goes_in_smaller_batches(tmp_path):
