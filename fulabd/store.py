@@ -527,6 +527,12 @@ class SessionStore(service.Service):
 
     def _tidy(self):
         """Refresh metadata that changed (at most once a second each, off the ack path); close idle files."""
+        try:
+            self._tidy_now()
+        except Exception:
+            self._log.failure("store housekeeping failed; trying again in {interval} s", interval=META_INTERVAL)
+
+    def _tidy_now(self):
         now = self.clock.seconds()
         due = []
         for session in self._sessions.values():

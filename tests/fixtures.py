@@ -351,6 +351,20 @@ def derived_session(path: Path, size: int, seed: int = 0, big_lines: int = 3, bi
     return path
 
 
+def in_process_site(store, max_message_size: int = 64 << 20):
+    """The daemon's site with its upload endpoint on `store`, for tests that run it in their own reactor."""
+    from twisted.internet import reactor
+
+    from fulabd import web
+    from fulabd.access import Gate
+    from fulabd.upload import UploadFactory
+
+    gate = Gate()
+    uploads = UploadFactory(store, clock=reactor, max_message_size=max_message_size, admit=gate.admit,
+                            reactor=reactor)
+    return web.LabSite(web.WebSocketDispatch(uploads), gate)
+
+
 class Uploader:
     """The real `fulab-upload` command in a subprocess; its output is collected line by line."""
 

@@ -16,11 +16,9 @@ import pytest_twisted
 from twisted.internet import defer, endpoints, threads
 from websockets.sync.client import connect
 
-from fulabd import web
 from fulabd.hub import Hub
 from fulabd.store import SessionStore
-from fulabd.upload import UploadFactory
-from tests.fixtures import real_sample_files, sample_lines
+from tests.fixtures import in_process_site, real_sample_files, sample_lines
 
 SAMPLE = max(real_sample_files(), key=lambda path: path.stat().st_size)
 
@@ -76,9 +74,7 @@ def server(tmp_path):
     hub.listeners.append(published)
     store = SessionStore(str(tmp_path / "remote"), clock=reactor, hub=hub)
     store.startService()
-    uploads = UploadFactory(store, clock=reactor, max_message_size=64 << 20,
-                            peer_of=lambda request, transport: request.peer, reactor=reactor)
-    site = web.LabSite(web.WebSocketDispatch(uploads))
+    site = in_process_site(store)
     port = pytest_twisted.blockon(endpoints.serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site))
     server = type("Server", (), {})()
     server.store, server.published = store, published

@@ -11,8 +11,7 @@ from twisted.web import resource, server
 from fulabd import supervisor
 from fulabd.hub import Hub
 from fulabd.store import SessionStore
-from fulabd.upload import UploadFactory
-from fulabd.web import WebSocketDispatch, build_tree
+from tests.fixtures import in_process_site
 
 
 def busy_port():
@@ -54,10 +53,7 @@ async def test_busy_port_is_retried_every_interval_until_it_is_free():
 def daemon_site(tmp_path):
     store = SessionStore(str(tmp_path), clock=reactor, hub=Hub())
     store.startService()
-    uploads = UploadFactory(store, clock=reactor, max_message_size=1024, admit=lambda request, protocol: request.peer)
-    dispatch = WebSocketDispatch(uploads)
-    build_tree(dispatch, store.sessions, reactor, 3600, dict)
-    return server.Site(dispatch)
+    return in_process_site(store)
 
 
 @pytest_twisted.ensureDeferred

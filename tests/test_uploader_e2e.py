@@ -214,7 +214,7 @@ def test_par_is_sent_with_the_token(daemon, tmp_path):
 
 
 def test_tls_verifies_the_server_certificate(tmp_path, ca):
-    cert, key = ca.issue("uploader")
+    cert, key = ca.issue("server")
     daemon = Daemon(tmp_path / "remote", "--tls-port", "0", "--tls-interface", "127.0.0.1",
                     "--tls-cert", str(cert), "--tls-key", str(key)).start()
     session = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "5c0375b4-57a5-4f26-b12d-d022ee4e51b7.jsonl"
