@@ -35,7 +35,11 @@ def run(work: Path, quick: bool) -> list[Row]:
     daemon = start_daemon(work / "e2e-remote")
     uploader = Uploader("--url", daemon.url + "/fulab/lab/upload/ws", "--path", str(watched), "--quiet").start()
     try:
-        wait_until_stored(daemon, session_id, initial)
+        try:
+            wait_until_stored(daemon, session_id, initial)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\nuploader:\n" + "\n".join(uploader.output[-20:]) +
+                               "\ndaemon:\n" + "\n".join(daemon.log[-20:])) from None
         latencies = asyncio.run(measure(daemon, session_id, watched, initial, count, small_lines()))
     finally:
         uploader.kill()
