@@ -357,3 +357,19 @@ def test_on_a_legacy_connection_a_session_goes_from_its_start_without_resume(tmp
     sender.attach(server)
     assert [message["type"] for message, _ in server.pending] == ["init", "event", "event"]
     assert events.seen[0][0] == "warning"
+
+
+def test_only_writes_creations_and_moves_of_session_files_wake_the_uploader():
+    from watchdog import events
+
+    from fulabd.uploader.watch import written_session_files
+
+    assert written_session_files(events.FileModifiedEvent("/s/a.jsonl")) == ["/s/a.jsonl"]
+    assert written_session_files(events.FileClosedEvent("/s/a.jsonl")) == ["/s/a.jsonl"]
+    assert written_session_files(events.FileMovedEvent("/s/a.tmp", "/s/b.jsonl")) == ["/s/b.jsonl"]
+    assert written_session_files(events.FileCreatedEvent(b"/s/c.jsonl")) == ["/s/c.jsonl"]
+    # Our own reads open and close the file: reacting to that would read again, forever.
+    assert written_session_files(events.FileOpenedEvent("/s/a.jsonl")) == []
+    assert written_session_files(events.FileClosedNoWriteEvent("/s/a.jsonl")) == []
+    assert written_session_files(events.FileModifiedEvent("/s/notes.txt")) == []
+    assert written_session_files(events.DirModifiedEvent("/s/x.jsonl")) == []
