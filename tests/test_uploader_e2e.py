@@ -135,8 +135,9 @@ def test_uploader_killed_mid_file_resumes_without_duplicates(daemon, tmp_path):
     wait_until(lambda: size_of(server_copy) > 3_000_000, what="part of the file on the server")
     first.kill()
     assert 0 < size_of(server_copy) < session.stat().st_size
-    killed_at = size_of(server_copy)
     second = Uploader(*args).start()
+    second.wait_for_output("connected")
+    killed_at = size_of(server_copy)
     wait_until(lambda: size_of(server_copy) > killed_at + 3_000_000, what="more of the file on the server")
     assert second.terminate() == 0, "\n".join(second.output)
     held = server_copy.read_bytes()
