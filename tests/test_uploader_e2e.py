@@ -44,11 +44,15 @@ def sha256(path: Path) -> str:
 
 
 def test_every_sample_is_stored_byte_identical(daemon, tmp_path):
-    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(SAMPLES), "--backfill", "--once").start()
+    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(SAMPLES), "--backfill", "--once",
+                        "--originator", "laptop").start()
     assert uploader.wait() == 0, "\n".join(uploader.output)
     for sample in sample_files():
         identity = identify(sample)
         assert stored(daemon, identity.session_id).read_bytes() == sample.read_bytes(), sample
+    rollout = identify(next(p for p in sample_files() if p.name.startswith("rollout-")))
+    meta = edn_format.loads((daemon.root / f"{safe_id(rollout.session_id)}.meta.edn").read_text())
+    assert (meta[edn_format.Keyword("originator")], meta[edn_format.Keyword("cwd")]) == ("laptop", rollout.meta["cwd"])
     subagent = next(p for p in sample_files() if p.parent.name == "subagents")
     identity = identify(subagent)
     assert identity.session_id == f"{subagent.parent.parent.name}/{subagent.stem}"
@@ -131,8 +135,9 @@ def test_uploader_killed_mid_file_resumes_without_duplicates(daemon, tmp_path):
     wait_until(lambda: size_of(server_copy) > 3_000_000, what="part of the file on the server")
     first.kill()
     assert 0 < size_of(server_copy) < session.stat().st_size
-    killed_at = size_of(server_copy)
     second = Uploader(*args).start()
+    second.wait_for_output("connected")
+    killed_at = size_of(server_copy)
     wait_until(lambda: size_of(server_copy) > killed_at + 3_000_000, what="more of the file on the server")
     assert second.terminate() == 0, "\n".join(second.output)
     held = server_copy.read_bytes()
@@ -227,6 +232,24 @@ def test_tls_verifies_the_server_certificate(tmp_path, ca):
         daemon.stop()
 
 
+def test_through_nginx_across_a_daemon_crash(nginx, daemon, ca, tmp_path):
+    session = tmp_path / "via-nginx.jsonl"
+    session.write_bytes(b"".join(line + b"\n" for line in derived_lines(6000)))
+    uploader = Uploader("--url", nginx.url + UPLOAD, "--path", str(session), "--source", "claude",
+                        "--cafile", str(ca.root_path)).start()
+    server_copy = stored(daemon, identify(session, "claude").session_id)
+    try:
+        wait_until(lambda: size_of(server_copy) > 3_000_000, what="part of the file through nginx")
+        daemon.kill()
+        assert size_of(server_copy) < session.stat().st_size
+        daemon.restart(kill=True)
+        wait_until(lambda: size_of(server_copy) == session.stat().st_size, what="the whole file through nginx")
+        assert sha256(server_copy) == sha256(session)
+        assert uploader.terminate() == 0
+    finally:
+        uploader.kill()
+
+
 def test_a_line_over_the_server_limit_is_reported_and_the_rest_goes_in_smaller_batches(tmp_path):
     daemon = Daemon(tmp_path / "remote", "--max-message-size", "200000").start()
     session = tmp_path / "limited.jsonl"
@@ -300,3 +323,21 @@ def test_progress_bar_on_a_terminal_only(daemon, tmp_path):
     piped = Uploader(*args).start()
     assert piped.wait() == 0
     assert not any("catching up" in line for line in piped.output)
+
+
+def test_a_file_rewritten_while_the_uploader_was_not_running_becomes_a_new_generation(daemon, tmp_path):
+    sample = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "5c0375b4-57a5-4f26-b12d-d022ee4e51b7.jsonl"
+    session = tmp_path / sample.name
+    session.write_bytes(sample.read_bytes())
+    args = ("--url", daemon.url + UPLOAD, "--path", str(session), "--once")
+    assert Uploader(*args).start().wait() == 0
+    lines = sample.read_bytes().split(b"\n")[:-1]
+    rewritten = b"".join(line + b"\n" for line in lines[:1] + lines[2:] + lines[:5])
+    session.write_bytes(rewritten)
+    second = Uploader(*args).start()
+    assert second.wait() == 0, "\n".join(second.output)
+    second.wait_for_output(f"conflict in {sample.stem}: .*uploaded as session {sample.stem}~g2")
+    assert stored(daemon, sample.stem).read_bytes() == sample.read_bytes()
+    assert stored(daemon, f"{sample.stem}~g2").read_bytes() == rewritten
+    meta = edn_format.loads((daemon.root / f"{safe_id(sample.stem + '~g2')}.meta.edn").read_text())
+    assert meta[edn_format.Keyword("parent-session-id")] == sample.stem

@@ -107,6 +107,16 @@ def test_claude_session_and_subagent_ids():
     assert identify(subagent).meta["parent-session-id"] == parent
 
 
+def test_claude_2_0_sibling_agent_file_is_its_own_session_under_its_parent(tmp_path):
+    parent = "fe5e1c67-53e7-4862-81ae-d0e013e3270b"
+    path = tmp_path / "-path-to-Demo" / "agent-3f2a9c1b.jsonl"
+    path.parent.mkdir()
+    path.write_bytes(orjson.dumps({"type": "user", "sessionId": parent, "agentId": "3f2a9c1b", "cwd": "/p"}) + b"\n")
+    identity = identify(path)
+    assert identity.session_id == f"{parent}/agent-3f2a9c1b"
+    assert identity.meta == {"source": "claude", "cwd": "/p", "project": "/p", "parent-session-id": parent}
+
+
 def test_a_file_without_a_complete_line_is_not_ready(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_bytes(b'{"type":"session_meta","payl')
@@ -125,6 +135,8 @@ def test_generations_are_named_and_point_at_the_first():
 
 class ScriptedServer:
     """Holds lines like the real server (by index), and answers only when told to."""
+
+    legacy = False
 
     def __init__(self, lines=()):
         self.lines = list(lines)
@@ -206,12 +218,30 @@ def test_reconnect_resumes_from_the_server_count_with_checks(tmp_path):
     sender, _ = make_sender(path)
     sender.attach(server)
     server.answer(1)
-    first = server.pending[0][0]
-    overlap = server.pending[1][0]
-    assert (first["seq"], first["events"]) == (0, lines[:1])
+    checks = [message for message, _ in server.pending[:8]]
+    overlap = server.pending[8][0]
+    assert [(check["seq"], check["events"]) for check in checks] == [(i, [lines[i]]) for i in (0, 3, 7, 11, 15, 18, 22, 26)]
     assert overlap["seq"] == 29 and overlap["events"][0] == lines[29]
     server.answer()
     assert server.lines == lines
+    server.lines = server.lines[:45]
+    sender.detach()
+    sender.attach(server)
+    server.answer(1)
+    assert [message["seq"] for message, _ in server.pending] == [0, 44]
+    server.answer()
+    assert server.lines == lines
+
+
+def test_a_rewrite_between_the_first_and_last_stored_lines_is_caught_on_a_fresh_start(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 50)
+    lines = path.read_bytes().decode().split("\n")[:-1]
+    server = ScriptedServer(lines[:20] + ["changed"] + lines[21:40])
+    sender, events = make_sender(path)
+    sender.attach(server)
+    server.answer()
+    assert sender.state == BLOCKED and events.seen[0][0] == "conflict"
 
 
 def test_server_holding_other_lines_means_a_conflict_not_a_splice(tmp_path):
@@ -222,7 +252,7 @@ def test_server_holding_other_lines_means_a_conflict_not_a_splice(tmp_path):
     sender.attach(server)
     server.answer()
     assert sender.state == BLOCKED
-    assert [event[0] for event in events.seen] == ["conflict"]
+    assert [event[0] for event in events.seen if event[0] != "idle"] == ["conflict"]
     assert server.lines == ["something else"] * 10
 
 
@@ -265,3 +295,81 @@ def test_an_old_server_without_resume_gets_init_and_events(tmp_path):
     kinds = [message["type"] for message, _ in server.pending]
     assert kinds[0] == "init" and set(kinds[1:]) == {"event"}
     assert [m.get("seq") for m, _ in server.pending[1:]] == [1, 2]
+
+
+def test_stop_waits_for_the_acks_in_flight_and_sends_nothing_new(tmp_path):
+    from fulabd.uploader.uploads import STOP_TIMEOUT, Uploads
+
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 200)
+    clock = Clock()
+    uploads = Uploads(clock, Events(), source="codex", budget=Budget(max_batches=2), max_frame_bytes=1000)
+    server = ScriptedServer()
+    uploads.track(path)
+    uploads.connected(server)
+    server.answer(1)
+    assert len(server.pending) == 2
+    stopped = uploads.stop()
+    assert not stopped.called
+    server.answer()
+    assert stopped.result is True
+    assert 0 < len(server.lines) < 200 and not server.pending
+
+    uploads = Uploads(clock, Events(), source="codex", max_frame_bytes=1000)
+    uploads.track(path)
+    silent = ScriptedServer()
+    uploads.connected(silent)
+    silent.answer(1)
+    stopped = uploads.stop()
+    assert not stopped.called
+    clock.advance(STOP_TIMEOUT)
+    assert stopped.result is False
+
+
+def test_a_server_that_ignores_resume_is_told_by_the_pong_of_a_probe():
+    from fulabd.uploader.connection import Replies
+
+    replies, got = Replies(), []
+    replies.expect(lambda reply: got.append(("resume a", reply)))
+    replies.expect(lambda reply: got.append(("resume b", reply)))
+    replies.probe()
+    replies.expect(lambda reply: got.append(("init", reply)))
+    assert replies.deliver({"type": "pong"})
+    assert replies.legacy
+    assert [(name, reply["err"]) for name, reply in got] == [("resume a", "unknown-type"), ("resume b", "unknown-type")]
+    assert replies.deliver({"type": "ack", "session-id": "a"})
+    assert got[-1] == ("init", {"type": "ack", "session-id": "a"})
+
+    replies, got = Replies(), []
+    replies.expect(got.append)
+    replies.probe()
+    assert replies.deliver({"type": "ack", "count": 0}) and replies.deliver({"type": "pong"})
+    assert not replies.legacy and got == [{"type": "ack", "count": 0}]
+    assert not replies.deliver({"type": "ack"})
+
+
+def test_on_a_legacy_connection_a_session_goes_from_its_start_without_resume(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 3)
+    server = ScriptedServer()
+    server.legacy = True
+    sender, events = make_sender(path, frame=100)
+    sender.attach(server)
+    assert [message["type"] for message, _ in server.pending] == ["init", "event", "event"]
+    assert events.seen[0][0] == "warning"
+
+
+def test_only_writes_creations_and_moves_of_session_files_wake_the_uploader():
+    from watchdog import events
+
+    from fulabd.uploader.watch import written_session_files
+
+    assert written_session_files(events.FileModifiedEvent("/s/a.jsonl")) == ["/s/a.jsonl"]
+    assert written_session_files(events.FileClosedEvent("/s/a.jsonl")) == ["/s/a.jsonl"]
+    assert written_session_files(events.FileMovedEvent("/s/a.tmp", "/s/b.jsonl")) == ["/s/b.jsonl"]
+    assert written_session_files(events.FileCreatedEvent(b"/s/c.jsonl")) == ["/s/c.jsonl"]
+    # Our own reads open and close the file: reacting to that would read again, forever.
+    assert written_session_files(events.FileOpenedEvent("/s/a.jsonl")) == []
+    assert written_session_files(events.FileClosedNoWriteEvent("/s/a.jsonl")) == []
+    assert written_session_files(events.FileModifiedEvent("/s/notes.txt")) == []
+    assert written_session_files(events.DirModifiedEvent("/s/x.jsonl")) == []

@@ -4,7 +4,7 @@ The one WebSocket connection that carries every session, kept up forever.
 `ClientService` reconnects with exponential backoff and jitter; Autobahn's
 autoPing notices a dead link (a laptop that slept, a Wi-Fi drop) within
 twice `PING_INTERVAL` seconds (a ping, then as long for its pong).  The server answers every message,
-in order, so replies are matched to their callbacks by position.
+in order, so replies are matched to their callbacks by position (`Replies`).
 """
 
 from __future__ import annotations
@@ -24,22 +24,73 @@ PING_INTERVAL = 20
 HANDSHAKE_TIMEOUT = 15
 
 
+SKIPPED = {"type": "error", "err": "unknown-type", "detail": "the server did not answer this message"}
+PROBE = orjson.dumps({"type": "ping"})
+
+
+class Replies:
+    """What to do with each reply still due, in message order.
+
+    An old server (the Clojure lab-ws) ignores messages it does not know, such
+    as `resume`, without a reply.  A `ping` sent after the first messages
+    tells: if its pong comes while earlier messages are unanswered, those were
+    skipped; they are answered `unknown-type` here and the connection is
+    marked `legacy`.
+    """
+
+    def __init__(self):
+        self._due: deque = deque()
+        self.legacy = False
+
+    def expect(self, on_reply):
+        self._due.append(on_reply)
+
+    def probe(self):
+        self._due.append(None)
+
+    def deliver(self, reply: dict) -> bool:
+        """Hand `reply` to the message it answers; False if no message was waiting for one."""
+        if reply.get("type") == "pong":
+            if None in self._due:
+                while self._due[0] is not None:
+                    self.legacy = True
+                    self._due.popleft()(SKIPPED)
+                self._due.popleft()
+            return True
+        while self._due and self._due[0] is None:
+            self._due.popleft()
+        if not self._due:
+            return False
+        self._due.popleft()(reply)
+        return True
+
+    def clear(self):
+        self._due.clear()
+
+
 class UploadClientProtocol(WebSocketClientProtocol):
     _log = Logger()
 
     def __init__(self):
         super().__init__()
-        self._replies: deque = deque()
+        self._replies = Replies()
         self.opened = False
+
+    @property
+    def legacy(self) -> bool:
+        """The server ignores `resume` (and `events`): only `init` and `event` may be sent."""
+        return self._replies.legacy
 
     def onOpen(self):
         self.opened = True
         self.factory.refused_handshakes = 0
         self.factory.uploads.connected(self)
+        self._replies.probe()
+        self.sendMessage(PROBE)
 
     def send(self, payload: bytes, on_reply):
         """Send one encoded message; `on_reply` gets the server's reply to it."""
-        self._replies.append(on_reply)
+        self._replies.expect(on_reply)
         self.sendMessage(payload)
 
     def onMessage(self, payload, isBinary):
@@ -48,18 +99,16 @@ class UploadClientProtocol(WebSocketClientProtocol):
         except orjson.JSONDecodeError:
             self._log.error("the server sent something that is not JSON: {payload!r}", payload=payload[:200])
             return
-        if not isinstance(reply, dict) or reply.get("type") == "pong":
+        if not isinstance(reply, dict):
             return
         if reply.get("err") == "too-large":
             # Sent at once, ahead of the replies still due, and followed by a close: not a reply to match.
             self.factory.uploads.too_large(reply)
             return
-        if not self._replies:
+        if not self._replies.deliver(reply):
             self._log.warn("unexpected message from the server: {reply}", reply=reply)
             if reply.get("type") == "error":
                 self.factory.uploads.reporter.server_error(reply)
-            return
-        self._replies.popleft()(reply)
 
     def onClose(self, wasClean, code, reason):
         self._replies.clear()

@@ -28,6 +28,7 @@ CONNECT_ADVICE = {
     "401": "the server wants a token: pass --token or set FULAB_TOKEN",
     "403": "the server refused the token: check --token / FULAB_TOKEN",
     "404": "nothing serves that URL path: use a URL ending in /fulab/lab/upload/ws",
+    "502": "the proxy in front of the server could not reach it: is the daemon running?",
 }
 
 
@@ -92,6 +93,7 @@ class Reporter:
             self._draw()
 
     def conflict(self, sender, successor, detail: str):
+        self._backlog.discard(sender)
         if successor is None:
             self.say(f"conflict in {sender.session_id}: {detail}; the file is unreadable now, "
                      "it is uploaded again when it has a complete line", always=True)
@@ -125,7 +127,7 @@ class Reporter:
             rate = (self.bytes - before) / (now - then)
             self._rate = 0.7 * self._rate + 0.3 * rate if self._rate else rate
         self._last = (now, self.bytes)
-        behind = [sender for sender in self._backlog if not sender.live]
+        behind = [sender for sender in self._backlog if not sender.live and not sender.caught_up]
         if not behind:
             if self._drawn:
                 self.stream.write("\r\x1b[K")

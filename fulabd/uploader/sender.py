@@ -2,9 +2,9 @@
 One session's upload: where the server stands, what is in flight, what comes next.
 
 The server is the authority on position: on every (re)connect the sender asks
-(`resume`) and reads its file from there.  It re-sends the last stored line and
-the first line as checks, so a file rewritten behind the server's back is
-refused (`conflict`) instead of silently spliced.  Lines travel as raw strings
+(`resume`) and reads its file from there.  It re-sends some stored lines as
+checks, so a file rewritten behind the server's back is refused (`conflict`)
+instead of silently spliced.  Lines travel as raw strings
 in `events` batches of bounded size; nothing is kept once sent, because the
 file itself is the write-ahead log.
 """
@@ -15,12 +15,13 @@ from collections import deque
 from dataclasses import dataclass
 
 import orjson
-from twisted.logger import Logger
 
+from fulabd.uploader.connection import SKIPPED
 from fulabd.uploader.identity import Identity
 from fulabd.uploader.tail import LineReader, Position, Replaced
 
 MAX_FRAME_BYTES = 1 << 20
+CHECK_LINES = 8
 RETRY_SECONDS = 5
 FULL_RETRY_SECONDS = 60
 
@@ -41,8 +42,6 @@ class Batch:
 
 class Sender:
     """Uploads one file as one session (one generation of it) over the current channel."""
-
-    _log = Logger()
 
     def __init__(self, base: Identity, reader: LineReader, budget, reporter, clock, generation: int = 1,
                  max_frame_bytes: int = MAX_FRAME_BYTES):
@@ -100,14 +99,17 @@ class Sender:
         if self.channel is None or self.state in (BLOCKED, STOPPED):
             return
         self.state = RESUMING
+        if self.channel.legacy:
+            return self._resumed(SKIPPED)
         self.channel.send(orjson.dumps({"type": "resume", "session-id": self.session_id}), self._resumed)
 
     def _resumed(self, reply: dict):
         if self.state != RESUMING:
             return
         if reply.get("type") == "error" and reply.get("err") == "unknown-type":
-            self._log.warn("the server does not know resume; sending session {session} from its start "
-                           "(an old server may store duplicates)", session=self.session_id)
+            if not self.legacy:
+                self.reporter.warning(self, "the server does not know resume (an older server); the session "
+                                            "is sent from its start, and an old server may store it twice")
             self.legacy = True
             return self._start_from(0)
         if reply.get("type") != "ack" or not isinstance(reply.get("count"), int):
@@ -115,17 +117,26 @@ class Sender:
         self._start_from(reply["count"])
 
     def _start_from(self, count: int):
-        """Continue after the server's `count` lines, re-sending line 0 and line count-1 as checks."""
-        known = (self.acked, *(batch.end for batch in self.inflight))
+        """Continue after the server's `count` lines.
+
+        Lines the server holds go first as checks (it refuses them with
+        `conflict` if they differ): line 0 always, and on a fresh start, when
+        nothing of the file is known yet, CHECK_LINES lines spread over it, so
+        a file rewritten while the uploader was not running is not spliced.
+        The last stored line is re-sent with the next ones.
+        """
+        known = [self.acked, *(batch.end for batch in self.inflight)]
+        fresh = self.acked.index == 0 and not self.inflight
+        checks = {0, *(count * i // CHECK_LINES for i in range(1, CHECK_LINES))} if fresh else {0}
         try:
-            if count > 1:
-                self.reader.seek(0)
-                first = self.reader.read(self._frame_bytes())
-                if not first:
-                    return self._conflict(f"the file has no complete line but the server holds {count}")
-                self._send_check(first[0])
+            for index in sorted(checks - {count - 1}) if count > 1 else ():
+                line = self.reader.read(1) if self.reader.seek(index, tuple(known)) else []
+                if not line:
+                    return self._conflict(f"the file has fewer than {count} lines, the server holds {count}")
+                self._send_check(index, line[0])
+                known.append(self.reader.position)
             start = max(count - 1, 0)
-            if not self.reader.seek(start, known):
+            if not self.reader.seek(start, tuple(known)):
                 return self._conflict(f"the file has fewer than {count} lines, the server holds {count}")
             self.acked = self.reader.position
         except Replaced as e:
@@ -162,10 +173,10 @@ class Sender:
         if self.state == STREAMING and self.channel is not None:
             self.budget.wait(self)
 
-    def _send_check(self, first_line: bytes):
-        """Line 0 again: the server refuses it with `conflict` if the file is not the one it holds."""
-        self.channel.send(orjson.dumps({"type": "events", "session-id": self.session_id, "seq": 0,
-                                        "events": [first_line.decode("utf-8", "replace")]}), self._checked)
+    def _send_check(self, index: int, line: bytes):
+        """A line the server holds, again: refused with `conflict` if the file is not the one it holds."""
+        self.channel.send(orjson.dumps({"type": "events", "session-id": self.session_id, "seq": index,
+                                        "events": [line.decode("utf-8", "replace")]}), self._checked)
 
     def _checked(self, reply: dict):
         if reply.get("type") != "ack" and self.state not in (BLOCKED, STOPPED):
@@ -226,6 +237,10 @@ class Sender:
             self.budget.release(self.inflight.popleft().size)
         self.inflight.popleft()
         self.budget.release(batch.size)
+        if self.state in (BLOCKED, STOPPED):
+            if not self.inflight:
+                self.reporter.idle(self)
+            return
         if reply.get("type") != "ack":
             return self._refused(reply)
         if self.state == RESYNCING:

@@ -33,6 +33,7 @@ class Uploads:
         self.channel = None
         self.stopping = False
         self._idle_waiters: list[defer.Deferred] = []
+        self._stopped: defer.Deferred | None = None
 
     def track(self, path) -> Sender | None:
         """Upload `path` (or, if it already is, send what it has new)."""
@@ -74,6 +75,7 @@ class Uploads:
         if not self.stopping:
             self.reporter.disconnected(code, reason)
         self._check_idle()
+        self._check_stopped()
 
     def too_large(self, reply: dict):
         """The server refused a message as too large and closes the connection: send smaller ones from now on."""
@@ -115,6 +117,7 @@ class Uploads:
 
     def idle(self, sender: Sender):
         self._check_idle()
+        self._check_stopped()
 
     def error(self, sender: Sender, reply: dict, blocked: bool):
         self.reporter.error(sender, reply, blocked)
@@ -148,19 +151,20 @@ class Uploads:
                 waiter.callback(None)
 
     def stop(self) -> defer.Deferred:
-        """Send nothing new; fire once what is in flight is acknowledged (or after STOP_TIMEOUT)."""
+        """Send nothing new; fires with True once what is in flight is acknowledged (False after STOP_TIMEOUT)."""
         self.stopping = True
         for sender in self.senders.values():
             sender.stop()
-        done = defer.Deferred()
+        self._stopped = defer.Deferred()
+        timeout = self.clock.callLater(STOP_TIMEOUT, self._finish_stop, False)
+        self._stopped.addBoth(lambda result: (timeout.active() and timeout.cancel(), result)[1])
+        self._check_stopped()
+        return self._stopped
 
-        def check():
-            if self.settled or self.clock.seconds() >= deadline:
-                if not done.called:
-                    done.callback(self.settled)
-            else:
-                self.clock.callLater(0.05, check)
+    def _check_stopped(self):
+        if self._stopped is not None and self.settled:
+            self._finish_stop(True)
 
-        deadline = self.clock.seconds() + STOP_TIMEOUT
-        check()
-        return done
+    def _finish_stop(self, settled: bool):
+        if self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(settled)

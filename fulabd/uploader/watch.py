@@ -31,6 +31,22 @@ def session_files(folder: Path):
                 yield Path(root) / name
 
 
+WRITE_EVENTS = frozenset({"created", "modified", "moved", "closed"})
+
+
+def written_session_files(event) -> list[str]:
+    """The session files a file event says were written, created or moved in.
+
+    Opening or reading a file is an event too (inotify's IN_OPEN,
+    IN_CLOSE_NOWRITE); reacting to those would make every read of a file
+    trigger another read.
+    """
+    if event.is_directory or event.event_type not in WRITE_EVENTS:
+        return []
+    paths = [os.fsdecode(path) for path in (event.src_path, getattr(event, "dest_path", "")) if path]
+    return [path for path in paths if path.endswith(".jsonl")]
+
+
 class Watcher(Service):
     """Tracks the files given, and every session file under the folders given."""
 
@@ -49,6 +65,7 @@ class Watcher(Service):
         self._not_ready: set[str] = set()
         self._dirty: set[str] = set()
         self._seen: dict[str, tuple | None] = {}
+        self._dormant: dict[str, float] = {}
         self._observer = None
         self._poll = LoopingCall(self.poll)
         self._poll.clock = reactor
@@ -89,9 +106,8 @@ class Watcher(Service):
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
-                for path in (getattr(event, "dest_path", ""), event.src_path):
-                    if path and str(path).endswith(".jsonl"):
-                        watcher.reactor.callFromThread(watcher.changed, os.fsdecode(path))
+                for path in written_session_files(event):
+                    watcher.reactor.callFromThread(watcher.changed, path)
 
         observer = Observer()
         handler = Handler()
@@ -131,7 +147,12 @@ class Watcher(Service):
             self._not_ready.discard(path)
 
     def scan(self, initial: bool = False):
-        """Look for session files: at start all recent ones (all with backfill), later any that changed."""
+        """Look for session files: at start the recent ones (all with backfill), later any new or changed one.
+
+        Files left alone at start are remembered with their modification time,
+        so one that appears later is uploaded whatever its time (a copy keeps
+        its source's), and an old one only once it is written to.
+        """
         tracked = self.uploads.senders
         since = self._started_at - self.active_seconds
         for folder in self.folders:
@@ -143,7 +164,10 @@ class Watcher(Service):
                     modified = path.stat().st_mtime
                 except OSError:
                     continue
-                if (initial and self.backfill) or modified >= since:
+                if initial and not self.backfill and modified < since:
+                    self._dormant[key] = modified
+                elif self._dormant.get(key) != modified:
+                    self._dormant.pop(key, None)
                     self._track(key)
 
     def poll(self):
