@@ -35,6 +35,23 @@ def sample_lines(path: Path) -> list[str]:
     return path.read_bytes().decode("utf-8").split("\n")[:-1]
 
 
+def kill_process(process: subprocess.Popen | None):
+    """SIGKILL `process` (if it still runs) and reap it."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+
+
+def stop_process(process: subprocess.Popen | None):
+    """SIGTERM `process` and wait for it to end; SIGKILL it if it takes more than 30 s."""
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            kill_process(process)
+
+
 class Daemon:
     """`twistd -n fulab` in a subprocess, on a free loopback port, with its own store."""
 
@@ -115,17 +132,10 @@ class Daemon:
 
     def kill(self):
         """SIGKILL: the crash case."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
+        kill_process(self.process)
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_process(self.process)
 
     def rss(self) -> int:
         """The daemon process's resident memory, in bytes."""
@@ -318,13 +328,7 @@ class Nginx:
         return f"https://127.0.0.1:{self.port}"
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(30)
+        stop_process(self.process)
 
 
 def real_sample_files() -> list[Path]:
@@ -418,9 +422,7 @@ class Uploader:
         return self.process.wait(timeout)
 
     def kill(self):
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(30)
+        kill_process(self.process)
 
     def terminate(self, timeout: float = 60) -> int:
         if self.process.poll() is None:
