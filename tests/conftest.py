@@ -1,11 +1,19 @@
 import pytest
 
-from tests.fixtures import CertificateAuthority, Daemon, Nginx, chromium_missing, start_chromium
+from tests.fixtures import CertificateAuthority, Daemon, Nginx, Uploader, chromium_missing, start_chromium
 
 
 def failed(request) -> bool:
     report = getattr(request.node, "report_call", None)
     return report is not None and report.failed
+
+
+@pytest.fixture(autouse=True)
+def no_uploader_left_running():
+    """Kill every `fulab-upload` a test started, whether the test passed or not."""
+    yield
+    while Uploader.running:
+        Uploader.running.pop().kill()
 
 
 @pytest.fixture

@@ -385,6 +385,8 @@ def in_process_site(store, max_message_size: int = 64 << 20):
 class Uploader:
     """The real `fulab-upload` command in a subprocess; its output is collected line by line."""
 
+    running: set["Uploader"] = set()  # killed after each test, so a failed test leaves none behind
+
     def __init__(self, *args: str):
         self.args = list(args)
         self.process: subprocess.Popen | None = None
@@ -396,6 +398,7 @@ class Uploader:
         self.process = subprocess.Popen([sys.executable, str(REPO / "bin" / "fulab-upload"), *self.args],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        Uploader.running.add(self)
         return self
 
     def _read(self, process):
