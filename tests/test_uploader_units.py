@@ -218,9 +218,10 @@ def test_reconnect_resumes_from_the_server_count_with_checks(tmp_path):
     sender, _ = make_sender(path)
     sender.attach(server)
     server.answer(1)
-    checks = [message for message, _ in server.pending[:8]]
-    overlap = server.pending[8][0]
+    checks = [message for message, _ in server.pending]
     assert [(check["seq"], check["events"]) for check in checks] == [(i, [lines[i]]) for i in (0, 3, 7, 11, 15, 18, 22, 26)]
+    server.answer(8)  # nothing new is sent before every check is acknowledged
+    overlap = server.pending[0][0]
     assert overlap["seq"] == 29 and overlap["events"][0] == lines[29]
     server.answer()
     assert server.lines == lines
@@ -228,43 +229,29 @@ def test_reconnect_resumes_from_the_server_count_with_checks(tmp_path):
     sender.detach()
     sender.attach(server)
     server.answer(1)
-    assert [message["seq"] for message, _ in server.pending] == [0, 44]
+    assert [message["seq"] for message, _ in server.pending] == [0]
+    server.answer(1)
+    assert [message["seq"] for message, _ in server.pending] == [44]
     server.answer()
     assert server.lines == lines
 
 
-def test_a_rewrite_between_the_first_and_last_stored_lines_is_caught_on_a_fresh_start(tmp_path):
+@pytest.mark.parametrize("file_lines, server_holds", [
+    (50, lambda lines: lines[:20] + ["changed"] + lines[21:40]),  # rewritten between the first and last stored
+    (20, lambda lines: ["something else"] * 10),                   # another file's lines
+    (5, lambda lines: lines + ['{"line": 5}']),                    # more lines than the file has
+], ids=["rewritten-in-the-middle", "other-lines", "more-lines-than-the-file"])
+def test_a_server_copy_that_disagrees_is_a_conflict_not_a_splice(tmp_path, file_lines, server_holds):
     path = tmp_path / "s.jsonl"
-    write_lines(path, 50)
-    lines = path.read_bytes().decode().split("\n")[:-1]
-    server = ScriptedServer(lines[:20] + ["changed"] + lines[21:40])
-    sender, events = make_sender(path)
-    sender.attach(server)
-    server.answer()
-    assert sender.state == BLOCKED and events.seen[0][0] == "conflict"
-
-
-def test_server_holding_other_lines_means_a_conflict_not_a_splice(tmp_path):
-    path = tmp_path / "s.jsonl"
-    write_lines(path, 20)
-    server = ScriptedServer(["something else"] * 10)
+    write_lines(path, file_lines)
+    held = server_holds(path.read_bytes().decode().split("\n")[:-1])
+    server = ScriptedServer(list(held))
     sender, events = make_sender(path)
     sender.attach(server)
     server.answer()
     assert sender.state == BLOCKED
     assert [event[0] for event in events.seen if event[0] != "idle"] == ["conflict"]
-    assert server.lines == ["something else"] * 10
-
-
-def test_server_holding_more_lines_than_the_file_is_a_conflict(tmp_path):
-    path = tmp_path / "s.jsonl"
-    write_lines(path, 5)
-    lines = path.read_bytes().decode().split("\n")[:-1]
-    server = ScriptedServer(lines + ['{"line": 5}'])
-    sender, events = make_sender(path)
-    sender.attach(server)
-    server.answer()
-    assert sender.state == BLOCKED and events.seen[0][0] == "conflict"
+    assert server.lines == held
 
 
 def test_a_refused_batch_is_resent_after_a_fresh_resume(tmp_path):

@@ -27,6 +27,7 @@ FULL_RETRY_SECONDS = 60
 
 WAITING = "waiting"        # no connection
 RESUMING = "resuming"      # asked the server where the session stands
+CHECKING = "checking"      # the server's copy is compared with the file before anything new is sent
 STREAMING = "streaming"    # sending lines as the file grows
 RESYNCING = "resyncing"    # a message was refused: let the rest settle, then resume
 BLOCKED = "blocked"        # cannot go on without the user (or a new generation)
@@ -62,6 +63,8 @@ class Sender:
         self.idle = False
         self._retry = None
         self._resync_delay = 0.0
+        self._checks_pending = 0
+        self._resumed_at: tuple[int, tuple] = (0, ())
 
     @property
     def session_id(self) -> str:
@@ -128,15 +131,31 @@ class Sender:
         known = [self.acked, *(batch.end for batch in self.inflight)]
         fresh = self.acked.index == 0 and not self.inflight
         checks = {0, *(count * i // CHECK_LINES for i in range(1, CHECK_LINES))} if fresh else {0}
+        self._checks_pending = 0
         try:
             for index in sorted(checks - {count - 1}) if count > 1 else ():
                 line = self.reader.read(1) if self.reader.seek(index, tuple(known)) else []
                 if not line:
                     return self._conflict(f"the file has fewer than {count} lines, the server holds {count}")
                 self._send_check(index, line[0])
+                self._checks_pending += 1
                 known.append(self.reader.position)
+        except Replaced as e:
+            return self._replaced(e)
+        except FileNotFoundError:
+            return self._gone()
+        self._resumed_at = (count, tuple(known))
+        if self._checks_pending:
+            self.state = CHECKING  # new lines wait until every check is acknowledged: no splice onto another file
+        else:
+            self._stream_after_checks()
+
+    def _stream_after_checks(self):
+        """The server holds this file's lines: send from its last stored line on (re-sent as a last check)."""
+        count, known = self._resumed_at
+        try:
             start = max(count - 1, 0)
-            if not self.reader.seek(start, tuple(known)):
+            if not self.reader.seek(start, known):
                 return self._conflict(f"the file has fewer than {count} lines, the server holds {count}")
             self.acked = self.reader.position
         except Replaced as e:
@@ -179,8 +198,13 @@ class Sender:
                                         "events": [line.decode("utf-8", "replace")]}), self._checked)
 
     def _checked(self, reply: dict):
-        if reply.get("type") != "ack" and self.state not in (BLOCKED, STOPPED):
-            self._refused(reply)
+        if reply.get("type") != "ack":
+            if self.state not in (BLOCKED, STOPPED):
+                self._refused(reply)
+        elif self.state == CHECKING:
+            self._checks_pending -= 1
+            if not self._checks_pending:
+                self._stream_after_checks()
 
     def _send_lines(self, seq: int, lines: list[bytes], end: Position):
         self.idle = False
