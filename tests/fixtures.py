@@ -5,9 +5,12 @@ the sample session files.  Every test that needs a daemon gets it from here.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -240,8 +243,6 @@ class CertificateAuthority:
 
 def free_port() -> int:
     """A loopback port free right now, for a foreign server that cannot report the port it bound."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -382,6 +383,76 @@ def in_process_site(store, max_message_size: int = 64 << 20):
     return web.LabSite(web.WebSocketDispatch(uploads), gate)
 
 
+# -- raw WebSocket, for what well-behaved client libraries refuse to send (or answer by themselves) --
+
+def open_raw(port: int, path: str = "/fulab/lab/upload/ws") -> socket.socket:
+    """A WebSocket connection done by hand: the socket, after the 101 response."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(handshake_request(port, path))
+    response = b""
+    while b"\r\n\r\n" not in response:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed during the handshake: {response!r}"
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return sock
+
+
+def handshake_request(port: int, path: str = "/fulab/lab/upload/ws") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+def frame(opcode: int, payload: bytes, length: int | None = None, fin: bool = True) -> bytes:
+    """A masked client frame; `length` may claim another payload length than the real one."""
+    length = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if length < 126:
+        head += bytes([0x80 | length])
+    elif length < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", length)
+    mask = os.urandom(4)
+    return head + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+def read_frames(sock: socket.socket, count: int | None = None) -> list[tuple[int, bytes]]:
+    """The server's frames until it closes the connection (or until `count` frames came)."""
+    data = b""
+    while (count is None or len(parse_frames(data)) < count) and (chunk := recv_or_reset(sock)):
+        data += chunk
+    return parse_frames(data)
+
+
+def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
+    frames = []
+    while len(data) >= 2:
+        opcode, length, offset = data[0] & 0x0F, data[1] & 0x7F, 2
+        if length == 126:
+            length, offset = struct.unpack("!H", data[2:4])[0], 4
+        elif length == 127:
+            length, offset = struct.unpack("!Q", data[2:10])[0], 10
+        if len(data) < offset + length:
+            break
+        frames.append((opcode, data[offset:offset + length]))
+        data = data[offset + length:]
+    return frames
+
+
+def recv_or_reset(sock) -> bytes:
+    try:
+        return sock.recv(65536)
+    except ConnectionResetError:
+        return b""
+
+
+def close_code(frames) -> int | None:
+    closes = [payload for opcode, payload in frames if opcode == 0x8]
+    return struct.unpack("!H", closes[0][:2])[0] if closes and len(closes[0]) >= 2 else None
+
+
 class Uploader:
     """The real `fulab-upload` command in a subprocess; its output is collected line by line."""
 
@@ -442,8 +513,6 @@ class CuttableProxy:
     """
 
     def __init__(self, port: int):
-        import socket
-
         self.target = port
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -462,7 +531,6 @@ class CuttableProxy:
         return f"ws://127.0.0.1:{self.port}"
 
     def _accept(self):
-        import socket
 
         while True:
             try:
@@ -537,8 +605,6 @@ class CuttableProxy:
 
     def cut(self):
         """Drop every open connection at once (RST, as a dead link or a crashed proxy would)."""
-        import socket
-        import struct
 
         with self._lock:
             pairs, self._pairs = self._pairs, []

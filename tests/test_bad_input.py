@@ -8,7 +8,6 @@ nothing was written outside its root, every sidecar parses, and its memory
 stayed bounded.
 """
 
-import base64
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 from websockets.sync.client import connect
 
 from fulabd import edn, messages
-from tests.fixtures import Daemon
+from tests.fixtures import Daemon, close_code, frame, handshake_request, open_raw, read_frames
 
 EXAMPLES = int(os.environ.get("FULAB_FUZZ_EXAMPLES", "300"))
 CONNECTIONS = int(os.environ.get("FULAB_FUZZ_CONNECTIONS", "2000"))
@@ -41,76 +40,6 @@ def daemon(tmp_path_factory):
     server = Daemon(home / "remote", "--max-message-size", str(MAX_MESSAGE), "--handshake-timeout", "2").start()
     yield server
     server.stop()
-
-
-# -- raw WebSocket, for what well-behaved client libraries refuse to send ------------------------------------
-
-def open_raw(daemon, path: str = UPLOAD) -> socket.socket:
-    """A WebSocket connection done by hand: the socket, after the 101 response."""
-    sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=30)
-    sock.sendall(handshake_request(daemon, path))
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(4096)
-        assert chunk, f"closed during the handshake: {response!r}"
-        response += chunk
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return sock
-
-
-def handshake_request(daemon, path: str = UPLOAD) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{daemon.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
-
-
-def frame(opcode: int, payload: bytes, length: int | None = None, fin: bool = True) -> bytes:
-    """A masked client frame; `length` may claim another payload length than the real one."""
-    length = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if length < 126:
-        head += bytes([0x80 | length])
-    elif length < 1 << 16:
-        head += bytes([0x80 | 126]) + struct.pack("!H", length)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", length)
-    mask = os.urandom(4)
-    return head + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-
-
-def read_frames(sock: socket.socket, count: int | None = None) -> list[tuple[int, bytes]]:
-    """The server's frames until it closes the connection (or until `count` frames came)."""
-    data = b""
-    while (count is None or len(parse_frames(data)) < count) and (chunk := recv_or_reset(sock)):
-        data += chunk
-    return parse_frames(data)
-
-
-def parse_frames(data: bytes) -> list[tuple[int, bytes]]:
-    frames = []
-    while len(data) >= 2:
-        opcode, length, offset = data[0] & 0x0F, data[1] & 0x7F, 2
-        if length == 126:
-            length, offset = struct.unpack("!H", data[2:4])[0], 4
-        elif length == 127:
-            length, offset = struct.unpack("!Q", data[2:10])[0], 10
-        if len(data) < offset + length:
-            break
-        frames.append((opcode, data[offset:offset + length]))
-        data = data[offset + length:]
-    return frames
-
-
-def recv_or_reset(sock) -> bytes:
-    try:
-        return sock.recv(65536)
-    except ConnectionResetError:
-        return b""
-
-
-def close_code(frames) -> int | None:
-    closes = [payload for opcode, payload in frames if opcode == 0x8]
-    return struct.unpack("!H", closes[0][:2])[0] if closes and len(closes[0]) >= 2 else None
 
 
 def ping(daemon) -> dict:
@@ -178,7 +107,7 @@ def test_odd_keys_and_tags_are_stored_in_sidecars_that_read_back(daemon):
 @pytest.mark.parametrize("payload", [b'{"type":"ping","x":"\xff"}', b"\xc3\x28", b'{"type":"init","session-id":"\xed\xa0\x80"}'])
 def test_invalid_utf8_in_a_text_frame_closes_with_1007_and_stores_nothing(daemon, payload):
     before = sorted(daemon.root.iterdir())
-    sock = open_raw(daemon)
+    sock = open_raw(daemon.port)
     sock.sendall(frame(0x1, payload))
     assert close_code(read_frames(sock)) == 1007
     sock.close()
@@ -188,7 +117,7 @@ def test_invalid_utf8_in_a_text_frame_closes_with_1007_and_stores_nothing(daemon
 
 @pytest.mark.parametrize("claimed", [MAX_MESSAGE + 1, 1 << 40, (1 << 63) - 1])
 def test_oversize_frame_header_is_refused_without_reading_the_payload(daemon, claimed):
-    sock = open_raw(daemon)
+    sock = open_raw(daemon.port)
     sock.sendall(frame(0x1, b'{"type":"init","session-id":"huge","events":["', length=claimed))
     frames = read_frames(sock)
     sock.close()
@@ -198,7 +127,7 @@ def test_oversize_frame_header_is_refused_without_reading_the_payload(daemon, cl
 
 
 def test_oversize_message_in_many_small_frames_is_refused(daemon):
-    sock = open_raw(daemon)
+    sock = open_raw(daemon.port)
     piece = b"x" * (64 << 10)
     sock.sendall(frame(0x1, b'{"type":"ping","pad":"', fin=False))
     try:
@@ -215,7 +144,7 @@ def test_oversize_message_in_many_small_frames_is_refused(daemon):
 @settings(max_examples=min(EXAMPLES, 100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(garbage=st.binary(min_size=1, max_size=300))
 def test_garbage_bytes_after_the_handshake_never_hurt_the_daemon(daemon, garbage):
-    sock = open_raw(daemon)
+    sock = open_raw(daemon.port)
     sock.sendall(garbage)
     sock.shutdown(socket.SHUT_WR)
     frames = read_frames(sock)  # the daemon answers what it can parse, then closes
@@ -230,11 +159,11 @@ def test_half_open_and_slow_handshakes_do_not_block_other_clients(daemon):
     try:
         for i in range(200):
             sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=30)
-            request = handshake_request(daemon)
+            request = handshake_request(daemon.port)
             sock.sendall(request[:(i * 7) % len(request)])  # cut somewhere in the request
             hanging.append(sock)
         slow = socket.create_connection(("127.0.0.1", daemon.port), timeout=30)
-        request = handshake_request(daemon)
+        request = handshake_request(daemon.port)
         for index in range(0, len(request) - 1, 5):
             slow.sendall(request[index:index + 5])
             if index == 50:
@@ -255,13 +184,13 @@ def test_thousands_of_connections_opening_and_closing(daemon):
         if kind == 0:  # TCP only
             socket.create_connection(("127.0.0.1", daemon.port), timeout=30).close()
         elif kind == 1:  # handshake, then vanish without a close frame
-            open_raw(daemon).close()
+            open_raw(daemon.port).close()
         elif kind == 2:  # handshake, then reset
-            sock = open_raw(daemon)
+            sock = open_raw(daemon.port)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
         else:  # a message, then vanish before the reply
-            sock = open_raw(daemon)
+            sock = open_raw(daemon.port)
             sock.sendall(frame(0x1, b'{"type":"events","session-id":"churn","seq":%d,"events":["%d"]}' % (
                 i // 4, i // 4)))
             sock.close()

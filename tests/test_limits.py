@@ -3,18 +3,16 @@ The daemon's limits, on a real daemon: connection caps, handshake and ping
 timeouts, the free-disk floor, and the self-probe getting through all of them.
 """
 
-import base64
 import os
 import secrets
 import socket
-import struct
 
 import orjson
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.fixtures import Daemon, get_json, sample_files, sample_lines
+from tests.fixtures import Daemon, frame, get_json, open_raw, read_frames, sample_files, sample_lines
 
 UPLOAD = "/fulab/lab/upload/ws"
 
@@ -27,62 +25,6 @@ def call(ws, message: dict) -> dict:
 def from_client(server, address: str):
     """A WebSocket that says (in X-Forwarded-For) it comes from `address`."""
     return connect(server.url + UPLOAD, additional_headers={"X-Forwarded-For": address})
-
-
-class RawWebSocket:
-    """Just enough of a WebSocket client to stay silent where a library would answer."""
-
-    def __init__(self, port: int, path: str = UPLOAD):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                          f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                          .encode())
-        self.buffer = b""
-        head = self._read_until(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
-
-    def _read_until(self, marker: bytes) -> bytes:
-        while marker not in self.buffer:
-            self._fill()
-        head, self.buffer = self.buffer.split(marker, 1)
-        return head
-
-    def _fill(self):
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError("the server closed the connection")
-        self.buffer += chunk
-
-    def _take(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            self._fill()
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def read_frame(self) -> tuple[int, bytes]:
-        first, second = self._take(2)
-        length = second & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", self._take(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", self._take(8))[0]
-        return first & 0x0F, self._take(length)
-
-    def send_frame(self, opcode: int, payload: bytes):
-        mask = os.urandom(4)
-        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-        self.sock.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked)
-
-    def closed(self) -> bool:
-        """True once the server has ended the connection (reading and dropping frames till then)."""
-        try:
-            while True:
-                opcode, _ = self.read_frame()
-                if opcode == 0x8:
-                    return True
-        except (EOFError, ConnectionResetError):
-            return True
 
 
 def test_caps_count_each_client_behind_a_trusted_proxy(tmp_path):
@@ -155,13 +97,13 @@ def test_a_client_that_answers_pings_stays_and_one_that_does_not_is_dropped(tmp_
     # Autobahn's timers fire on whole seconds (txaio's batched timer truncates), so whole seconds here.
     server = Daemon(tmp_path / "remote", "--ping-interval", "1", "--ping-timeout", "2").start()
     try:
-        ws = RawWebSocket(server.port)
-        opcode, payload = ws.read_frame()
+        sock = open_raw(server.port)
+        [(opcode, payload)] = read_frames(sock, count=1)
         assert opcode == 0x9
-        ws.send_frame(0xA, payload)
-        opcode, _ = ws.read_frame()
+        sock.sendall(frame(0xA, payload))
+        [(opcode, _)] = read_frames(sock, count=1)
         assert opcode == 0x9, "a client that answered the ping is still served"
-        assert ws.closed()
+        read_frames(sock)  # until the server ends the connection
         server.wait_for_log(r"upload connection from 127\.0\.0\.1 closed")
     finally:
         server.stop()
