@@ -531,7 +531,6 @@ class CuttableProxy:
         return f"ws://127.0.0.1:{self.port}"
 
     def _accept(self):
-
         while True:
             try:
                 client, _ = self.listener.accept()
