@@ -51,11 +51,6 @@ VIEWER_MESSAGE_LIMIT = 64 * 1024
 class StreamProtocol(WebSocketServerProtocol):
     _log = Logger()
 
-    def onMessageFrameBegin(self, length):
-        super().onMessageFrameBegin(length)
-        if self.message_data_total_length > VIEWER_MESSAGE_LIMIT:
-            self._fail_connection(1009, "viewers send only pings")
-
     def __init__(self):
         super().__init__()
         self._found = None
@@ -74,6 +69,11 @@ class StreamProtocol(WebSocketServerProtocol):
         self._sent = 0
 
     # -- opening -----------------------------------------------------------
+
+    def onMessageFrameBegin(self, length):
+        super().onMessageFrameBegin(length)
+        if self.message_data_total_length > VIEWER_MESSAGE_LIMIT:
+            self._fail_connection(1009, "viewers send only pings")
 
     def onConnect(self, request):
         self._peer = self.factory.admit(request, self)
