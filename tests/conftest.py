@@ -1,6 +1,6 @@
 import pytest
 
-from tests.fixtures import CertificateAuthority, Daemon, Nginx, Uploader, chromium_missing, start_chromium
+from tests.fixtures import CertificateAuthority, Daemon, Nginx, Uploader, chromium_missing, skip_without, start_chromium
 
 
 def failed(request) -> bool:
@@ -37,9 +37,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def browser(request, tmp_path):
     """Headless Chromium; when the test fails, its last screen is saved as `<tmp_path>/failure.png`."""
-    missing = chromium_missing()
-    if missing:
-        pytest.skip(missing)
+    skip_without(chromium_missing())
     driver = start_chromium(tmp_path / "chromium-profile")
     try:
         yield driver

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -19,10 +20,7 @@ from pathlib import Path
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-# `shared/samples` beside the clone, or beside a parent folder (git worktrees live one level deeper)
-SAMPLES = next((folder / "shared" / "samples" for folder in REPO.parents
-                if (folder / "shared" / "samples" / "SOURCES.md").is_file()),
-               REPO.parent / "shared" / "samples")
+SAMPLES = REPO / "tests" / "data" / "samples"  # real sessions, kept in the repository (see its SOURCES.md)
 LISTENING = re.compile(r"listening on (?P<description>\S+) \(.*\bport=(?P<port>\d+)")
 
 
@@ -258,6 +256,7 @@ class Nginx:
     def __init__(self, folder: Path, backend_port: int, cert: Path, key: Path, old_paths: bool = False,
                  dropping: tuple[str, ...] = ()):
         """`dropping`: leave out the config lines containing these words (to make a misconfiguration real)."""
+        skip_without(nginx_missing())
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -631,12 +630,29 @@ def chromium_missing() -> str | None:
     """Why a real browser cannot run here, or None."""
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not os.access(path, os.X_OK):
-            return f"{path} not found: install the Debian package {package} (.ci/run does)"
+            return f"{path} not found: install it with `apt-get install {package}` (.ci/run does)"
     try:
         import selenium  # noqa: F401
     except ImportError:
         return "selenium is not installed: pip install '.[test]'"
     return None
+
+
+def nginx_missing() -> str | None:
+    """Why the real nginx cannot run here, or None."""
+    if shutil.which("nginx") or os.access("/usr/sbin/nginx", os.X_OK):
+        return None
+    return "nginx not found: install it with `apt-get install nginx` (.ci/run does)"
+
+
+def skip_without(reason: str | None):
+    """Skip the calling test for a missing program, saying how to install it; under CI
+    (`FULAB_REQUIRE_ALL=1`, set by .ci/run) fail instead, so that CI runs every test."""
+    import pytest
+    if reason and os.environ.get("FULAB_REQUIRE_ALL") == "1":
+        pytest.fail(reason, pytrace=False)
+    if reason:
+        pytest.skip(reason)
 
 
 def start_chromium(profile: Path):
