@@ -1,3 +1,5 @@
+import subprocess
+
 import pytest
 
 from tests.fixtures import CertificateAuthority, Daemon, Nginx, Uploader, chromium_missing, skip_without, start_chromium
@@ -14,6 +16,19 @@ def no_uploader_left_running():
     yield
     while Uploader.running:
         Uploader.running.pop().kill()
+
+
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_process(request, monkeypatch):
+    """The fast tier (`-m "not slow"`) runs in memory: a test that starts a process must be marked slow."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    class Refused(subprocess.Popen):
+        def __init__(self, args, *rest, **options):
+            raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(subprocess, "Popen", Refused)
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ from websockets.sync.client import connect
 from fulabd import edn, messages
 from tests.fixtures import Daemon, close_code, frame, handshake_request, open_raw, read_frames
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 EXAMPLES = int(os.environ.get("FULAB_FUZZ_EXAMPLES", "300"))
 CONNECTIONS = int(os.environ.get("FULAB_FUZZ_CONNECTIONS", "2000"))
 MAX_MESSAGE = 1 << 20

@@ -70,6 +70,7 @@ def test_torn_multi_megabyte_last_line_recovers_across_read_chunks(tmp_path):
         assert recovered(tmp_path, "s") == (whole.count(b"\n"), whole), cut
 
 
+@pytest.mark.slow
 def test_daemon_restarted_on_a_torn_file_resumes_and_the_resend_completes_it(tmp_path):
     sample = max(real_sample_files(), key=lambda path: path.stat().st_size)
     lines = sample_lines(sample)
@@ -99,6 +100,7 @@ def test_daemon_restarted_on_a_torn_file_resumes_and_the_resend_completes_it(tmp
         daemon.stop()
 
 
+@pytest.mark.slow
 def test_sidecars_are_read_back_after_a_crash(daemon):
     """After SIGKILL and restart the daemon knows the session's metadata and PARs as they were."""
     par = {"id": "par-1", "title": "t", "tags": ["a", "b"]}
@@ -161,6 +163,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_meta_written_while_the_writer_is_killed_is_always_old_or_new(tmp_path):
     """SIGKILL a process rewriting a sidecar in a loop, at random moments: the sidecar always parses."""
     path = tmp_path / "s.meta.edn"

@@ -14,6 +14,8 @@ from websockets.sync.client import connect
 
 from tests.fixtures import Daemon, frame, get_json, open_raw, read_frames, sample_files, sample_lines
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 UPLOAD = "/fulab/lab/upload/ws"
 
 

@@ -15,6 +15,8 @@ from websockets.sync.client import connect
 from fulabd.events import DUPLICATE_EVENT_MSGS
 from tests.fixtures import Daemon, get_json, sample_files, sample_lines
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 CLAUDE_REAL = "fe5e1c67"
 CODEX_REAL = "rollout-2026-06-05T10-28-20-019e9625"
 FIRST_FRAME_LIMIT = 1024 * 1024 + 256 * 1024  # about 1 MB of events, plus at most one (bounded) event

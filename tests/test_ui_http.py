@@ -15,6 +15,8 @@ from websockets.sync.client import connect
 
 from tests.fixtures import get_json, sample_files, sample_lines
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 QUESTIONS = {"intention": "Find why resumes stalled", "happening": "The ack came before fsync",
              "perspectives": "The operator saw gaps", "learned": "Ack only when durable",
              "forward": "Keep the crash test"}

@@ -12,6 +12,8 @@ from websockets.sync.client import connect
 
 from tests.fixtures import get_json, sample_files, sample_lines
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 UPLOAD_PATHS = ["/fulab/lab/upload/ws", "/upload/ws", "/some/prefix/lab/upload/ws"]
 
 
