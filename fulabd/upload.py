@@ -34,8 +34,8 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def onOpen(self):
         self.factory.connections.add(self)
-        self._log.info("upload connection open from {peer} (uploader {uploader})", peer=self._peer,
-                       uploader=self.uploader)
+        self._log.info("upload connection open from {peer} (uploader {uploader})" if self.uploader else
+                       "upload connection open from {peer}", peer=self._peer, uploader=self.uploader)
 
     def onClose(self, wasClean, code, reason):
         if self not in self.factory.connections:

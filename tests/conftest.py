@@ -3,6 +3,7 @@ import subprocess
 import pytest
 
 from tests.fixtures import CertificateAuthority, Daemon, Nginx, Uploader, chromium_missing, skip_without, start_chromium
+from tests.memory import Lab
 
 
 def failed(request) -> bool:
@@ -39,6 +40,14 @@ def daemon(request, tmp_path):
     server.stop()
     if failed(request):
         print("daemon log:\n" + "\n".join(server.log[-80:]))
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """The daemon's site in memory (see tests/memory.py), with an empty store under the test's temporary folder."""
+    site = Lab(tmp_path / "remote")
+    yield site
+    site.close()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
