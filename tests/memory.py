@@ -56,12 +56,40 @@ class Commits:
         return ran
 
 
+class Transport(iosim.FakeTransport):
+    """An in-memory transport with a socket's backpressure: its streaming producer is paused while more
+    than `buffer_size` bytes wait for the peer (as Twisted's TCP transport does), and resumed once they
+    are read.  A peer that stops `reading` leaves them waiting."""
+
+    buffer_size = 64 * 1024
+    reading = True
+    producer_paused = False
+
+    def write(self, data):
+        super().write(data)
+        if (self.producer is not None and self.streamingProducer and not self.producer_paused
+                and sum(map(len, self.stream)) > self.buffer_size):
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def getOutBuffer(self):
+        if not self.reading:
+            return None
+        data = super().getOutBuffer()
+        if self.producer_paused:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+        return data
+
+
 class Client(WebSocketClientProtocol):
     """A WebSocket client that keeps every message the server sends, decoded."""
 
     def __init__(self):
         super().__init__()
         self.received: list[dict] = []
+        self.sizes: list[int] = []   # of each message received, in bytes
+        self.stall_after: int | None = None
         self.opened = False
         self.close_code: int | None = None
         self.lab: Lab | None = None
@@ -71,6 +99,10 @@ class Client(WebSocketClientProtocol):
 
     def onMessage(self, payload, isBinary):
         self.received.append(orjson.loads(payload))
+        self.sizes.append(len(payload))
+        if self.stall_after is not None and len(self.sizes) >= self.stall_after:
+            self.stall_after = None
+            self.lab.stall(self)
 
     def onClose(self, wasClean, code, reason):
         self.close_code = code
@@ -125,24 +157,41 @@ class Lab:
         """A client protocol from `factory`, connected to the site (the handshake is done once `flush()`ed)."""
         server = self.site.buildProtocol(CLIENT_ADDRESS)
         client = factory.buildProtocol(SERVER_ADDRESS)
-        pump = iosim.connect(server, iosim.FakeTransport(server, True, SERVER_ADDRESS, CLIENT_ADDRESS),
-                             client, iosim.FakeTransport(client, False, CLIENT_ADDRESS, SERVER_ADDRESS),
+        pump = iosim.connect(server, Transport(server, True, SERVER_ADDRESS, CLIENT_ADDRESS),
+                             client, Transport(client, False, CLIENT_ADDRESS, SERVER_ADDRESS),
                              greet=False, clock=self.clock)
         self.pumps.append(pump)
         self.flush()
         return client
 
-    def client(self, path: str = "/fulab/lab/upload/ws") -> Client:
-        """A WebSocket client of `path` (with its query), open."""
+    def client(self, path: str = "/fulab/lab/upload/ws", stall_after: int | None = None) -> Client:
+        """A WebSocket client of `path` (with its query), open.  With `stall_after`, it stops reading
+        after that many messages (until `unstall`)."""
         factory = WebSocketClientFactory(f"ws://127.0.0.1:5056{path}", reactor=self.clock)
-        factory.protocol = Client
-        client = self.connect(factory)
-        client.lab = self
-        return client
+
+        def build():
+            client = Client()
+            client.lab, client.stall_after = self, stall_after
+            return client
+
+        factory.protocol = build
+        return self.connect(factory)
+
+    def _server_transport(self, client) -> Transport:
+        return next(pump.serverIO for pump in self.pumps if pump.client is client)
+
+    def stall(self, client):
+        """`client` stops reading: what the server sends it waits, and backs up."""
+        self._server_transport(client).reading = False
+
+    def unstall(self, client):
+        """`client` reads again: what waited is delivered."""
+        self._server_transport(client).reading = True
+        self.flush()
 
     def server_of(self, client):
         """The server's protocol object of `client`'s connection."""
-        return next(pump.serverIO.protocol for pump in self.pumps if pump.client is client)
+        return self._server_transport(client).protocol
 
     def flush(self):
         """Move every byte in flight, both ways, on every connection, until nothing moves."""
