@@ -16,8 +16,10 @@ import txaio
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
 from twisted.test import iosim
+from zope.interface import implementer
 
 from fulabd import pars, web
 from fulabd.access import Gate
@@ -128,6 +130,15 @@ class Client(WebSocketClientProtocol):
         return reply
 
 
+@implementer(IStreamClientEndpoint)
+class MemoryEndpoint:
+    def __init__(self, lab: "Lab"):
+        self.lab = lab
+
+    def connect(self, factory) -> defer.Deferred:
+        return defer.succeed(self.lab.connect(factory))
+
+
 class Lab:
     """The daemon's site on `root`, in memory."""
 
@@ -188,6 +199,10 @@ class Lab:
         """`client` reads again: what waited is delivered."""
         self._server_transport(client).reading = True
         self.flush()
+
+    def client_endpoint(self):
+        """A client endpoint whose connections reach the site in memory (for the supervisor's probe)."""
+        return MemoryEndpoint(self)
 
     def server_of(self, client):
         """The server's protocol object of `client`'s connection."""
