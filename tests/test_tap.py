@@ -75,4 +75,4 @@ def test_status_command_prints_the_running_daemon(daemon, capsys):
 
 def test_status_command_says_what_to_do_when_nothing_answers(capsys):
     assert admin.main(["status", "--url", "http://127.0.0.1:9", "--timeout", "5"]) == 1
-    assert "twistd -n fulab" in capsys.readouterr().err
+    assert "twistd -n --pidfile= fulab" in capsys.readouterr().err
