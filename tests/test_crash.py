@@ -56,8 +56,9 @@ def test_torn_multi_megabyte_last_line_recovers_across_read_chunks(tmp_path):
     source = derived_session(tmp_path / "source.jsonl", 4 << 20, seed=7, big_lines=1, big_line_size=3 << 20)
     data = source.read_bytes()
     # The derived session ends with a big line: cut the file right after it.
-    big_end = max(range(len(data.split(b"\n")) - 1), key=lambda i: len(data.split(b"\n")[i]))
-    data = b"\n".join(data.split(b"\n")[:big_end + 1]) + b"\n"
+    lines = data.split(b"\n")
+    big_end = max(range(len(lines) - 1), key=lambda i: len(lines[i]))
+    data = b"\n".join(lines[:big_end + 1]) + b"\n"
     whole = data[:data.rstrip(b"\n").rfind(b"\n") + 1]
     last = len(data) - len(whole)
     assert last > READ_CHUNK + 2
