@@ -6,10 +6,13 @@ run when the test says.
 
 import edn_format
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.logger import capturedLogs, formatEvent
 
 from tests.fixtures import sample_files, sample_lines
 from tests.memory import Commits, Lab
+from tests.test_bad_input import check_reply, payloads
 
 UPLOAD_PATHS = ["/fulab/lab/upload/ws", "/upload/ws", "/some/prefix/lab/upload/ws"]
 K = edn_format.Keyword
@@ -254,3 +257,21 @@ def test_an_upload_without_a_token_logs_who_but_no_uploader(lab):
     assert "upload connection open from 127.0.0.1" in texts
     assert not any("uploader" in text for text in texts), texts
 
+
+
+# Fewer examples than test_bad_input.py sends the real daemon: this one is in the fast tier.
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(payloads, min_size=1, max_size=8))
+def test_random_messages_each_get_one_documented_reply_in_order(lab, batch):
+    client = lab.client()
+    for payload in batch:
+        client.sendMessage(payload if isinstance(payload, bytes) else payload.encode("utf-8"),
+                           isBinary=isinstance(payload, bytes))
+    client.send({"type": "ping"})
+    lab.flush()
+    replies = client.take()
+    assert len(replies) == len(batch) + 1 and replies[-1]["type"] == "pong", replies
+    for reply, payload in zip(replies, batch):
+        check_reply(reply, payload)
+    client.sendClose(1000)
+    lab.flush()
