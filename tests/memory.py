@@ -132,6 +132,8 @@ class Client(WebSocketClientProtocol):
 
 @implementer(IStreamClientEndpoint)
 class MemoryEndpoint:
+    """Connects to the in-memory site, as a TCP client endpoint connects to the daemon's port."""
+
     def __init__(self, lab: "Lab"):
         self.lab = lab
 
@@ -140,7 +142,8 @@ class MemoryEndpoint:
 
 
 class Lab:
-    """The daemon's site on `root`, in memory."""
+    """The daemon's site on `root`, in memory: wired as `tap.makeService` wires it, without the
+    listeners (connect clients with `client` or `connect`), metrics and local sources."""
 
     def __init__(self, root, clock: Clock | None = None, commits: Commits | None = None,
                  max_message_size: int = 64 << 20):
@@ -203,10 +206,6 @@ class Lab:
     def client_endpoint(self):
         """A client endpoint whose connections reach the site in memory (for the supervisor's probe)."""
         return MemoryEndpoint(self)
-
-    def server_of(self, client):
-        """The server's protocol object of `client`'s connection."""
-        return self._server_transport(client).protocol
 
     def flush(self):
         """Move every byte in flight, both ways, on every connection, until nothing moves."""
