@@ -137,13 +137,14 @@ class ScriptedServer:
     """Holds lines like the real server (by index), and answers only when told to."""
 
     legacy = False
+    packer = None  # speaks JSON text frames only
 
     def __init__(self, lines=()):
         self.lines = list(lines)
         self.pending = []
         self.sent_bytes = []
 
-    def send(self, payload, on_reply):
+    def send(self, payload, on_reply, binary=False):
         self.sent_bytes.append(len(payload))
         self.pending.append((orjson.loads(payload), on_reply))
 
