@@ -61,11 +61,51 @@ def loads(data: bytes) -> Any:
     return from_edn(edn_format.loads(data.decode("utf-8")))
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so a crash leaves the old or the new file, never a torn one."""
-    directory = os.path.dirname(path) or "."
+def write_atomically(path: str, data: bytes, dir_fd: int | None = None) -> None:
+    """Replace `path` with `data` so a crash leaves the old or the new file, never a torn one.
+
+    With `dir_fd`, `path` is a name in that folder. The temporary file is made
+    afresh (a leftover or a symlink in its place is removed first, never
+    followed) and the rename replaces a symlink at `path` rather than writing
+    through it.
+    """
+    _write_temporary(path, data, dir_fd)
+    os.replace(f"{path}.tmp", path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    fsync_directory(os.path.dirname(path) or ".", dir_fd)
+
+
+def write_all_atomically(files: list[tuple[str, bytes]], dir_fd: int | None = None) -> list[Exception | None]:
+    """`write_atomically` for many files, with one directory fsync per folder; one error (or None) per file.
+
+    A failed directory fsync is the error of every file renamed in that folder.
+    """
+    errors: list[Exception | None] = []
+    renamed: dict[str, list[int]] = {}
+    for index, (path, data) in enumerate(files):
+        try:
+            _write_temporary(path, data, dir_fd)
+            os.replace(f"{path}.tmp", path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            renamed.setdefault(os.path.dirname(path) or ".", []).append(index)
+            errors.append(None)
+        except OSError as e:
+            errors.append(e)
+    for directory, indexes in renamed.items():
+        try:
+            fsync_directory(directory, dir_fd)
+        except OSError as e:
+            for index in indexes:
+                errors[index] = e
+    return errors
+
+
+def _write_temporary(path: str, data: bytes, dir_fd: int | None) -> None:
     temporary = f"{path}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.unlink(temporary, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                 dir_fd=dir_fd)
     try:
         view = memoryview(data)
         while view:
@@ -73,31 +113,13 @@ def write_atomically(path: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temporary, path)
-    fsync_directory(directory)
 
 
-def write_all_atomically(files: list[tuple[str, bytes]]) -> list[OSError | None]:
-    """`write_atomically` for many files, with one directory fsync per folder; one error (or None) per file."""
-    errors, directories = [], set()
-    for path, data in files:
-        try:
-            temporary = f"{path}.tmp"
-            with open(temporary, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-            directories.add(os.path.dirname(path) or ".")
-            errors.append(None)
-        except OSError as e:
-            errors.append(e)
-    for directory in directories:
-        fsync_directory(directory)
-    return errors
-
-
-def fsync_directory(directory: str) -> None:
+def fsync_directory(directory: str, dir_fd: int | None = None) -> None:
+    """fsync `directory`, or, with `dir_fd`, the folder it is open on (names in it are relative)."""
+    if dir_fd is not None:
+        os.fsync(dir_fd)
+        return
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -94,7 +94,7 @@ def test_event_after_init_may_omit_the_session_id(daemon):
     ('{"type": "events", "session-id": "a", "events": ["x"]}', "bad-event"),
     ('{"type": "events", "session-id": "a", "seq": -1, "events": ["x"]}', "bad-event"),
     ('{"type": "event", "session-id": "a"}', "bad-event"),
-    ('{"type": "par", "session-id": "a", "par": "text"}', "bad-event"),
+    ('{"type": "par", "session-id": "a", "par": "text"}', "bad-par"),
 ])
 def test_every_bad_message_gets_its_error_and_the_connection_stays_open(daemon, message, code):
     with connect(daemon.url + "/fulab/lab/upload/ws") as ws:
@@ -177,6 +177,7 @@ def test_par_round_trip_through_the_sidecar(daemon):
     par = {"id": "par-1", "title": "What we learned", "tags": ["stack-hud", "par"],
            "questions": {"intention": "i", "happening": "h", "perspectives": "p", "learned": "l", "forward": "f"},
            "extra": 7}
+    upload(daemon, {"type": "init", "session-id": "p", "events": ["{}"]})
     first = upload(daemon, {"type": "par", "session-id": "p", "par": par})
     again = upload(daemon, {"type": "par", "session-id": "p", "par": par})
     generated = upload(daemon, {"type": "par", "session-id": "p", "par": {"title": "no id"}})
@@ -188,7 +189,7 @@ def test_par_round_trip_through_the_sidecar(daemon):
     assert stored[0][K("tags")] == (K("stack-hud"), K("par")) or list(stored[0][K("tags")]) == [K("stack-hud"), K("par")]
     assert stored[0][K("questions")][K("learned")] == "l"
     assert stored[0][K("extra")] == 7 and stored[0][K("title")] == "What we learned"
-    assert (daemon.root / "p.jsonl").read_bytes() == b""
+    assert (daemon.root / "p.jsonl").read_bytes() == b"{}\n"
 
 
 def test_meta_records_the_session_and_keeps_created_at(daemon):
