@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -57,8 +58,10 @@ class Daemon:
     """`twistd -n fulab` in a subprocess, on a free loopback port, with its own store."""
 
     def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1", env: dict | None = None,
-                 twistd_args: tuple = ()):
+                 twistd_args: tuple = (), max_open_files: int | None = None):
+        """`max_open_files`: the daemon process's RLIMIT_NOFILE (soft and hard)."""
         self.root = Path(root)
+        self.max_open_files = max_open_files
         self.args = list(args)
         self.env = env or {}
         self.twistd_args = list(twistd_args)
@@ -78,7 +81,8 @@ class Daemon:
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", *self.twistd_args,
              "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.root.parent))
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.root.parent),
+            preexec_fn=self._limit_files if self.max_open_files else None)
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         with self._lines:
             self._lines.wait_for(lambda: self._listening.is_set() or self._ended is self.process, timeout)
@@ -86,6 +90,9 @@ class Daemon:
             self.stop()
             raise RuntimeError("daemon did not start listening:\n" + "\n".join(self.log[-40:]))
         return self
+
+    def _limit_files(self):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
 
     def _read(self, process):
         for raw in process.stdout:

@@ -41,11 +41,11 @@ class Recorder:
         self.pars.append((session.session_id, index, par["id"]))
 
 
-def make_store(root, thread=None, hub=None):
+def make_store(root, thread=None, hub=None, **options):
     clock = task.Clock()
     clock.advance(1_800_000_000)
     store = SessionStore(str(root), clock=clock, hub=hub,
-                         run_in_thread=thread or (lambda f, *a: defer.maybeDeferred(f, *a)))
+                         run_in_thread=thread or (lambda f, *a: defer.maybeDeferred(f, *a)), **options)
     store.startService()
     return store, clock
 
