@@ -54,6 +54,9 @@ def stop_process(process: subprocess.Popen | None):
             kill_process(process)
 
 
+STORE_LOADED = re.compile(r"store at .* holds \d+ sessions")
+
+
 class Daemon:
     """`twistd -n fulab` in a subprocess, on a free loopback port, with its own store."""
 
@@ -74,8 +77,10 @@ class Daemon:
         self._lines = threading.Condition()
         self._ended: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> "Daemon":
+    def start(self, timeout: float = 30, loaded: bool = True) -> "Daemon":
+        """Start and wait until it listens and (with `loaded`) its store is loaded (it listens before that)."""
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **self.env)
+        loads_before = sum(1 for line in self.log if STORE_LOADED.search(line))
         self._listening.clear()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
@@ -89,6 +94,8 @@ class Daemon:
         if not self._listening.is_set():
             self.stop()
             raise RuntimeError("daemon did not start listening:\n" + "\n".join(self.log[-40:]))
+        if loaded:
+            self.wait_for_log(STORE_LOADED.pattern, timeout, count=loads_before + 1)
         return self
 
     def _limit_files(self):

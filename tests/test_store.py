@@ -47,6 +47,8 @@ def make_store(root, thread=None, hub=None, **options):
     store = SessionStore(str(root), clock=clock, hub=hub,
                          run_in_thread=thread or (lambda f, *a: defer.maybeDeferred(f, *a)), **options)
     store.startService()
+    if isinstance(thread, ManualThread):
+        thread.run_all()  # the start-up load
     return store, clock
 
 

@@ -29,9 +29,12 @@ class Loaded:
         self.notes.append((level, text, fields))
 
 
-def load_root(root: Root, now: float) -> Loaded:
-    """Every session file in the root; symlinks and other non-files are logged and left alone."""
-    loaded = Loaded()
+def load_root(root: Root, now: float, loaded: Loaded | None = None) -> Loaded:
+    """Every session file in the root; symlinks and other non-files are logged and left alone.
+
+    `loaded` is filled in as the load goes (so that its progress can be read meanwhile).
+    """
+    loaded = loaded if loaded is not None else Loaded()
     for entry in root.entries():
         if not entry.name.endswith(LINES):
             continue

@@ -27,9 +27,10 @@ from fulabd.messages import CONFLICT, GAP, STORAGE_FAILED, STORAGE_FULL, UNKNOWN
 from fulabd.par_schema import MAX_PARS_PER_SESSION, bad, checked_par
 from fulabd.store.commit import SYNC_THREADS, CommitJob, run_commit_jobs
 from fulabd.store.files import DEFAULT_MAX_OPEN_FILES, OpenFiles
+from fulabd.store.index import ChangeIndex
 from fulabd.store.interface import StoreError
 from fulabd.store.layout import Root, line_ends, safe_id
-from fulabd.store.recovery import load_root, read_sidecar
+from fulabd.store.recovery import Loaded, load_root, read_sidecar
 from fulabd.store.session import AppendResult, Session
 
 META_INTERVAL = 1.0
@@ -57,6 +58,10 @@ class SessionStore(service.Service):
         self._syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fulabd-sync")
         self._files = OpenFiles(self._root, self.clock, max_open_files)
         self._sessions: dict[str, Session] = {}
+        self.index = ChangeIndex()
+        self._loading: Loaded | None = None
+        self._load_waiters: list[defer.Deferred] | None = None
+        self._broken: str | None = None
         self._dirty: set[Session] = set()
         self._committing_since: float | None = None
         self._fenced: set[Session] = set()
@@ -68,16 +73,48 @@ class SessionStore(service.Service):
     # -- service ---------------------------------------------------------
 
     def startService(self):
+        """Open the root and load it in a thread: the daemon listens (and answers /healthz) meanwhile, and
+        what is asked of the store waits until the load is done."""
         super().startService()
         self._root.open_folder()
-        self.load()
+        self._loading = Loaded()
+        self._load_waiters = []
+        self._run_in_thread(load_root, self._root, self.clock.seconds(), self._loading).addBoth(self._loaded)
+
+    def _loaded(self, result):
+        waiters, self._load_waiters = self._load_waiters, None
+        self._loading = None
+        if isinstance(result, defer.Failure):
+            # Writing now could append to files whose counts are unknown: take no work until a restart.
+            self._broken = f"the store could not be loaded ({result.getErrorMessage()}); fix it and restart"
+            self._log.failure("could not load the store at {root}", result, root=self.root)
+            for waiter in waiters:
+                waiter.callback(None)
+            return
+        self._adopt(result)
+        for waiter in waiters:
+            waiter.callback(None)
         self._housekeeping = task.LoopingCall(self._tidy)
         self._housekeeping.clock = self.clock
         self._housekeeping.start(META_INTERVAL, now=False).addErrback(
             lambda f: self._log.failure("store housekeeping stopped", f))
 
+    def _when_loaded(self, call, *args, **kwargs) -> defer.Deferred:
+        """`call(*args)` now, or once the start-up load is done."""
+        if self._broken:
+            return defer.fail(StoreError(STORAGE_FAILED, self._broken))
+        if self._load_waiters is None:
+            return call(*args, **kwargs)
+        waiter = defer.Deferred()
+        self._load_waiters.append(waiter)
+        return waiter.addCallback(lambda _: self._when_loaded(call, *args, **kwargs))
+
     @defer.inlineCallbacks
     def stopService(self):
+        if self._load_waiters is not None:
+            waiter = defer.Deferred()
+            self._load_waiters.append(waiter)
+            yield waiter
         if self._housekeeping is not None and self._housekeeping.running:
             self._housekeeping.stop()
         yield self._meta_writes
@@ -95,11 +132,14 @@ class SessionStore(service.Service):
         """Read what is on disk: cut torn tails, count lines where the meta does not say, read sidecars."""
         if self._root.fd is None:
             self._root.open_folder()
-        loaded = load_root(self._root, self.clock.seconds())
+        self._adopt(load_root(self._root, self.clock.seconds()))
+
+    def _adopt(self, loaded: Loaded) -> None:
         for level, text, fields in loaded.notes:
             getattr(self._log, level)(text, **fields)
-        for session in loaded.sessions:
+        for session in sorted(loaded.sessions, key=lambda session: session.modified):
             self._sessions[session.safe_id] = session
+            self.index.touch(session)
         self._log.info("store at {root} holds {sessions} sessions", root=self.root, sessions=len(self._sessions))
 
     def _note(self, level: str, text: str, **fields):
@@ -132,20 +172,27 @@ class SessionStore(service.Service):
         return session
 
     def _keep(self, session: Session) -> None:
-        self._sessions.setdefault(session.safe_id, session)
+        if session.safe_id not in self._sessions:
+            self._sessions[session.safe_id] = session
+            self.index.touch(session)
 
     def attach(self, session_id: str) -> None:
         session = self.get(session_id)
         if session is not None:
             session.uploaders += 1
+            self.index.touch(session)
 
     def detach(self, session_id: str) -> None:
         session = self.get(session_id)
         if session is not None and session.uploaders > 0:
             session.uploaders -= 1
+            self.index.touch(session)
 
     def resume(self, session_id: str) -> defer.Deferred:
         """The durable line count, once everything written so far is durable."""
+        return self._when_loaded(self._resume, session_id)
+
+    def _resume(self, session_id: str) -> defer.Deferred:
         session = self.get(session_id)
         if session is None:
             return defer.succeed(0)
@@ -159,6 +206,9 @@ class SessionStore(service.Service):
         Lines already stored are checked and skipped; lines past the end are a
         `gap`.  Fires with an `AppendResult` once the lines are durable.
         """
+        return self._when_loaded(self._append, session_id, seq, lines, meta)
+
+    def _append(self, session_id: str, seq: int | None, lines: list[bytes], meta: dict | None) -> defer.Deferred:
         try:
             session = self._session(session_id)
             result = self._append_now(session, seq, lines, meta)
@@ -305,6 +355,9 @@ class SessionStore(service.Service):
 
         A PAR whose id is already stored is not added again.
         """
+        return self._when_loaded(self._add_par, session_id, par, author)
+
+    def _add_par(self, session_id: str, par: dict, author: str | None) -> defer.Deferred:
         try:
             par = checked_par(par, author)
             session = self._session(session_id)
@@ -415,6 +468,7 @@ class SessionStore(service.Service):
         if any(session.meta.get(key) != value for key, value in recorded.items()):
             session.meta.update(recorded)
             self._meta_changed(session)
+        self.index.touch(session)
         self._publish(session, first, job)
         for waiter in job.waiters:
             waiter.callback(None)
@@ -512,6 +566,10 @@ class SessionStore(service.Service):
         """None while the store takes work, else why not (for `/healthz`)."""
         if not self.running:
             return "the store is not open"
+        if self._broken:
+            return self._broken
+        if self._loading is not None:
+            return f"loading the store ({len(self._loading.sessions)} sessions read so far); uploads wait until done"
         if self._committing_since is not None and self.clock.seconds() - self._committing_since > COMMIT_STUCK_SECONDS:
             return (f"a commit to disk has been pending for {self.clock.seconds() - self._committing_since:.0f} s: "
                     "the disk under the store is stuck")
