@@ -15,6 +15,7 @@ import fulabd
 from fulabd import access, pars, supervisor, tls, web
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
+from fulabd.listing import Listing
 from fulabd.local import LocalSources
 from fulabd.metrics import Metrics, MetricsResource
 from fulabd.store import SessionStore
@@ -134,11 +135,13 @@ def makeService(config, reactor=None) -> service.MultiService:
     store.setServiceParent(parent)
 
     sources = [StoreSource(store)]
+    listing = Listing(store)
     folders = [(source, config[f"{source}-dir"]) for source in ("codex", "claude") if config[f"{source}-dir"]]
     if folders:
         local = LocalSources(folders, hub, reactor)
         local.setServiceParent(parent)
         sources.append(local)
+        listing.local = Catalog([local]).sessions
     catalog = Catalog(sources)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
@@ -180,7 +183,7 @@ def makeService(config, reactor=None) -> service.MultiService:
                 "root": store.root, "listeners": ports,
                 **({"tls": certificate.describe()} if certificate is not None else {})}
 
-    web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
+    web.build_tree(dispatch, listing, reactor, config["active-window"], status,
                    session_child=lambda name: pars.session_child(store, name, gate.requester_of))
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
