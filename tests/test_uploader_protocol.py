@@ -166,7 +166,7 @@ def test_a_refused_batch_is_resent_after_a_fresh_resume(lab, tmp_path, monkeypat
             raise OSError(errno.EIO, "Input/output error")
         real_fdatasync(fd)
 
-    monkeypatch.setattr(store.os, "fdatasync", fails_once)
+    monkeypatch.setattr(os, "fdatasync", fails_once)
     uploads, events = uploads_of(lab, max_frame_bytes=500)
     sender = uploads.track(path)
     connect(lab, uploads)
