@@ -191,11 +191,15 @@ def _answer(value) -> str:
 
 
 def par_event(par: dict, index: int) -> dict:
-    """The viewer event of the sidecar PAR at position `index`."""
+    """The viewer event of the sidecar PAR at position `index`.
+
+    A PAR with a `text` and no `questions` (an archive's, already rendered) keeps its text.
+    """
+    text = par["text"] if isinstance(par.get("text"), str) and not par.get("questions") else render_par(par)
     return bounded({"type": "par", "line": None, "par-index": index, "timestamp": par.get("timestamp"),
                     "par-id": par.get("id", par.get("par-id")), "title": par.get("title"),
                     "tags": [str(tag) for tag in par.get("tags") or []],
-                    "questions": par.get("questions"), "text": render_par(par)})
+                    "questions": par.get("questions"), "text": text})
 
 
 def par_line(line: dict) -> dict:

@@ -13,6 +13,7 @@ from twisted.python import usage
 
 import fulabd
 from fulabd import access, pars, supervisor, tls, web
+from fulabd.archive import ArchivedListing, ArchiveSource
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
 from fulabd.local import LocalSources
@@ -67,6 +68,7 @@ class Options(usage.Options):
         super().__init__()
         self["trusted-proxies"] = []
         self["listen"] = []
+        self["archive-dirs"] = []
 
     def opt_trusted_proxy(self, value):
         """Take the client's address from X-Forwarded-For when the peer is this address or network (repeatable)."""
@@ -74,6 +76,10 @@ class Options(usage.Options):
             self["trusted-proxies"].append(access.parse_network(value))
         except ValueError:
             raise usage.UsageError(f"--trusted-proxy {value!r} is not an IP address or network") from None
+
+    def opt_archive_dir(self, folder):
+        """List and stream the futon3 lab's archived sessions, the *.json files in this folder (repeatable)."""
+        self["archive-dirs"].append(folder)
 
     def opt_listen(self, description):
         """Also listen on this Twisted endpoint string (repeatable), e.g. unix:/run/fulab.sock"""
@@ -137,6 +143,11 @@ def makeService(config, reactor=None) -> service.MultiService:
         local = LocalSources(folders, hub, reactor)
         local.setServiceParent(parent)
         sources.append(local)
+    archives = None
+    if config["archive-dirs"]:
+        archives = ArchiveSource(config["archive-dirs"], reactor)
+        archives.setServiceParent(parent)
+        sources.append(archives)
     catalog = Catalog(sources)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
@@ -179,7 +190,8 @@ def makeService(config, reactor=None) -> service.MultiService:
                 **({"tls": certificate.describe()} if certificate is not None else {})}
 
     web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
-                   session_child=lambda name: pars.session_child(store, name))
+                   session_child=lambda name: pars.session_child(store, name),
+                   sessions_children={b"archived": ArchivedListing(archives)})
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
     dispatch.putChild(b"healthz", web.Health(lambda: None if store.running and status()["running"]
