@@ -129,7 +129,8 @@ def test_rescans_find_new_changed_and_removed_archives(tmp_path):
     unchanged = next(session for session in source.sessions() if session.session_id != ident)
     clock.advance(archive.RESCAN_SECONDS)
     session = source.lookup(ident)
-    assert (session.par_count, viewer_events(source, session)[0]["text"]) == (1, changed["lab/user-messages"][0]["text"])
+    first = changed["lab/user-messages"][0]["text"]
+    assert (session.par_count, viewer_events(source, session)[0]["text"]) == (1, first)
     assert next(s for s in source.sessions() if s.session_id == unchanged.session_id) is unchanged  # not re-read
     path.unlink()
     clock.advance(archive.RESCAN_SECONDS)
