@@ -6,6 +6,9 @@ opened in the viewer with their messages in order.
 
 import orjson
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.archives import conversation, futon3_archive, write_archives
 from tests.fixtures import Daemon, get_json
@@ -69,3 +72,23 @@ def test_an_archive_opens_in_the_viewer_with_its_messages_in_order_and_its_pars(
         assert [event["line"] for event in messages] == list(range(len(expected)))
         (par,) = [event for event in history if event["type"] == "par"]
         assert (par["text"], par["title"], par["par-id"]) == (PAR["text"], "Wrap-up", "par-old")
+
+
+def test_an_archive_opens_from_the_ui_list_with_its_messages_and_par(archived, browser):
+    ident = archived.with_par
+    expected = [event["type"] for event in conversation(archived.samples[ident])]
+    browser.get(archived.http + "/fulab/lab/")
+    wait = WebDriverWait(browser, 30)
+    row = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, f"tr[data-id='{ident}']")))
+    row.find_element(By.CSS_SELECTOR, "td.name a").click()
+    wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, f"article.event[data-line='{len(expected) - 1}']")))
+    shown = browser.execute_script("return [...document.querySelectorAll('article.event')]"
+                                   ".map(e => [Number(e.dataset.line), e.className])")
+    assert [line for line, _ in shown] == list(range(len(expected)))
+    assert [f"ev-{kind}" in classes.split() for (_, classes), kind in zip(shown, expected)] == [True] * len(expected)
+    card = wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, "article.par-card")))
+    assert "Wrap-up" in card.text and "archives" in card.text
+
+
+def test_without_archive_folders_the_archived_listing_is_empty(daemon):
+    assert get_json(daemon.http + "/fulab/lab/sessions/archived") == {"ok": True, "sessions": []}

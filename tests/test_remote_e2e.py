@@ -9,6 +9,9 @@ import os
 import signal
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.fixtures import Daemon, free_port, get_json
 from tests.test_stream_e2e import store
@@ -88,3 +91,18 @@ def test_a_lab_with_tokens_refuses_without_one_and_answers_with_it(tmp_path):
     assert [(error["source"], error["error"], error["status"]) for error in listing["remote-errors"]] == [
         ("c-without", "unauthorized", 401)]
     assert "--remote-token-file c-without=FILE" in listing["remote-errors"][0]["detail"]
+
+
+def test_the_ui_lists_the_other_labs_session_with_a_badge_and_opens_it_there(two_labs, browser):
+    a, b = two_labs
+    store(b, "written-on-b", ['{"type":"user","message":{"content":"hello from b"}}'])
+    browser.get(a.http + "/fulab/lab/")
+    row = WebDriverWait(browser, 30).until(
+        EC.visibility_of_element_located((By.CSS_SELECTOR, "tr[data-id='written-on-b']")))
+    assert row.find_element(By.CSS_SELECTOR, ".badge.lab").get_attribute("textContent") == "lab-b"
+    link = row.find_element(By.CSS_SELECTOR, "td.name a")
+    assert link.get_attribute("href") == f"{b.http}/fulab/lab/?session=written-on-b"
+    link.click()
+    shown = WebDriverWait(browser, 30).until(
+        EC.visibility_of_element_located((By.CSS_SELECTOR, "article.event[data-line='0']")))
+    assert "hello from b" in shown.text and browser.current_url.startswith(b.http)
