@@ -4,6 +4,9 @@ from the real samples listed in the old shape, merged into the listing, and
 opened in the viewer with their messages in order.
 """
 
+import urllib.error
+import urllib.request
+
 import orjson
 import pytest
 from selenium.webdriver.common.by import By
@@ -18,6 +21,14 @@ pytestmark = pytest.mark.slow
 
 PAR = {"timestamp": "2025-09-03T01:00:00Z", "text": "## PAR: Wrap-up\n\n**Learned:** archives", "par-id": "par-old",
        "tags": ["stack-hud"]}
+
+
+def post_par(daemon, ident: str):
+    request = urllib.request.Request(f"{daemon.http}/fulab/lab/sessions/{ident}/pars", method="POST",
+                                     data=orjson.dumps({"title": "late"}), headers={"content-type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    return refused.value
 
 
 @pytest.fixture
@@ -53,6 +64,8 @@ def test_archives_are_listed_in_the_old_shape_and_merged(archived):
         assert (entry["archived"], entry["source"], entry["events"], entry["active"]) == (
             True, "codex" if "rollout-" in sample.name else "claude", len(conversation(sample)), False)
     assert merged[archived.with_par]["pars"] == 1 and "archived" not in merged["uploaded"]
+    refused = post_par(archived, archived.with_par)
+    assert (refused.code, orjson.loads(refused.read())["err"]) == (404, "unknown-session")
     active = {entry["session-id"] for entry in get_json(archived.http + "/fulab/lab/sessions/active")["sessions"]}
     assert active == {"uploaded"}
 
