@@ -18,6 +18,7 @@ what is wrong, and logged once per change of the file.
 from __future__ import annotations
 
 import os
+from array import array
 from datetime import datetime
 
 import orjson
@@ -30,7 +31,8 @@ from fulabd.messages import now_iso
 from fulabd.store import safe_id
 from fulabd.web import render_data
 
-MAX_ARCHIVE_BYTES = 64 * 1024 * 1024  # an archive larger than this is listed with an error, not read
+MAX_ARCHIVE_BYTES = 16 * 1024 * 1024  # an archive larger than this is listed with an error, not read
+MAX_MESSAGES = 100_000                # messages (and PAR events) read of one archive; the rest left out, said so
 RESCAN_SECONDS = 5.0                  # between looks at the folders for new, changed and removed archives
 DEFAULT_SOURCE = "archived"           # `source` of an archive without `lab/source` (the old lab's value)
 PAR_HEADER = "## PAR: "
@@ -51,13 +53,31 @@ class ArchiveSession:
         self.session_id = os.path.basename(path)[:-len(".json")]
         self.safe_id = safe_id(self.session_id)
         self.meta: dict = {"source": DEFAULT_SOURCE, "archived": True}
-        self.lines: list[bytes] = []
         self.pars: list[dict] = []
         self.problems: list[str] = []
+        self.pack([])
+
+    def pack(self, lines: list[bytes]) -> None:
+        """Keep `lines` as one buffer and their end offsets (small bytes objects cost far more than their size)."""
+        self._data = b"\n".join(lines)
+        self._ends = array("q")
+        end = -1
+        for line in lines:
+            end += len(line) + 1
+            self._ends.append(end)
+
+    def lines(self, start: int, stop: int) -> list[bytes]:
+        if start >= stop:
+            return []
+        begin = self._ends[start - 1] + 1 if start else 0
+        return self._data[begin:self._ends[stop - 1]].split(b"\n")
+
+    def line_size(self, index: int) -> int:
+        return self._ends[index] - (self._ends[index - 1] if index else -1)
 
     @property
     def count(self) -> int:
-        return len(self.lines)
+        return len(self._ends)
 
     @property
     def par_count(self) -> int:
@@ -107,6 +127,10 @@ def message_lines(archive: dict, problems: list[str]) -> list[bytes]:
         if not isinstance(messages, list):
             problems.append(f"{key} is not a list")
             continue
+        if len(keyed) + len(messages) > MAX_MESSAGES:
+            problems.append(f"{key}: {len(keyed) + len(messages) - MAX_MESSAGES} messages over the limit of "
+                            f"{MAX_MESSAGES} left out")
+            messages = messages[:MAX_MESSAGES - len(keyed)]
         last = float("-inf")
         for position, message in enumerate(messages):
             fields = message if isinstance(message, dict) else {"text": message}
@@ -172,12 +196,15 @@ def read_archive(session: ArchiveSession) -> None:
         meta["project"] = meta["cwd"] = archive["lab/repo-root"]
     if _string(archive.get("lab/timestamp-start")):
         meta["created-at"] = archive["lab/timestamp-start"]
-    session.lines = message_lines(archive, session.problems)
+    session.pack(message_lines(archive, session.problems))
     pars = archive.get("lab/par-events")
     if pars is not None and not isinstance(pars, list):
         session.problems.append("lab/par-events is not a list")
     elif pars:
-        session.pars = [archive_par(par) for par in pars]
+        if len(pars) > MAX_MESSAGES:
+            session.problems.append(f"lab/par-events: {len(pars) - MAX_MESSAGES} over the limit of {MAX_MESSAGES} "
+                                    "left out")
+        session.pars = [archive_par(par) for par in pars[:MAX_MESSAGES]]
 
 
 def scan(folders: list[str], known: dict[str, tuple[int, int]]) -> tuple[list[ArchiveSession], set[str]]:
@@ -285,13 +312,13 @@ class ArchiveSource(service.Service):
     def read_lines(self, session: ArchiveSession, start: int, max_lines: int | None = None,
                    max_bytes: int | None = None) -> list[bytes]:
         stop = session.count if max_lines is None else min(session.count, start + max_lines)
-        lines, size = [], 0
-        for line in session.lines[start:stop]:
-            if lines and max_bytes is not None and size + len(line) + 1 > max_bytes:
-                break
-            lines.append(line)
-            size += len(line) + 1
-        return lines
+        if max_bytes is not None and start < stop:
+            limit, size = start + 1, session.line_size(start)
+            while limit < stop and size + session.line_size(limit) <= max_bytes:
+                size += session.line_size(limit)
+                limit += 1
+            stop = limit
+        return session.lines(start, stop)
 
     def pars(self, session: ArchiveSession) -> list[dict]:
         return session.pars

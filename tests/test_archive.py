@@ -114,6 +114,17 @@ def test_an_archive_over_the_size_limit_is_not_read(tmp_path, monkeypatch):
     assert (session.count, "over the read limit of 1024 bytes" in session.error) == (0, True)
 
 
+def test_messages_and_pars_over_the_limit_are_left_out_and_said_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(archive, "MAX_MESSAGES", 3)
+    (tmp_path / "many.json").write_bytes(orjson.dumps({
+        "lab/session-id": "many", "lab/user-messages": [{"text": f"u{i}"} for i in range(2)],
+        "lab/assistant-messages": [{"text": f"a{i}"} for i in range(4)], "lab/par-events": [PAR] * 5}))
+    session = started(tmp_path).sessions()[0]
+    assert (session.count, session.par_count) == (3, 3)
+    assert session.error == ("lab/assistant-messages: 3 messages over the limit of 3 left out; "
+                             "lab/par-events: 2 over the limit of 3 left out")
+
+
 def test_rescans_find_new_changed_and_removed_archives(tmp_path):
     clock = task.Clock()
     source = started(tmp_path / "later", clock)  # a folder created after the start
