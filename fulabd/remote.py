@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
 import orjson
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, threads
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.logger import Logger
 from twisted.web.client import Agent, ResponseDone
@@ -227,13 +227,15 @@ class RemoteLabs:
     _log = Logger()
 
     def __init__(self, labs: list[RemoteLab], get, clock, timeout: float = DEFAULT_TIMEOUT,
-                 cache_seconds: float = CACHE_SECONDS):
-        """`get(url, headers)` fires with (status, body) and aborts when cancelled (`HttpFetcher.get`)."""
+                 cache_seconds: float = CACHE_SECONDS, run_in_thread=None):
+        """`get(url, headers)` fires with (status, body) and aborts when cancelled (`HttpFetcher.get`);
+        answers are parsed with `run_in_thread` (a hostile 8 MiB of JSON takes a while)."""
         self.labs = labs
         self.get = get
         self.clock = clock
         self.timeout = timeout
         self.cache_seconds = cache_seconds
+        self._run_in_thread = run_in_thread or threads.deferToThread
         self._answers: dict[str, tuple[float, Answer]] = {}
         self._waiting: dict[str, list[defer.Deferred]] = {}
         self._failing: dict[str, str] = {}  # lab name -> error code, to log changes only
@@ -257,10 +259,10 @@ class RemoteLabs:
         if cached is not None and self.clock.seconds() - cached[0] < self.cache_seconds:
             return defer.succeed(cached[1])
         waiter = defer.Deferred()
-        if lab.name not in self._waiting:
-            self._waiting[lab.name] = []
+        asking = lab.name in self._waiting
+        self._waiting.setdefault(lab.name, []).append(waiter)
+        if not asking:
             self._ask(lab)
-        self._waiting[lab.name].append(waiter)
         return waiter
 
     def _ask(self, lab: RemoteLab) -> None:
@@ -269,14 +271,20 @@ class RemoteLabs:
             headers[b"Authorization"] = b"Bearer " + lab.token.encode("utf-8")
         d = defer.maybeDeferred(self.get, lab.url + LISTING_PATH, headers)
         expired = []
-        timer = self.clock.callLater(self.timeout, lambda: (expired.append(True), d.cancel()))
 
-        def failed(failure):
-            return failure_of(lab, failure, self.timeout, timed_out=bool(expired))
+        def expire():
+            expired.append(True)
+            d.cancel()
 
-        d.addBoth(lambda result: (timer.cancel() if timer.active() else None, result)[1])
-        d.addCallback(lambda result: answer_of(lab, *result))
-        d.addErrback(failed)
+        def stop_timer(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        timer = self.clock.callLater(self.timeout, expire)
+        d.addBoth(stop_timer)
+        d.addCallback(lambda result: self._run_in_thread(answer_of, lab, *result))
+        d.addErrback(lambda failure: failure_of(lab, failure, self.timeout, timed_out=bool(expired)))
         d.addCallback(self._answered, lab)
 
     def _answered(self, answer: Answer, lab: RemoteLab) -> None:

@@ -37,8 +37,13 @@ class Gets:
         self.asked[index][2].callback((status, body))
 
 
+def in_thread_now(function, *args):
+    return defer.maybeDeferred(function, *args)
+
+
 def labs(*given, clock=None, gets=None, **kw):
-    return RemoteLabs(list(given), gets if gets is not None else Gets(), clock or task.Clock(), **kw)
+    return RemoteLabs(list(given), gets if gets is not None else Gets(), clock or task.Clock(),
+                      run_in_thread=in_thread_now, **kw)
 
 
 def result_of(d):
@@ -74,6 +79,13 @@ def test_labs_are_asked_concurrently_with_the_hop_marker_and_their_token():
                                         "remote-url": "https://b.example",
                                         "viewer-url": "https://b.example/fulab/lab/?session=s1"}
     assert (body["remote-sources"], body["remote-errors"]) == (["a", "b"], [])
+
+
+def test_a_lab_that_answers_at_once_is_served():
+    answered = labs(LAB_A, gets=lambda url, headers: defer.succeed((200, GOOD)))
+    assert [entry["id"] for entry in result_of(answered.listing()).entries] == ["s1"]
+    failing = labs(LAB_A, gets=lambda url, headers: 1 / 0)
+    assert [error["error"] for error in result_of(failing.listing()).errors] == ["unreachable"]
 
 
 def test_a_request_from_another_lab_gets_local_sessions_only():
