@@ -1,7 +1,8 @@
 """
 Remote labs (`--remote-source`): the merge logic in memory (an injected clock,
-a `get` whose answers the test gives), and the HTTP client against real
-twisted.web servers on loopback ports (slow, oversized, refusing, garbage).
+a `get` whose answers the test gives: refusals, garbage, timeouts, caching),
+and the HTTP client against real twisted.web servers on loopback ports
+(a good answer, an oversized one, one that never comes, no server at all).
 """
 
 import orjson
@@ -9,11 +10,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 from twisted.internet.error import ConnectionLost
+from twisted.python.usage import UsageError
 from twisted.web import resource, server
 from twisted.web.test.requesthelper import DummyRequest
 
 from fulabd import remote
 from fulabd.remote import HOP_HEADER, HttpFetcher, RemoteLab, RemoteLabs, TooLarge
+from fulabd.tap import Options
 from tests.fixtures import free_port
 
 LAB_A = RemoteLab("a", "http://a.example:5056")
@@ -268,3 +271,17 @@ def test_a_lab_not_listening_is_unreachable(fake_lab):
     answer = yield RemoteLabs([closed, lab], HttpFetcher(reactor).get, reactor).listing()
     assert [(error["source"], error["error"]) for error in answer.errors] == [("closed", "unreachable")]
     assert [entry["remote-source"] for entry in answer.entries] == ["fake"]
+
+
+def test_the_daemon_options_take_the_environment_only_without_remote_sources(monkeypatch):
+    monkeypatch.setenv("LAB_REMOTE_SOURCES", "old=http://old.example:5050")
+    environment = Options()
+    environment.parseOptions([])
+    assert (environment["remote-labs"], environment["remote-timeout"], environment["remote-cache"]) == (
+        [RemoteLab("old", "http://old.example:5050")], 3.0, 5.0)
+    given = Options()
+    given.parseOptions(["--remote-source", "a=http://a.example:5056", "--remote-timeout", "0.5"])
+    assert (given["remote-labs"], given["remote-timeout"]) == ([LAB_A], 0.5)
+    for bad in (["--remote-source", "nonsense"], ["--remote-timeout", "0"], ["--remote-cache", "-1"]):
+        with pytest.raises(UsageError):
+            Options().parseOptions(bad)
