@@ -9,10 +9,11 @@ this source makes one synthetic Claude-shaped JSONL line per message
 in time order, which `events.normalize` turns into user and assistant events;
 the archive's `lab/par-events` are its PARs.  Files are read and parsed in a
 thread, at start and on a rescan every `RESCAN_SECONDS` (a stat per file:
-only new or changed files are read again), and only the messages are kept in
-memory.  Archives are hostile input: a file over `MAX_ARCHIVE_BYTES`, not
-JSON or not in the archive shape is still listed, with an `error` saying
-what is wrong, and logged once per change of the file.
+only new or changed files are read again), and only the messages (packed in
+one buffer) and PARs are kept in memory.  Archives are hostile input: a file
+over `MAX_ARCHIVE_BYTES`, not JSON or not in the archive shape is still
+listed, with an `error` saying what is wrong, and logged once per change of
+the file; past `MAX_MESSAGES` the rest is left out, and said so.
 """
 
 from __future__ import annotations
