@@ -88,7 +88,7 @@ class Options(usage.Options):
         self["archive-dirs"].append(folder)
 
     def opt_remote_source(self, value):
-        """NAME=URL: merge this lab's active sessions into the listings (repeatable) [default: $LAB_REMOTE_SOURCES]"""
+        """NAME=URL: also list the active sessions of the lab at URL (repeatable) [default: $LAB_REMOTE_SOURCES]"""
         self["remote-sources"].append(value)
 
     def opt_remote_token_file(self, value):
