@@ -15,6 +15,7 @@ import fulabd
 from fulabd import access, pars, supervisor, tls, web
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
+from fulabd.listing import Listing
 from fulabd.local import LocalSources
 from fulabd.metrics import Metrics, MetricsResource
 from fulabd.store import SessionStore
@@ -55,6 +56,8 @@ class Options(usage.Options):
         ["max-connections-per-ip", None, 64, "Most WebSocket connections open from one client address (0: no cap).",
          int],
         ["min-free-mb", None, 64, "Refuse uploads (storage-full) that would leave less free disk than this.", int],
+        ["max-open-files", None, 256, "Most session files the store keeps open at once (least recently used "
+                                      "closed first).", int],
         ["tls-port", None, None, "Also serve wss:// and https:// on this port (needs --tls-cert and --tls-key).", int],
         ["tls-interface", None, "0.0.0.0", "Interface --tls-port listens on (`::` for IPv6 and IPv4)."],
         ["tls-cert", None, None, "PEM certificate chain, leaf first (a Let's Encrypt fullchain.pem)."],
@@ -82,7 +85,7 @@ class Options(usage.Options):
     def postOptions(self):
         if self["root"] is None:
             self["root"] = os.environ.get("LAB_UPLOAD_ROOT") or "lab/remote"
-        for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout"):
+        for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout", "max-open-files"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         for name in ("max-connections", "max-connections-per-ip", "min-free-mb"):
@@ -128,15 +131,17 @@ def makeService(config, reactor=None) -> service.MultiService:
 
     hub = Hub()
     store = SessionStore(config["root"], clock=reactor, hub=hub, min_free_bytes=config["min-free-mb"] * MiB,
-                         observe_fsync=metrics.observe_fsync)
+                         observe_fsync=metrics.observe_fsync, max_open_files=config["max-open-files"])
     store.setServiceParent(parent)
 
     sources = [StoreSource(store)]
+    listing = Listing(store)
     folders = [(source, config[f"{source}-dir"]) for source in ("codex", "claude") if config[f"{source}-dir"]]
     if folders:
         local = LocalSources(folders, hub, reactor)
         local.setServiceParent(parent)
         sources.append(local)
+        listing.local = Catalog([local]).sessions
     catalog = Catalog(sources)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
@@ -178,10 +183,10 @@ def makeService(config, reactor=None) -> service.MultiService:
                 "root": store.root, "listeners": ports,
                 **({"tls": certificate.describe()} if certificate is not None else {})}
 
-    web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
-                   session_child=lambda name: pars.session_child(store, name))
+    web.build_tree(dispatch, listing, reactor, config["active-window"], status,
+                   session_child=lambda name: pars.session_child(store, name, gate.requester_of))
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
-    dispatch.putChild(b"healthz", web.Health(lambda: None if store.running and status()["running"]
-                                             else "the store is not open or no port is listening"))
+    dispatch.putChild(b"healthz", web.Health(lambda: store.problem() or (
+        None if status()["running"] else "no port is listening")))
     return parent

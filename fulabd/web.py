@@ -13,6 +13,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.web import resource, server, util
 
 from fulabd import edn, ui
+from fulabd.listing import BadListingRequest, parse_query
 from fulabd.messages import INVALID_PATH, UNAUTHORIZED, now_iso
 
 UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
@@ -155,13 +156,18 @@ def describe(session, now: float, active_window: float) -> dict:
 
 
 class Sessions(resource.Resource):
-    """`GET /fulab/lab/sessions[/active]`: the listings, from memory, newest first."""
+    """`GET /fulab/lab/sessions[/active]`: the listings, from memory.
+
+    Without parameters, every session, newest write first (the old shape, plus `token`); with `limit`
+    (and `cursor`), a page, latest change first, and `next`; with `since=TOKEN`, only the sessions that
+    changed since that token. See docs/protocol.md.
+    """
 
     isLeaf = False
 
-    def __init__(self, catalog, clock, active_window: float, active_only: bool = False, session_child=None):
+    def __init__(self, listing, clock, active_window: float, active_only: bool = False, session_child=None):
         super().__init__()
-        self.catalog = catalog
+        self.listing = listing
         self.clock = clock
         self.active_window = active_window
         self.active_only = active_only
@@ -174,12 +180,30 @@ class Sessions(resource.Resource):
         return self.session_child(name)
 
     def render_GET(self, request):
+        try:
+            limit, cursor, since = parse_query(request.args)
+        except BadListingRequest as e:
+            return render_data(request, {"ok": False, "err": "bad-request", "detail": str(e)}, 400)
+        token = self.listing.token
+        reply = {"ok": True}
+        if since is not None:
+            sessions = self.listing.since(since)
+            reply["since"] = since
+            if sessions is None:
+                sessions, reply["reset"] = self._newest_first(self.listing.everything()), True
+        elif limit is not None:
+            sessions, reply["next"] = self.listing.page(limit, cursor)
+        else:
+            sessions = self._newest_first(self.listing.everything())
         now = self.clock.seconds()
-        sessions = sorted(self.catalog(), key=lambda session: session.modified, reverse=True)
         entries = [describe(session, now, self.active_window) for session in sessions]
         if self.active_only:
             entries = [entry for entry in entries if entry["active"]]
-        return render_data(request, {"ok": True, "sessions": entries})
+        return render_data(request, reply | {"sessions": entries, "token": token})
+
+    @staticmethod
+    def _newest_first(sessions: list) -> list:
+        return sorted(sessions, key=lambda session: session.modified, reverse=True)
 
 
 class Status(resource.Resource):
@@ -193,17 +217,18 @@ class Status(resource.Resource):
         return render_data(request, self.status())
 
 
-def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float, status,
+def build_tree(dispatch: WebSocketDispatch, listing, clock, active_window: float, status,
                session_child=None) -> resource.Resource:
     """Mount the web UI and the HTTP resources under `/fulab/lab/` of the dispatching root.
 
-    `session_child(name)` gives the resource for `sessions/<name>` (e.g. its PARs).
+    `listing` is a `fulabd.listing.Listing`; `session_child(name)` gives the resource for
+    `sessions/<name>` (e.g. its PARs).
     """
     fulab = resource.Resource()
     lab = ui.Lab()
     ui.mount(lab)
-    sessions = Sessions(catalog, clock, active_window, session_child=session_child)
-    sessions.putChild(b"active", Sessions(catalog, clock, active_window, active_only=True))
+    sessions = Sessions(listing, clock, active_window, session_child=session_child)
+    sessions.putChild(b"active", Sessions(listing, clock, active_window, active_only=True))
     sessions.putChild(b"", sessions)
     lab.putChild(b"sessions", sessions)
     lab.putChild(b"status", Status(status))

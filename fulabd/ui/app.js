@@ -6,6 +6,7 @@
 const PAGE = 300;            // events rendered per page of the timeline
 const FOLD_CHARS = 1500;     // longer texts are folded
 const LIST_REFRESH_MS = 3000;
+const LIST_FULL_MS = 60000;
 const LOADING_RENDER_MS = 400;
 const QUESTIONS = [
   ["intention", "Intention"], ["happening", "What happened"], ["perspectives", "Perspectives"],
@@ -110,7 +111,7 @@ function details(summaryParts, content) {
 
 // -- session list ------------------------------------------------------------
 
-const list = { sessions: [], timer: null };
+const list = { sessions: [], timer: null, token: null, fullAt: 0 };
 
 function showList() {
   $("list-view").hidden = false;
@@ -122,12 +123,23 @@ function showList() {
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshList(); });
 }
 
+// The whole listing once a minute (sessions go inactive without changing), in between only what changed
+// since the last answer's token (`?since=`).
 async function refreshList() {
   clearTimeout(list.timer);
+  if (Date.now() - (list.fullAt || 0) > LIST_FULL_MS) list.token = null;
   try {
-    const response = await fetch(apiUrl("sessions"), { cache: "no-store" });
+    const response = await fetch(apiUrl("sessions", list.token ? { since: list.token } : {}), { cache: "no-store" });
     if (!response.ok) throw new Error(`the server answered ${response.status}`);
-    list.sessions = (await response.json()).sessions || [];
+    const reply = await response.json();
+    if (list.token && !reply.reset) {
+      const changed = new Map((reply.sessions || []).map((s) => [s.id, s]));
+      list.sessions = [...changed.values(), ...list.sessions.filter((s) => !changed.has(s.id))];
+    } else {
+      list.sessions = reply.sessions || [];
+      list.fullAt = Date.now();
+    }
+    list.token = reply.token || null;
     $("list-error").hidden = true;
     renderList();
   } catch (error) {
