@@ -17,8 +17,10 @@ from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
 from fulabd.local import LocalSources
 from fulabd.metrics import Metrics, MetricsResource
+from fulabd.prices import BadPrices, PriceTable
 from fulabd.store import SessionStore
 from fulabd.stream import StreamFactory
+from fulabd.summaries import Summaries
 from fulabd.upload import UploadFactory
 
 MiB = 1024 * 1024
@@ -59,6 +61,8 @@ class Options(usage.Options):
         ["tls-interface", None, "0.0.0.0", "Interface --tls-port listens on (`::` for IPv6 and IPv4)."],
         ["tls-cert", None, None, "PEM certificate chain, leaf first (a Let's Encrypt fullchain.pem)."],
         ["tls-key", None, None, "PEM private key of the first certificate of --tls-cert."],
+        ["prices", None, None, "Price table (JSON, like fulabd/data/prices.json) for the sessions' estimated cost "
+                               "[default: the table shipped with fulabd]."],
         ["tls-check-interval", None, 60.0, "Seconds between checks of the TLS files for changes (0: SIGHUP only).",
          float],
     ]
@@ -92,6 +96,10 @@ class Options(usage.Options):
             self["tokens"] = access.load_tokens(self["token-file"]) if self["token-file"] else None
         except access.TokenFileError as e:
             raise usage.UsageError(str(e)) from None
+        try:
+            self["price-table"] = PriceTable.load(self["prices"])
+        except BadPrices as e:
+            raise usage.UsageError(f"--prices: {e}") from None
         self["endpoints"] = [endpoint_description(self["port"], self["interface"])] + self["listen"]
         if len({self[name] is None for name in ("tls-port", "tls-cert", "tls-key")}) > 1:
             raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together: give all three or none")
@@ -138,6 +146,9 @@ def makeService(config, reactor=None) -> service.MultiService:
         local.setServiceParent(parent)
         sources.append(local)
     catalog = Catalog(sources)
+    summaries = Summaries(catalog, config["price-table"], clock=reactor)
+    summaries.setServiceParent(parent)
+    hub.listeners.append(summaries)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
                             admit=gate.admit, uploader_of=gate.uploader_of, reactor=reactor)
@@ -179,7 +190,8 @@ def makeService(config, reactor=None) -> service.MultiService:
                 **({"tls": certificate.describe()} if certificate is not None else {})}
 
     web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
-                   session_child=lambda name: pars.session_child(store, name))
+                   session_child=lambda name: pars.session_child(store, name, summaries),
+                   listing_extra=summaries.listing_fields)
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
     dispatch.putChild(b"healthz", web.Health(lambda: None if store.running and status()["running"]

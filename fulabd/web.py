@@ -131,8 +131,8 @@ class WebSocketDispatch(resource.Resource):
         return b""
 
 
-def describe(session, now: float, active_window: float) -> dict:
-    """One entry of the session listings."""
+def describe(session, now: float, active_window: float, extra=None) -> dict:
+    """One entry of the session listings; `extra(session, now)` adds fields (the summary)."""
     meta = session.meta
     entry = {
         "id": session.safe_id,
@@ -152,6 +152,8 @@ def describe(session, now: float, active_window: float) -> dict:
     for key in ("created-at", "remote-source", "uploader", "parent-session-id"):
         if meta.get(key) is not None:
             entry[key] = meta[key]
+    if extra is not None:
+        entry.update(extra(session, now))
     return entry
 
 
@@ -160,8 +162,10 @@ class Sessions(resource.Resource):
 
     isLeaf = False
 
-    def __init__(self, catalog, clock, active_window: float, active_only: bool = False, session_child=None):
+    def __init__(self, catalog, clock, active_window: float, active_only: bool = False, session_child=None,
+                 extra=None):
         super().__init__()
+        self.extra = extra
         self.catalog = catalog
         self.clock = clock
         self.active_window = active_window
@@ -177,7 +181,7 @@ class Sessions(resource.Resource):
     def render_GET(self, request):
         now = self.clock.seconds()
         sessions = sorted(self.catalog(), key=lambda session: session.modified, reverse=True)
-        entries = [describe(session, now, self.active_window) for session in sessions]
+        entries = [describe(session, now, self.active_window, self.extra) for session in sessions]
         if self.active_only:
             entries = [entry for entry in entries if entry["active"]]
         return render_data(request, {"ok": True, "sessions": entries})
@@ -195,16 +199,17 @@ class Status(resource.Resource):
 
 
 def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float, status,
-               session_child=None) -> resource.Resource:
+               session_child=None, listing_extra=None) -> resource.Resource:
     """Mount the web UI and the HTTP resources under `/fulab/lab/` of the dispatching root.
 
-    `session_child(name)` gives the resource for `sessions/<name>` (e.g. its PARs).
+    `session_child(name)` gives the resource for `sessions/<name>` (e.g. its PARs);
+    `listing_extra(session, now)` adds fields to each listing entry (the summary).
     """
     fulab = resource.Resource()
     lab = ui.Lab()
     ui.mount(lab)
-    sessions = Sessions(catalog, clock, active_window, session_child=session_child)
-    sessions.putChild(b"active", Sessions(catalog, clock, active_window, active_only=True))
+    sessions = Sessions(catalog, clock, active_window, session_child=session_child, extra=listing_extra)
+    sessions.putChild(b"active", Sessions(catalog, clock, active_window, active_only=True, extra=listing_extra))
     sessions.putChild(b"", sessions)
     lab.putChild(b"sessions", sessions)
     lab.putChild(b"status", Status(status))
