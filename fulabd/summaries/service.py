@@ -72,14 +72,17 @@ class Summaries(service.Service):
         self._children: dict[str, set[str]] = {}  # parent session id -> sub-agent session paths
         self._queue: deque[_Tracked] = deque()
         self._catching_up = False
+        self._started_at: float | None = None  # set until the sessions found at start-up are caught up
 
     def startService(self):
         super().startService()
         self.clock.callLater(0, self._track_all)
 
     def _track_all(self):
+        self._started_at = self.clock.seconds()
         for session in self.catalog.sessions():
             self._tracked_for(session)
+        self._next()
 
     # -- the hub's listener interface --------------------------------------------
 
@@ -166,7 +169,13 @@ class Summaries(service.Service):
         self._next()
 
     def _next(self) -> None:
-        if self._catching_up or not self._queue:
+        if self._catching_up:
+            return
+        if not self._queue:
+            if self._started_at is not None:
+                self._log.info("summaries of {count} sessions are up to date ({seconds:.1f} s after start-up)",
+                               count=len(self._tracked), seconds=self.clock.seconds() - self._started_at)
+                self._started_at = None
             return
         tracked = self._queue.popleft()
         self._catching_up = True
