@@ -44,6 +44,7 @@ class Options(usage.Options):
         ["interface", None, "127.0.0.1", "Interface a numeric --port listens on."],
         ["root", "r", None, "Session store folder [default: $LAB_UPLOAD_ROOT, else lab/remote]."],
         ["active-window", None, 3600.0, "Seconds since the last write for a session to count as active.", float],
+        ["live-window", None, 60.0, "Seconds since the last line arrived for a session to be listed as live.", float],
         ["restart-interval", None, 10.0, "Seconds between listen retries and self-probes.", float],
         ["max-message-size", None, 64 * MiB, "Largest WebSocket message accepted, in bytes.", int],
         ["ping-interval", None, 30.0, "Seconds between WebSocket pings to each client (0: off).", float],
@@ -86,7 +87,7 @@ class Options(usage.Options):
     def postOptions(self):
         if self["root"] is None:
             self["root"] = os.environ.get("LAB_UPLOAD_ROOT") or "lab/remote"
-        for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout"):
+        for name in ("active-window", "live-window", "restart-interval", "max-message-size", "handshake-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         for name in ("max-connections", "max-connections-per-ip", "min-free-mb"):
@@ -146,7 +147,7 @@ def makeService(config, reactor=None) -> service.MultiService:
         local.setServiceParent(parent)
         sources.append(local)
     catalog = Catalog(sources)
-    summaries = Summaries(catalog, config["price-table"], clock=reactor)
+    summaries = Summaries(catalog, config["price-table"], clock=reactor, live_seconds=config["live-window"])
     summaries.setServiceParent(parent)
     hub.listeners.append(summaries)
 

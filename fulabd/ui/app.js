@@ -152,11 +152,12 @@ function renderList() {
   const shown = list.sessions
     .filter((s) => !source || s.source === source)
     .filter((s) => {
-      const haystack = [s.id, s["session-id"], s.project, s.originator, s.cwd, s.source, s.uploader]
+      const haystack = [s.id, s["session-id"], s.project, s.originator, s.cwd, s.source, s.uploader,
+        s.summary && s.summary.title]
         .filter(Boolean).join(" ").toLowerCase();
       return words.every((word) => haystack.includes(word));
     })
-    .sort((a, b) => (b.active - a.active) || (b.uploading - a.uploading) || b.modified.localeCompare(a.modified));
+    .sort((a, b) => (b.live - a.live) || (b.active - a.active) || b.modified.localeCompare(a.modified));
   $("sessions").tBodies[0].replaceChildren(...shown.map(sessionRow));
   $("list-empty").hidden = shown.length > 0;
   $("list-empty").textContent = list.sessions.length
@@ -165,21 +166,72 @@ function renderList() {
   $("list-count").textContent = `${shown.length} of ${list.sessions.length} sessions`;
 }
 
+function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${String(Math.round(seconds % 60)).padStart(2, "0")} s`;
+  if (minutes < 48 * 60) return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
+  return `${Math.floor(minutes / 1440)} d ${Math.floor((minutes % 1440) / 60)} h`;
+}
+
+function formatCount(n) {
+  if (n < 1000) return String(n);
+  if (n < 1e6) return `${(n / 1000).toFixed(n < 1e4 ? 1 : 0)}k`;
+  return `${(n / 1e6).toFixed(n < 1e7 ? 2 : 1)}M`;
+}
+
+function formatCost(usd) {
+  if (usd === null || usd === undefined) return "—";
+  return usd > 0 && usd < 0.01 ? `$${usd.toFixed(4)}` : `$${usd.toFixed(2)}`;
+}
+
+function startedAt(iso) {
+  const then = Date.parse(iso);
+  if (Number.isNaN(then)) return "";
+  const date = new Date(then);
+  return `${date.toLocaleDateString()} ${date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
+}
+
+// The summary columns of a listed session; while the server is still reading its file, placeholders.
+function summaryCells(summary) {
+  if (!summary) return Array.from({ length: 7 }, () => el("td", "num pending", "…"));
+  const tokens = summary.tokens;
+  const total = tokens.input + tokens.output + tokens["cache-read"] + tokens["cache-write"];
+  const started = el("td", "started", startedAt(summary.started));
+  if (summary.started) started.title = `${summary.started} to ${summary.ended}`;
+  const calls = Object.values(summary["tool-calls"]).reduce((sum, n) => sum + n, 0);
+  const tools = el("td", "num tools", String(calls));
+  tools.title = Object.entries(summary["tool-calls"]).map(([name, n]) => `${name}: ${n}`).join("\n");
+  if (summary["tool-errors"]) tools.append(el("span", "errors", ` · ${summary["tool-errors"]} failed`));
+  const tokenCell = el("td", "num tokens", formatCount(total));
+  tokenCell.title = `input ${tokens.input.toLocaleString()}, output ${tokens.output.toLocaleString()}, ` +
+    `cache read ${tokens["cache-read"].toLocaleString()}, cache write ${tokens["cache-write"].toLocaleString()}`;
+  const cost = el("td", "num cost", formatCost(summary["cost-usd"]));
+  cost.title = summary["cost-usd"] === null
+    ? `no price for ${summary.models.join(", ") || "an unnamed model"} in the table of ${summary["prices-date"]}`
+    : `estimated from list prices of ${summary["prices-date"]} (${summary.models.join(", ")})`;
+  return [started, el("td", "num duration", formatDuration(summary["duration-s"])),
+    el("td", "num turns", String(summary.turns)), tools, tokenCell, cost,
+    el("td", "num subagents", String(summary.subagents.length))];
+}
+
 function sessionRow(s) {
-  const row = el("tr", s.active ? "active" : "idle");
+  const row = el("tr", s.live ? "live" : s.active ? "active" : "idle");
   row.dataset.id = s.id;
   const name = el("td", "name");
-  const link = el("a", null, s.project ? s.project.split("/").filter(Boolean).pop() || s.project : s["session-id"]);
+  const place = s.project ? s.project.split("/").filter(Boolean).pop() || s.project : null;
+  const title = s.summary && s.summary.title;
+  const link = el("a", "title", title || place || s["session-id"]);
   link.href = pageUrl({ session: s.id });
   name.append(link);
-  if (s.uploading) name.append(el("span", "badge live", "live"));
+  if (s.live) name.append(el("span", "badge live", "live"));
   else if (s.active) name.append(el("span", "badge active", "active"));
-  name.append(el("div", "sub", s["session-id"]));
+  name.append(el("div", "sub", [place, s.originator, s["session-id"]].filter(Boolean).join(" · ")));
   if (s.project) name.lastChild.title = s.project;
   const modified = el("td", null, ago(s.modified));
-  modified.title = s.modified;
-  row.append(name, el("td", "source", s.source || ""), el("td", null, s.originator || ""), modified,
-    el("td", "num", formatSize(s["size-kb"])), el("td", "num", (s.events ?? 0).toLocaleString()),
+  modified.title = `${s.modified}, ${formatSize(s["size-kb"])}, ${(s.events ?? 0).toLocaleString()} lines`;
+  row.append(name, el("td", "source", s.source || ""), ...summaryCells(s.summary), modified,
     el("td", "num" + (s.pars ? " has-pars" : ""), String(s.pars ?? 0)));
   row.addEventListener("click", (event) => {
     if (event.target.closest("a") || getSelection().toString()) return;
