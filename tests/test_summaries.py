@@ -103,6 +103,7 @@ def test_following_the_lines_gives_the_same_summary_as_reading_the_file(path):
     lines = path.read_bytes().split(b"\n")[:-1]
     for first in range(0, len(lines), 7):
         followed.lines_appended(session, first, lines[first:first + 7])
+    followed.clock.advance(0)
     assert followed.get(session.session_id) == read
 
 
@@ -124,6 +125,7 @@ def test_lines_that_arrive_while_the_file_is_read_are_folded_in_once(tmp_path):
     session.count = len(lines)
     summaries.lines_appended(session, 10, lines[10:20])
     summaries.lines_appended(session, 20, lines[20:])
+    summaries.clock.advance(0)
     (function, args), = pending
     deferred.callback(function(*args[:2], 10))  # the read covers the 10 lines that were there when it began
     assert summaries.get(session.session_id) == caught_up(StoredFile(path)).get(session.session_id)
@@ -149,6 +151,8 @@ def test_a_live_line_changes_the_summary_and_marks_the_session_live(tmp_path):
                                "cache_creation_input_tokens": 0}}})]
     summaries.clock.advance(3600)
     summaries.lines_appended(session, session.count, more)
+    assert summaries.get(session.session_id) == before  # folded in on the next turn, after the acks
+    summaries.clock.advance(0)
     after = summaries.get(session.session_id)
     assert after["title"] == "Named by hand"
     assert (after["turns"], after["ended"], after["files-touched"]) == (2, "2026-06-05T05:10:05.000Z", ["/w/test_x.py"])

@@ -2,7 +2,8 @@
 Every session's summary, kept up to date as lines arrive.
 
 A hub listener: each durable line is folded into its session's summary in the
-reactor (a few dictionary updates per line).  A session seen for the first
+reactor (a few dictionary updates per line), a turn after the hub hands it
+over, so that summaries never delay an ack.  A session seen for the first
 time with lines already on disk (at start-up, a local file, a daemon restart)
 is caught up from its file in a thread, one session at a time, so that a
 100 MB session never holds the reactor and start-up is not delayed; lines that
@@ -23,6 +24,7 @@ from fulabd.formats.common import TOKEN_KINDS
 from fulabd.summaries.accumulator import Accumulator
 
 LIVE_SECONDS = 60.0  # a session is "live" while it got a line this recently
+SLICE_BYTES = 4 << 20  # of arrived lines folded in per reactor turn
 LISTED_LEAVES_OUT = ("files-touched",)  # long lists stay on /sessions/<id>
 
 
@@ -70,7 +72,9 @@ class Summaries(service.Service):
         self._tracked: dict[str, _Tracked] = {}  # by session file path
         self._ids: dict[str, str] = {}           # session id and listing id -> path
         self._children: dict[str, set[str]] = {}  # parent session id -> sub-agent session paths
-        self._queue: deque[_Tracked] = deque()
+        self._queue: deque[_Tracked] = deque()  # sessions waiting to be caught up from their files
+        self._backlog: deque[tuple[_Tracked, int, list[bytes]]] = deque()  # arrived lines not yet folded in
+        self._draining = None
         self._catching_up = False
         self._started_at: float | None = None  # set until the sessions found at start-up are caught up
 
@@ -87,12 +91,31 @@ class Summaries(service.Service):
     # -- the hub's listener interface --------------------------------------------
 
     def lines_appended(self, session, first: int, lines: list[bytes]) -> None:
+        """Noted now, folded in on a later reactor turn: the hub calls this before the lines' acks go out."""
         tracked = self._tracked_for(session, fresh_from=first)
         tracked.last_line_at = self.clock.seconds()
-        if tracked.accumulator is None:
-            tracked.waiting.append((first, lines))
-        else:
-            self._fold(tracked, first, lines)
+        self._backlog.append((tracked, first, lines))
+        if self._draining is None:
+            self._draining = self.clock.callLater(0, self._drain)
+
+    def _drain(self) -> None:
+        """Fold in arrived lines, at most SLICE_BYTES of them per reactor turn."""
+        self._draining = None
+        budget = SLICE_BYTES
+        while self._backlog and budget > 0:
+            tracked, first, lines = self._backlog.popleft()
+            taken = 0
+            while taken < len(lines) and budget > 0:
+                budget -= len(lines[taken])
+                taken += 1
+            if taken < len(lines):
+                self._backlog.appendleft((tracked, first + taken, lines[taken:]))
+            if tracked.accumulator is None:
+                tracked.waiting.append((first, lines[:taken]))
+            else:
+                self._fold(tracked, first, lines[:taken])
+        if self._backlog:
+            self._draining = self.clock.callLater(0, self._drain)
 
     def par_added(self, session, index: int, par: dict) -> None:
         pass
