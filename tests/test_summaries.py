@@ -229,3 +229,19 @@ def test_a_price_file_replaces_the_table_and_a_bad_one_says_what_to_fix(tmp_path
             PriceTable.load(str(good))
     with pytest.raises(BadPrices, match="cannot read"):
         PriceTable.load(str(tmp_path / "missing.json"))
+
+
+def test_the_daemon_refuses_a_bad_price_file_and_a_live_window_that_is_not_positive(tmp_path):
+    from twisted.python import usage
+
+    from fulabd.tap import Options
+
+    bad = tmp_path / "prices.json"
+    bad.write_text('{"date": "2030-01-01"}')
+    with pytest.raises(usage.UsageError, match="--prices: .*needs a \"date\" string and a \"models\" object"):
+        Options().parseOptions(["--prices", str(bad)])
+    with pytest.raises(usage.UsageError, match="--live-window must be positive"):
+        Options().parseOptions(["--live-window", "0"])
+    defaults = Options()
+    defaults.parseOptions([])
+    assert (defaults["live-window"], defaults["price-table"].date) == (60.0, PriceTable.shipped().date)
