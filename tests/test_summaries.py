@@ -13,15 +13,25 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, task
 
-from fulabd import formats
+from fulabd import events, formats
 from fulabd.prices import BadPrices, PriceTable
 from fulabd.summaries import Summaries
+from fulabd.summaries.accumulator import Accumulator
 from fulabd.uploader.identity import identify
 from tests.fixtures import sample_files
 from tests.summary_expectations import expected
 
+# Keys the formats look at, so that random lines reach their code paths.
+KEYS = ("type", "payload", "message", "content", "usage", "id", "model", "name", "input", "arguments", "output",
+        "call_id", "role", "text", "timestamp", "info", "total_token_usage", "input_tokens", "output_tokens",
+        "toolUseResult", "agentId", "sessionId", "customTitle", "aiTitle", "summary", "is_error", "tool_use_id",
+        "cache_creation", "new_thread_id", "isMeta", "file_path", "response_item", "event_msg", "turn_context",
+        "function_call", "custom_tool_call", "function_call_output", "token_count", "user", "assistant",
+        "tool_use", "tool_result", "apply_patch", "Edit", "Task", "custom-title")
 FIELDS = ("title", "started", "ended", "duration-s", "models", "turns", "tool-calls", "tool-errors",
           "files-touched", "commands", "subagents", "tokens", "cost-usd")
 
@@ -245,3 +255,22 @@ def test_the_daemon_refuses_a_bad_price_file_and_a_live_window_that_is_not_posit
     defaults = Options()
     defaults.parseOptions([])
     assert (defaults["live-window"], defaults["price-table"].date) == (60.0, PriceTable.shipped().date)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=20),
+                    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+                        st.sampled_from(KEYS) | st.text(max_size=8), children, max_size=6), max_leaves=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(KEYS), JSON, max_size=8), max_size=6),
+       st.sampled_from(sorted(formats.BY_NAME)))
+def test_any_line_of_any_shape_is_folded_and_shown_without_error(lines, source):
+    accumulator = Accumulator(formats.BY_NAME[source])
+    for index, line in enumerate(lines):
+        accumulator.add(orjson.dumps(line))
+        event = events.normalize(orjson.dumps(line), index)
+        assert event is None or event["line"] == index
+    summary = accumulator.summary(PriceTable.shipped())
+    assert summary["lines"] == len(lines)
+    assert orjson.loads(orjson.dumps(summary)) == summary

@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from pathlib import PurePath
 
-from fulabd.formats.common import NOT_MINE, CACHE_WRITE_1H, UUID, Facts, FileIdentity, Usage, count, one_line_title, text_of
+from fulabd.formats.common import (
+    CACHE_WRITE_1H, NOT_MINE, UUID, Facts, FileIdentity, Usage, count, kind_of, one_line_title, text_of,
+)
 
 AGENT_FILE = re.compile(r"^agent-[0-9a-zA-Z]+$")
 EDIT_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path", "NotebookEdit": "notebook_path"}
@@ -52,7 +54,7 @@ class ClaudeFormat:
 
     def event(self, line: dict):
         """The viewer event of a Claude line (without `line`/`timestamp`), or NOT_MINE."""
-        kind = line.get("type")
+        kind = kind_of(line)
         if kind in ("user", "assistant") and isinstance(line.get("message"), dict):
             return _message_event(line)
         if kind == "summary" and "summary" in line:
@@ -66,7 +68,7 @@ class ClaudeFormat:
     def facts(self, line: dict) -> Facts:
         timestamp = line.get("timestamp")
         facts = Facts(timestamp=timestamp if isinstance(timestamp, str) else None)
-        kind = line.get("type")
+        kind = kind_of(line)
         message = line.get("message")
         if kind in TITLE_FIELDS and isinstance(line.get(TITLE_FIELDS[kind]), str):
             facts.title = (kind, one_line_title(line[TITLE_FIELDS[kind]]))

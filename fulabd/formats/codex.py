@@ -9,7 +9,9 @@ from pathlib import PurePath
 
 import orjson
 
-from fulabd.formats.common import NOT_MINE, UUID, Facts, FileIdentity, Usage, count, one_line_title, text_of
+from fulabd.formats.common import (
+    NOT_MINE, UUID, Facts, FileIdentity, Usage, count, kind_of, one_line_title, text_of,
+)
 
 # event_msg payload types that repeat a response_item of the same turn: skipped by the viewer.
 DUPLICATE_EVENT_MSGS = frozenset({"user_message", "agent_message", "agent_reasoning"})
@@ -53,12 +55,12 @@ class CodexFormat:
 
     def event(self, line: dict):
         """The viewer event of a Codex line (without `line`/`timestamp`), None to skip it, or NOT_MINE."""
-        kind = line.get("type")
+        kind = kind_of(line)
         payload = line.get("payload")
         if kind == "response_item" and isinstance(payload, dict):
             return _item_event(payload) or _raw(line, "response_item/" + str(payload.get("type")))
         if kind == "event_msg" and isinstance(payload, dict):
-            if payload.get("type") in DUPLICATE_EVENT_MSGS:
+            if kind_of(payload) in DUPLICATE_EVENT_MSGS:
                 return None
             return _raw(line, "event_msg/" + str(payload.get("type")))
         if kind == "compacted" and isinstance(payload, dict):
@@ -73,7 +75,7 @@ class CodexFormat:
 
     def facts(self, line: dict) -> Facts:
         facts = Facts(timestamp=_timestamp(line))
-        kind = line.get("type")
+        kind = kind_of(line)
         payload = line.get("payload")
         if kind == "turn_context" and isinstance(payload, dict) and isinstance(payload.get("model"), str):
             facts.model = payload["model"]
@@ -106,7 +108,7 @@ def _raw(line: dict, kind: str) -> dict:
 
 
 def _item_event(item: dict) -> dict | None:
-    kind = item.get("type")
+    kind = kind_of(item)
     if kind == "message":
         role = item.get("role")
         text = text_of(item.get("content"))
@@ -137,7 +139,7 @@ def _item_event(item: dict) -> dict | None:
 
 
 def _item_facts(item: dict, facts: Facts) -> None:
-    kind = item.get("type")
+    kind = kind_of(item)
     if kind == "message" and item.get("role") == "user":
         text = text_of(item.get("content"))
         if not text.lstrip().startswith(INJECTED_PREFIXES):
@@ -152,7 +154,7 @@ def _item_facts(item: dict, facts: Facts) -> None:
 
 
 def _event_facts(payload: dict, facts: Facts) -> None:
-    kind = payload.get("type")
+    kind = kind_of(payload)
     if kind == "token_count":
         info = payload.get("info")
         total = info.get("total_token_usage") if isinstance(info, dict) else None

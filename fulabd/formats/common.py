@@ -101,6 +101,12 @@ def text_of(value) -> str:
     return orjson.dumps(value).decode()
 
 
+def kind_of(value: dict) -> str | None:
+    """A value's `type` when it is a string (a hostile line may put a list there)."""
+    kind = value.get("type")
+    return kind if isinstance(kind, str) else None
+
+
 def count(value) -> int:
     """A token count from a usage field: a non-negative integer, anything else 0."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

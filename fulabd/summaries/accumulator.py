@@ -5,13 +5,18 @@ catches up from a stored file (in a thread) and follows live lines (in the react
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from datetime import datetime, timezone
 
 import orjson
 
 from fulabd.formats import AgentFormat
 from fulabd.formats.common import TITLE_KINDS, TOKEN_KINDS, Usage
+
+
+# Responses whose later lines may still come: a response's lines are written together (in the samples, at most
+# one other response between two lines of one response), so older ones are final and their usage is let go.
+RECENT_RESPONSES = 256
 
 
 def parse_timestamp(text: str | None) -> datetime | None:
@@ -58,7 +63,7 @@ class Accumulator:
         self.files: dict[str, None] = {}  # insertion-ordered set
         self.commands = 0
         self.launches: dict[str, str] = {}  # launching call id (or the sub-agent's id) -> sub-agent id
-        self.responses: dict[str, Usage] = {}   # one usage per response key: the final one
+        self.responses: OrderedDict[str, Usage] = OrderedDict()  # recent responses' largest usage, by key
         self.response_tokens = dict.fromkeys(TOKEN_KINDS, 0)  # their sum
         self.by_model: dict = {}                # model -> tokens: responses' final usages plus running totals
         self.running: dict | None = None        # the last running total (Codex token_count)
@@ -110,10 +115,14 @@ class Accumulator:
         known = self.responses.get(usage.key)
         if known is not None:
             if usage.tokens["output"] <= known.tokens["output"]:
+                self.responses.move_to_end(usage.key)
                 return  # the same response again, or an earlier block of it
             _added(self.by_model[known.model], known.tokens, -1)
             _added(self.response_tokens, _counted(known.tokens), -1)
         self.responses[usage.key] = usage
+        self.responses.move_to_end(usage.key)
+        if len(self.responses) > RECENT_RESPONSES:
+            self.responses.popitem(last=False)
         _added(self.by_model.setdefault(usage.model, {}), usage.tokens)
         _added(self.response_tokens, _counted(usage.tokens))
 
