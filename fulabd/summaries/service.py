@@ -112,8 +112,12 @@ class Summaries(service.Service):
                 self._backlog.appendleft((tracked, first + taken, lines[taken:]))
             if tracked.accumulator is None:
                 tracked.waiting.append((first, lines[:taken]))
-            else:
+                continue
+            try:
                 self._fold(tracked, first, lines[:taken])
+            except Exception:
+                self._log.failure("could not summarize lines {first}+ of {path}; its summary may miss them",
+                                  first=first, path=tracked.session.path)
         if self._backlog:
             self._draining = self.clock.callLater(0, self._drain)
 
