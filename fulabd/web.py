@@ -10,13 +10,14 @@ from urllib.parse import urlsplit
 import orjson
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.web import resource, server
+from twisted.web import resource, server, util
 
 from fulabd import edn, ui
 from fulabd.messages import INVALID_PATH, UNAUTHORIZED, now_iso
 
 UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
 STREAM_PATH = "/fulab/lab/stream/ws"
+UI_PATH = "/fulab/lab/"
 OPEN_PATHS = (b"/healthz",)  # answered without a token, for load balancers and service managers
 REFUSED_MESSAGE_LIMIT = 64 * 1024  # a refused client has nothing to say
 
@@ -108,6 +109,8 @@ class WebSocketDispatch(resource.Resource):
     def getChildWithDefault(self, name, request):
         if is_websocket(request):
             return self.websocket_for(request)
+        if request.uri == b"/":  # a browser pointed at the port gets the UI (`/?path=` upgrades are viewers)
+            return util.Redirect(UI_PATH.encode())
         path = urlsplit(request.uri.decode("utf-8", "replace")).path
         if is_upload_path(path) or path == STREAM_PATH:
             return UpgradeRequired()
@@ -125,10 +128,6 @@ class WebSocketDispatch(resource.Resource):
         if is_websocket(request):
             return self.websocket_for(request).render(request)
         return resource.Resource.render(self, request)
-
-    def render_GET(self, request):
-        request.redirect(b"/fulab/lab/")
-        return b""
 
 
 def describe(session, now: float, active_window: float, extra=None) -> dict:
