@@ -262,7 +262,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) |
                         st.sampled_from(KEYS) | st.text(max_size=8), children, max_size=6), max_leaves=30)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.dictionaries(st.sampled_from(KEYS), JSON, max_size=8), max_size=6),
        st.sampled_from(sorted(formats.BY_NAME)))
 def test_any_line_of_any_shape_is_folded_and_shown_without_error(lines, source):
