@@ -21,6 +21,7 @@ from fulabd.prices import BadPrices, PriceTable
 from fulabd.store import SessionStore
 from fulabd.stream import StreamFactory
 from fulabd.summaries import Summaries
+from fulabd.summaries.http import with_local_sessions
 from fulabd.upload import UploadFactory
 
 MiB = 1024 * 1024
@@ -191,7 +192,8 @@ def makeService(config, reactor=None) -> service.MultiService:
                 **({"tls": certificate.describe()} if certificate is not None else {})}
 
     web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
-                   session_child=lambda name: pars.session_child(store, name, summaries),
+                   session_child=with_local_sessions(lambda name: pars.session_child(store, name, summaries),
+                                                     catalog, summaries),
                    listing_extra=summaries.listing_fields)
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))

@@ -1,9 +1,11 @@
 """
 Summaries through the real daemon: a Codex and a Claude session uploaded over the WebSocket are summarized as
 their lines arrive, listed with their summary and `live`, served at GET /fulab/lab/sessions/<id> as JSON and
-EDN, and read again from the files after a restart.
+EDN, and read again from the files after a restart; local sessions (--claude-dir) are summarized and served too.
 """
 
+import re
+import shutil
 import urllib.error
 import urllib.request
 
@@ -13,7 +15,8 @@ import pytest
 from websockets.sync.client import connect
 
 from fulabd.edn import from_edn
-from tests.fixtures import get_json, sample_files, sample_lines
+from tests.fixtures import SAMPLES as SAMPLE_ROOT
+from tests.fixtures import Daemon, get_json, sample_files, sample_lines
 from tests.summary_expectations import expected
 
 pytestmark = pytest.mark.slow
@@ -66,3 +69,33 @@ def test_uploaded_sessions_are_summarized_listed_and_served(daemon):
     for session_id in uploaded:
         assert after[session_id]["live"] is False  # nothing has arrived since the restart
         assert after[session_id]["summary"] == entries[session_id]["summary"]
+
+
+def summary_of(daemon, ident: str) -> dict:
+    """The served summary; if it is still being read (503), the one served once the daemon says it has read it."""
+    read = r"summaries of \d+ sessions are up to date|read the summaries of \d+ more sessions"
+    logged = sum(1 for line in daemon.log if re.search(read, line))
+    try:
+        return get_json(f"{daemon.http}/fulab/lab/sessions/{ident}")["summary"]
+    except urllib.error.HTTPError as pending:
+        assert pending.code == 503 and pending.headers["retry-after"] == "1"
+    daemon.wait_for_log(read, count=logged + 1)
+    return get_json(f"{daemon.http}/fulab/lab/sessions/{ident}")["summary"]
+
+
+def test_local_sessions_are_summarized_and_served_too(tmp_path):
+    folder = tmp_path / "projects"
+    shutil.copytree(SAMPLE_ROOT / "claude" / "projects", folder)
+    daemon = Daemon(tmp_path / "remote", "--claude-dir", str(folder)).start()
+    try:
+        daemon.wait_for_log(r"following 4 local claude sessions")
+        listed = {e["session-id"]: e for e in get_json(daemon.http + "/fulab/lab/sessions")["sessions"]}
+        for path in folder.rglob("*.jsonl"):
+            want = expected(path, "claude")
+            served = summary_of(daemon, listed[path.stem]["id"])
+            assert {field: served[field] for field in FIELDS} == {field: want[field] for field in FIELDS}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{daemon.http}/fulab/lab/sessions/{next(iter(listed))}/pars")
+        assert refused.value.code == 404 and "local session" in orjson.loads(refused.value.read())["detail"]
+    finally:
+        daemon.stop()

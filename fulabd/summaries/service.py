@@ -77,6 +77,7 @@ class Summaries(service.Service):
         self._draining = None
         self._catching_up = False
         self._started_at: float | None = None  # set until the sessions found at start-up are caught up
+        self._read = 0  # files read since the queue was last empty
 
     def startService(self):
         super().startService()
@@ -203,9 +204,13 @@ class Summaries(service.Service):
                 self._log.info("summaries of {count} sessions are up to date ({seconds:.1f} s after start-up)",
                                count=len(self._tracked), seconds=self.clock.seconds() - self._started_at)
                 self._started_at = None
+            elif self._read:
+                self._log.info("read the summaries of {count} more sessions from their files", count=self._read)
+            self._read = 0
             return
         tracked = self._queue.popleft()
         self._catching_up = True
+        self._read += 1
         session = tracked.session
         self._run_in_thread(summarize_file, session.path, agent_of(session), session.count).addBoth(
             self._caught_up, tracked, session)
