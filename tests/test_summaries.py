@@ -274,3 +274,17 @@ def test_any_line_of_any_shape_is_folded_and_shown_without_error(lines, source):
     summary = accumulator.summary(PriceTable.shipped())
     assert summary["lines"] == len(lines)
     assert orjson.loads(orjson.dumps(summary)) == summary
+
+
+def test_a_rewritten_local_file_is_read_again(tmp_path):
+    samples = {path.name[:8]: path for path in sample_files()}
+    path = tmp_path / "x" / "0a1b2c3d-4e5f-4061-8071-2a3b4c5d6e7f.jsonl"
+    path.parent.mkdir()
+    shutil.copy(samples["1af7fc5e"], path)
+    folder = Folder([StoredFile(path)])
+    summaries = caught_up(*folder.listed)
+    assert summaries.get(folder.listed[0].session_id)["title"] == "/init"
+    shutil.copy(samples["06090cb1"], path)  # indexed afresh by the local source: a new session object
+    folder.listed = [StoredFile(path)]
+    assert summaries.of(folder.listed[0])["title"] == "[REDACTED_PROMPT]"  # as the listing asks
+    assert summaries.get(folder.listed[0].session_id)["title"] == "[REDACTED_PROMPT]"

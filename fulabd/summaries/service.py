@@ -156,10 +156,10 @@ class Summaries(service.Service):
         """The tracked state of `session`, created (and caught up, if it has lines) when new here."""
         tracked = self._tracked.get(session.path)
         if tracked is not None and tracked.session is not session:
-            tracked.session = session  # a local file indexed afresh: same path, new object
+            tracked.session = session  # a local file indexed afresh (it was rewritten): read it again
+            tracked.waiting = []
             self._remember(session)
-            if tracked.accumulator is not None and tracked.accumulator.lines > session.count:
-                self._catch_up(tracked)  # it was rewritten shorter: start again
+            self._catch_up(tracked)
         if tracked is None:
             tracked = self._tracked[session.path] = _Tracked(session)
             self._remember(session)
