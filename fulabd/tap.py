@@ -19,8 +19,11 @@ from fulabd.hub import Hub
 from fulabd.listing import Listing
 from fulabd.local import LocalSources
 from fulabd.metrics import Metrics, MetricsResource
+from fulabd.prices import BadPrices, PriceTable
 from fulabd.store import SessionStore
 from fulabd.stream import StreamFactory
+from fulabd.summaries import Summaries
+from fulabd.summaries.http import with_local_sessions
 from fulabd.upload import UploadFactory
 
 MiB = 1024 * 1024
@@ -44,6 +47,7 @@ class Options(usage.Options):
         ["interface", None, "127.0.0.1", "Interface a numeric --port listens on."],
         ["root", "r", None, "Session store folder [default: $LAB_UPLOAD_ROOT, else lab/remote]."],
         ["active-window", None, 3600.0, "Seconds since the last write for a session to count as active.", float],
+        ["live-window", None, 60.0, "Seconds since the last line arrived for a session to be listed as live.", float],
         ["restart-interval", None, 10.0, "Seconds between listen retries and self-probes.", float],
         ["max-message-size", None, 64 * MiB, "Largest WebSocket message accepted, in bytes.", int],
         ["ping-interval", None, 30.0, "Seconds between WebSocket pings to each client (0: off).", float],
@@ -67,6 +71,8 @@ class Options(usage.Options):
          float],
         ["remote-cache", None, remote.CACHE_SECONDS, "Seconds another lab's answer is reused (0: ask every time).",
          float],
+        ["prices", None, None, "Price table (JSON, like fulabd/data/prices.json) for the sessions' estimated cost "
+                               "[default: the table shipped with fulabd]."],
         ["tls-check-interval", None, 60.0, "Seconds between checks of the TLS files for changes (0: SIGHUP only).",
          float],
     ]
@@ -105,7 +111,8 @@ class Options(usage.Options):
     def postOptions(self):
         if self["root"] is None:
             self["root"] = os.environ.get("LAB_UPLOAD_ROOT") or "lab/remote"
-        for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout", "max-open-files"):
+        for name in ("active-window", "live-window", "restart-interval", "max-message-size", "handshake-timeout",
+                     "max-open-files"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         for name in ("max-connections", "max-connections-per-ip", "min-free-mb"):
@@ -122,6 +129,10 @@ class Options(usage.Options):
                                                          os.environ.get(remote.ENVIRONMENT))
         except remote.BadRemote as e:
             raise usage.UsageError(str(e)) from None
+        try:
+            self["price-table"] = PriceTable.load(self["prices"])
+        except BadPrices as e:
+            raise usage.UsageError(f"--prices: {e}") from None
         self["endpoints"] = [endpoint_description(self["port"], self["interface"])] + self["listen"]
         if len({self[name] is None for name in ("tls-port", "tls-cert", "tls-key")}) > 1:
             raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together: give all three or none")
@@ -175,6 +186,10 @@ def makeService(config, reactor=None) -> service.MultiService:
         sources.append(archives)
     listing.local = Catalog(sources[1:]).sessions  # the sessions that are not the store's
     catalog = Catalog(sources)
+    summaries = Summaries(catalog, config["price-table"], clock=reactor, live_seconds=config["live-window"],
+                          ready=store.loaded)
+    summaries.setServiceParent(parent)
+    hub.listeners.append(summaries)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
                             admit=gate.admit, uploader_of=gate.uploader_of, reactor=reactor)
@@ -220,9 +235,11 @@ def makeService(config, reactor=None) -> service.MultiService:
         labs = remote.RemoteLabs(config["remote-labs"], remote.HttpFetcher(reactor).get, reactor,
                                  timeout=config["remote-timeout"], cache_seconds=config["remote-cache"])
     web.build_tree(dispatch, listing, reactor, config["active-window"], status,
-                   session_child=lambda name: pars.session_child(store, name, gate.requester_of),
+                   session_child=with_local_sessions(
+                       lambda name: pars.session_child(store, name, summaries, gate.requester_of), catalog, summaries),
                    merge=labs.merge if labs is not None else None,
-                   sessions_children={b"archived": ArchivedListing(archives)})
+                   sessions_children={b"archived": ArchivedListing(archives)},
+                   listing_extra=summaries.listing_fields)
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
     dispatch.putChild(b"healthz", web.Health(lambda: store.problem() or (

@@ -54,6 +54,9 @@ class Store(Protocol):
     def sessions(self) -> list[StoredSession]:
         """Every session that has files, in no particular order."""
 
+    def loaded(self) -> defer.Deferred:
+        """Fires once the sessions on disk at start-up are known (at once when they are)."""
+
     def get(self, session_id: str) -> StoredSession | None:
         """The stored session with this raw id."""
 

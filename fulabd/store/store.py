@@ -99,6 +99,9 @@ class SessionStore(service.Service):
         self._housekeeping.start(META_INTERVAL, now=False).addErrback(
             lambda f: self._log.failure("store housekeeping stopped", f))
 
+    def loaded(self) -> defer.Deferred:
+        return self._when_loaded(defer.succeed, None)
+
     def _when_loaded(self, call, *args, **kwargs) -> defer.Deferred:
         """`call(*args)` now, or once the start-up load is done."""
         if self._broken:
