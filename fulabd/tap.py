@@ -13,6 +13,7 @@ from twisted.python import usage
 
 import fulabd
 from fulabd import access, pars, supervisor, tls, web
+from fulabd.budget import InflightBudget
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
 from fulabd.local import LocalSources
@@ -54,6 +55,8 @@ class Options(usage.Options):
         ["max-connections", None, 512, "Most WebSocket connections open at once (0: no cap).", int],
         ["max-connections-per-ip", None, 64, "Most WebSocket connections open from one client address (0: no cap).",
          int],
+        ["max-inflight-mb", None, 1024, "Most MiB of upload messages being received or awaiting their commit, "
+                                        "over all connections; above it, reading uploads waits for their commits.", int],
         ["min-free-mb", None, 64, "Refuse uploads (storage-full) that would leave less free disk than this.", int],
         ["tls-port", None, None, "Also serve wss:// and https:// on this port (needs --tls-cert and --tls-key).", int],
         ["tls-interface", None, "0.0.0.0", "Interface --tls-port listens on (`::` for IPv6 and IPv4)."],
@@ -82,7 +85,7 @@ class Options(usage.Options):
     def postOptions(self):
         if self["root"] is None:
             self["root"] = os.environ.get("LAB_UPLOAD_ROOT") or "lab/remote"
-        for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout"):
+        for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout", "max-inflight-mb"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         for name in ("max-connections", "max-connections-per-ip", "min-free-mb"):
@@ -140,7 +143,8 @@ def makeService(config, reactor=None) -> service.MultiService:
     catalog = Catalog(sources)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
-                            admit=gate.admit, uploader_of=gate.uploader_of, reactor=reactor)
+                            admit=gate.admit, uploader_of=gate.uploader_of,
+                            budget=InflightBudget(config["max-inflight-mb"] * MiB), reactor=reactor)
     stream = StreamFactory(catalog, hub, clock=reactor, admit=gate.admit, reactor=reactor)
     for factory in (uploads, stream):
         factory.setProtocolOptions(autoPingInterval=config["ping-interval"], autoPingTimeout=config["ping-timeout"],

@@ -15,7 +15,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from fulabd import messages
+from fulabd.budget import InflightBudget
 from fulabd.messages import MISSING_SESSION_ID, TOO_LARGE, ProtocolError
+
+DEFAULT_INFLIGHT_BYTES = 1024 << 20
 
 
 class UploadProtocol(WebSocketServerProtocol):
@@ -27,6 +30,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._outbox: deque = deque()
         self._touched: dict[str, int] = {}
         self._peer = "?"
+        self.held = False
 
     def onConnect(self, request):
         self._peer = self.factory.admit(request, self)
@@ -38,6 +42,7 @@ class UploadProtocol(WebSocketServerProtocol):
                        uploader=self.uploader)
 
     def onClose(self, wasClean, code, reason):
+        self.factory.budget.forget(self)
         if self not in self.factory.connections:
             return
         self.factory.connections.discard(self)
@@ -50,18 +55,50 @@ class UploadProtocol(WebSocketServerProtocol):
                            count=session.count if session else 0)
         self._log.info("upload connection from {peer} closed (code {code})", peer=self._peer, code=code)
 
+    # The daemon's memory budget (fulabd.budget): a frame that does not fit stops this connection's reading.
+
+    def onMessageFrameBegin(self, length):
+        super().onMessageFrameBegin(length)
+        if not self.failedByMe:
+            self.factory.budget.frame(self, length)
+
+    def processData(self):
+        """Held by the budget: leave what is buffered unread until `carry_on`."""
+        return False if self.held else super().processData()
+
+    def hold(self):
+        self.held = True
+        self.transport.pauseProducing()
+
+    def carry_on(self):
+        self.held = False
+        self.transport.resumeProducing()
+        self.factory.clock.callLater(0, self._read_buffered)
+
+    def _read_buffered(self):
+        if not self.held and self.state == self.STATE_OPEN:
+            self.consumeData()
+
+    def onAutoPingTimeout(self):
+        """A held connection's pong sits unread in its buffer: wait for it, rather than drop a live client."""
+        if self.held:
+            self.autoPingTimeoutCall = self.factory.clock.callLater(self.autoPingTimeout, self.onAutoPingTimeout)
+            return
+        super().onAutoPingTimeout()
+
     def onMessage(self, payload, isBinary):
+        size = self.factory.budget.message_received(self)
         self.factory.messages_in += 1
         self.factory.bytes_in += len(payload)
         if isBinary:
             self._reply(defer.fail(ProtocolError(messages.BAD_JSON, "binary frames are not accepted; "
-                                                                    "send JSON text frames")))
+                                                                    "send JSON text frames")), size)
             return
         try:
             message = messages.parse(payload)
-            self._reply(self._handle(message))
+            self._reply(self._handle(message), size)
         except ProtocolError as e:
-            self._reply(defer.fail(e))
+            self._reply(defer.fail(e), size)
 
     def _handle(self, message) -> defer.Deferred:
         if isinstance(message, messages.Ping):
@@ -105,9 +142,9 @@ class UploadProtocol(WebSocketServerProtocol):
         if self.uploader:
             self.factory.store.update_meta(session_id, uploader=self.uploader)
 
-    def _reply(self, result: defer.Deferred):
-        """Queue a reply; replies leave in the order their messages came."""
-        entry = [None]
+    def _reply(self, result: defer.Deferred, size: int):
+        """Queue a reply; replies leave in the order their messages came, and free the message's `size` bytes."""
+        entry = [None, size]
         self._outbox.append(entry)
 
         def settle(value):
@@ -129,7 +166,8 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def _flush(self):
         while self._outbox and self._outbox[0][0] is not None:
-            reply = self._outbox.popleft()[0]
+            reply, size = self._outbox.popleft()
+            self.factory.budget.release(size)
             if self.state == self.STATE_OPEN:
                 if reply.get("type") == "ack" and "count" in reply:
                     self.factory.acks += 1
@@ -146,10 +184,13 @@ class UploadProtocol(WebSocketServerProtocol):
 class UploadFactory(WebSocketServerFactory):
     protocol = UploadProtocol
 
-    def __init__(self, store, clock, max_message_size: int, admit, uploader_of=lambda request: None, **kw):
-        """`admit(request, protocol)` returns the client's address, or raises `ConnectionDeny` to refuse it."""
+    def __init__(self, store, clock, max_message_size: int, admit, uploader_of=lambda request: None,
+                 budget: InflightBudget | None = None, **kw):
+        """`admit(request, protocol)` returns the client's address, or raises `ConnectionDeny` to refuse it;
+        `budget` bounds the bytes of messages in flight over all connections (default: 1 GiB)."""
         super().__init__(**kw)
         self.store = store
+        self.budget = budget or InflightBudget(DEFAULT_INFLIGHT_BYTES)
         self.clock = clock
         self.admit = admit
         self.uploader_of = uploader_of
