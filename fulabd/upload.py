@@ -19,6 +19,7 @@ from fulabd.budget import InflightBudget
 from fulabd.messages import MISSING_SESSION_ID, TOO_LARGE, ProtocolError
 
 DEFAULT_INFLIGHT_BYTES = 1024 << 20
+BUDGET_LOG_INTERVAL = 60.0
 
 
 class UploadProtocol(WebSocketServerProtocol):
@@ -69,6 +70,7 @@ class UploadProtocol(WebSocketServerProtocol):
     def hold(self):
         self.held = True
         self.transport.pauseProducing()
+        self.factory.budget_full()
 
     def carry_on(self):
         self.held = False
@@ -183,6 +185,7 @@ class UploadProtocol(WebSocketServerProtocol):
 
 class UploadFactory(WebSocketServerFactory):
     protocol = UploadProtocol
+    _log = Logger()
 
     def __init__(self, store, clock, max_message_size: int, admit, uploader_of=lambda request: None,
                  budget: InflightBudget | None = None, **kw):
@@ -200,5 +203,15 @@ class UploadFactory(WebSocketServerFactory):
         self.lines_in = 0
         self.acks = 0
         self.errors: dict[str, int] = {}
+        self._budget_logged_at = float("-inf")
         self.setProtocolOptions(maxMessagePayloadSize=max_message_size, maxFramePayloadSize=max_message_size,
                                 failByDrop=False)
+
+    def budget_full(self):
+        """Say so when the memory budget holds connections: at most once a minute, it is normal under load."""
+        now = self.clock.seconds()
+        if now - self._budget_logged_at >= BUDGET_LOG_INTERVAL:
+            self._budget_logged_at = now
+            self._log.info("upload budget full ({reserved} of {limit} MiB in flight): {held} connection(s) wait "
+                           "for earlier messages to be committed (--max-inflight-mb)",
+                           reserved=self.budget.reserved >> 20, limit=self.budget.limit >> 20, held=self.budget.held)
