@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+import tempfile
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -31,6 +34,46 @@ def endpoint_description(port: str, interface: str) -> str:
         escaped = interface.replace(":", "\\:")
         return f"tcp:{port}:interface={escaped}"
     return port
+
+
+def endpoint_port(description: str) -> str | None:
+    """The port field of a `tcp:`, `tcp6:` or `ssl:` endpoint string (None for other kinds)."""
+    kind, *fields = re.split(r"(?<!\\):", description)
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    named = dict(field.split("=", 1) for field in fields if "=" in field)
+    positional = [field for field in fields if "=" not in field]
+    return named.get("port", positional[0] if positional else "")
+
+
+def check_endpoint(flag: str, description: str):
+    """Refuse, before anything starts, an endpoint string Twisted cannot parse or a port out of range."""
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        raise usage.UsageError(f"{flag} {description!r} is not a port number or a Twisted endpoint string ({e}); "
+                               "e.g. 5056, tcp:5056:interface=0.0.0.0 or unix:/run/fulab.sock") from None
+    port = endpoint_port(description)
+    if port is not None and not (port.isdigit() and 0 <= int(port) <= 65535):
+        raise usage.UsageError(f"{flag} {description!r}: the port must be a number from 0 to 65535")
+
+
+def check_root(root: str):
+    """Refuse a --root this user cannot create or write to (instead of failing every upload later)."""
+    path = os.path.abspath(root)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise usage.UsageError(f"cannot use --root {root}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise usage.UsageError(f"cannot use --root {root}: cannot create files in {existing} ({e.strerror or e}); "
+                               "give a folder this user can write to, or fix its permissions") from None
 
 
 class Options(usage.Options):
@@ -95,7 +138,14 @@ class Options(usage.Options):
             self["tokens"] = access.load_tokens(self["token-file"]) if self["token-file"] else None
         except access.TokenFileError as e:
             raise usage.UsageError(str(e)) from None
+        if self["port"].isdigit() and int(self["port"]) > 65535:
+            raise usage.UsageError(f"--port {self['port']}: the port must be a number from 0 to 65535")
         self["endpoints"] = [endpoint_description(self["port"], self["interface"])] + self["listen"]
+        for flag, description in zip(["--port"] + ["--listen"] * len(self["listen"]), self["endpoints"]):
+            check_endpoint(flag, description)
+        if self["tls-port"] is not None and not 0 <= self["tls-port"] <= 65535:
+            raise usage.UsageError(f"--tls-port {self['tls-port']}: the port must be a number from 0 to 65535")
+        check_root(self["root"])
         if len({self[name] is None for name in ("tls-port", "tls-cert", "tls-key")}) > 1:
             raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together: give all three or none")
         if self["tls-cert"] is not None:
@@ -103,6 +153,17 @@ class Options(usage.Options):
                 tls.load_options(self["tls-cert"], self["tls-key"])
             except tls.CertificateError as e:
                 raise usage.UsageError(f"cannot serve TLS: {e}")
+
+
+class CommandLine(Options):
+    """What `twistd fulab` parses: a refusal is one line on stderr and exit status 1, not twistd's whole help."""
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"twistd fulab: {e}\n")
+            raise SystemExit(1) from None
 
 
 _log = Logger()
