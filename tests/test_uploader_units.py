@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from fulabd.uploader.identity import NotReady, identify
 from fulabd.uploader.sender import BLOCKED, STREAMING, Budget, Sender
 from fulabd.uploader.tail import LineReader, Replaced
+from fulabd.uploader.uploads import Uploads
 from tests.fixtures import SAMPLES, sample_files
 
 import pytest
@@ -360,3 +361,32 @@ def test_only_writes_creations_and_moves_of_session_files_wake_the_uploader():
     assert written_session_files(events.FileClosedNoWriteEvent("/s/a.jsonl")) == []
     assert written_session_files(events.FileModifiedEvent("/s/notes.txt")) == []
     assert written_session_files(events.DirModifiedEvent("/s/x.jsonl")) == []
+
+
+class ClaimsMoreThanAnyFile(ScriptedServer):
+    """A broken or hostile server: every session, whatever its name, holds a million lines."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def reply(self, message):
+        if message["type"] == "resume":
+            self.asked.append(message["session-id"])
+            return {"type": "ack", "session-id": message["session-id"], "count": 1_000_000, "resume": True}
+        return {"type": "error", "err": "conflict", "detail": "differs"}
+
+
+def test_a_server_that_claims_more_lines_than_the_file_stops_the_session_instead_of_spinning_generations(tmp_path):
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 5)
+    uploads = Uploads(Clock(), Events())
+    uploads.track(path)
+    server = ClaimsMoreThanAnyFile()
+    uploads.connected(server)
+    server.answer()
+    base = identify(path, "codex").session_id
+    assert server.asked == [base, f"{base}~g2", f"{base}~g3"]
+    [blocked] = uploads.problems()
+    assert blocked.state == BLOCKED and blocked.problem.startswith("server-ahead: the server claims 1000000 lines")
+    assert uploads.caught_up, "a stopped session does not keep --once waiting"

@@ -18,6 +18,7 @@ from fulabd.uploader.sender import Budget, Sender
 from fulabd.uploader.tail import LineReader
 
 STOP_TIMEOUT = 15
+MAX_GENERATIONS = 100  # a file rewritten more often than this in one run is not followed further
 
 
 class Uploads:
@@ -50,8 +51,9 @@ class Uploads:
             return None
         return self._start(key, identity, 1)
 
-    def _start(self, key: str, base: Identity, generation: int) -> Sender:
-        sender = Sender(base, LineReader(key), self.budget, self, self.clock, generation=generation, **self.frame)
+    def _start(self, key: str, base: Identity, generation: int, ahead: int = 0) -> Sender:
+        sender = Sender(base, LineReader(key), self.budget, self, self.clock, generation=generation, ahead=ahead,
+                        **self.frame)
         self.senders[key] = sender
         self.reporter.tracking(sender)
         if self.channel is not None:
@@ -96,8 +98,13 @@ class Uploads:
             base = None
         if base is not None and base.session_id != sender.base.session_id:
             successor = self._start(key, base, 1)
+        elif base is not None and sender.generation >= MAX_GENERATIONS:
+            sender.problem = f"conflict: {detail}; the file was rewritten {MAX_GENERATIONS} times in this run"
+            self.reporter.error(sender, {"err": "conflict", "detail": f"{detail}; after {MAX_GENERATIONS} generations "
+                                         "in this run no further one is started"}, blocked=True)
+            return
         elif base is not None:
-            successor = self._start(key, sender.base, sender.generation + 1)
+            successor = self._start(key, sender.base, sender.generation + 1, sender.ahead)
         else:
             del self.senders[key]
             successor = None
@@ -132,6 +139,10 @@ class Uploads:
     def settled(self) -> bool:
         """Nothing in flight: every line sent is acknowledged (or the connection is gone)."""
         return self.channel is None or all(not sender.inflight for sender in self.senders.values())
+
+    def problems(self) -> list[Sender]:
+        """Sessions that stopped short of the file's end (a line refused, a server that is wrong)."""
+        return [sender for sender in self.senders.values() if sender.problem is not None]
 
     @property
     def caught_up(self) -> bool:
