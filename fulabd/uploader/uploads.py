@@ -35,6 +35,8 @@ class Uploads:
         self.stopping = False
         self._idle_waiters: list[defer.Deferred] = []
         self._stopped: defer.Deferred | None = None
+        self._deadline = None  # (seconds, what to call) while a connection must work in time (--once)
+        self._deadline_call = None
 
     def track(self, path) -> Sender | None:
         """Upload `path` (or, if it already is, send what it has new)."""
@@ -63,19 +65,33 @@ class Uploads:
     def connected(self, channel):
         self.channel = channel
         self.budget.reset()
-        self.reporter.connected(len(self.senders))
         for sender in list(self.senders.values()):
             sender.attach(channel)
 
-    def disconnected(self, channel, code, reason):
+    def confirmed(self):
+        """The server answered on the new connection: it works."""
+        if self._deadline_call is not None and self._deadline_call.active():
+            self._deadline_call.cancel()
+        self.reporter.connected(len(self.senders))
+
+    def connect_deadline(self, seconds: float, give_up):
+        """Call `give_up` if no connection works within `seconds` now, or after any connection is lost."""
+        self._deadline = (seconds, give_up)
+        self._deadline_call = self.clock.callLater(seconds, give_up)
+
+    def disconnected(self, channel, why: tuple[str, bool] | None):
+        """`why`: the reason in words and whether the server ended it; None if it was never a working connection."""
         if channel is not self.channel:
             return
         self.channel = None
         self.budget.reset()
         for sender in self.senders.values():
             sender.detach()
-        if not self.stopping:
-            self.reporter.disconnected(code, reason)
+        if why is not None and not self.stopping:
+            self.reporter.disconnected(*why)
+        if self._deadline is not None and not self.stopping and not (self._deadline_call and
+                                                                      self._deadline_call.active()):
+            self._deadline_call = self.clock.callLater(*self._deadline)
         self._check_idle()
         self._check_stopped()
 
