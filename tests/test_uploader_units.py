@@ -390,3 +390,55 @@ def test_a_server_that_claims_more_lines_than_the_file_stops_the_session_instead
     [blocked] = uploads.problems()
     assert blocked.state == BLOCKED and blocked.problem.startswith("server-ahead: the server claims 1000000 lines")
     assert uploads.caught_up, "a stopped session does not keep --once waiting"
+
+
+# The connection's protocol, over an in-memory transport.
+
+def open_client(clock, uploads):
+    import base64
+    import hashlib
+    import re
+
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from fulabd.uploader.connection import UploadClientFactory
+
+    class TCPLikeTransport(StringTransport):
+        """As a TCP transport: unregistering no producer is not an error."""
+
+        def unregisterProducer(self):
+            self.producer = None
+
+    factory = UploadClientFactory("ws://127.0.0.1:5056/fulab/lab/upload/ws", uploads, reactor=clock)
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5056))
+    transport = TCPLikeTransport()
+    protocol.makeConnection(transport)
+    key = re.search(rb"Sec-WebSocket-Key: (\S+)", transport.value())[1]
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    transport.clear()
+    protocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    return protocol, transport
+
+
+def test_a_message_from_the_server_over_one_mib_drops_the_connection_before_it_is_read():
+    import io
+    import struct
+
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from fulabd.uploader.progress import Reporter
+
+    clock = Clock()
+    output = io.StringIO()
+    uploads = Uploads(clock, Reporter(stream=output, clock=clock, url="ws://127.0.0.1:5056/fulab/lab/upload/ws"))
+    protocol, transport = open_client(clock, uploads)
+    assert uploads.channel is protocol
+    transport.clear()
+    protocol.dataReceived(bytes([0x81, 127]) + struct.pack("!Q", 3 << 30) + b"x" * 4096)
+    assert transport.disconnecting or transport.disconnected, "dropped at the frame's header"
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert uploads.channel is None
+    assert "the server sent a message over the 1048576 bytes the uploader accepts" in output.getvalue()

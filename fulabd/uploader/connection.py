@@ -93,6 +93,14 @@ class UploadClientProtocol(WebSocketClientProtocol):
         self._replies.probe()
         self.sendMessage(PROBE)
 
+    def onMessageFrameBegin(self, length):
+        """Incoming messages are capped here, not with Autobahn's options: those cap what we send too."""
+        super().onMessageFrameBegin(length)
+        if self.message_data_total_length > MAX_INCOMING_BYTES and not self.failedByMe:
+            self._max_message_size_exceeded(self.message_data_total_length, MAX_INCOMING_BYTES,
+                                            f"the server's message of {self.message_data_total_length} bytes "
+                                            f"exceeds payload limit of {MAX_INCOMING_BYTES}")
+
     def send(self, payload: bytes, on_reply):
         """Send one encoded message; `on_reply` gets the server's reply to it."""
         self._replies.expect(on_reply)
@@ -200,8 +208,7 @@ class UploadClientFactory(WebSocketClientFactory):
         self.refused_handshakes = 0
         self.setProtocolOptions(autoPingInterval=ping_interval, autoPingTimeout=ping_interval,
                                 openHandshakeTimeout=HANDSHAKE_TIMEOUT, closeHandshakeTimeout=5,
-                                maxMessagePayloadSize=MAX_INCOMING_BYTES, maxFramePayloadSize=MAX_INCOMING_BYTES,
-                                failByDrop=True)
+                                maxMessagePayloadSize=0, maxFramePayloadSize=0, failByDrop=True)
 
     def refusal(self, what: str) -> tuple[str, str]:
         """The reason and the advice for a server that refused this uploader's credentials."""
