@@ -17,6 +17,7 @@ import orjson
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.util import parse_url
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.error import TCPTimedOutError, TimeoutError
@@ -177,7 +178,7 @@ def describe_connect_error(failure) -> str:
         return "connection refused: nothing listens on that host and port (is the daemon running? the right port?)"
     if isinstance(error, DNSLookupError):
         return f"the host name does not resolve ({failure.getErrorMessage()})"
-    if isinstance(error, (ConnectingCancelledError, TimeoutError, TCPTimedOutError)):
+    if isinstance(error, (TimeoutError, TCPTimedOutError)):
         return "no answer from the host (timed out): a firewall, or a wrong address"
     return failure.getErrorMessage()
 
@@ -191,7 +192,8 @@ class ReportingEndpoint:
 
     def connect(self, factory):
         def failed(failure):
-            self.reporter.connect_failed(describe_connect_error(failure))
+            if not failure.check(CancelledError, ConnectingCancelledError):  # we stopped trying: nothing to say
+                self.reporter.connect_failed(describe_connect_error(failure))
             return failure
 
         return self.endpoint.connect(factory).addErrback(failed)
