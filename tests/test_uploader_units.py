@@ -442,3 +442,52 @@ def test_a_message_from_the_server_over_one_mib_drops_the_connection_before_it_i
     protocol.connectionLost(Failure(ConnectionDone()))
     assert uploads.channel is None
     assert "the server sent a message over the 1048576 bytes the uploader accepts" in output.getvalue()
+
+
+# Compressed rollouts (`.jsonl.zst`).
+
+def compress(source, target):
+    import zstandard
+
+    target.write_bytes(zstandard.ZstdCompressor().compress(source.read_bytes()))
+    return target
+
+
+def test_a_compressed_file_reads_as_the_same_lines_and_seeks_by_line(tmp_path):
+    source = tmp_path / "s.jsonl"
+    write_lines(source, 3000)
+    reader = LineReader(str(compress(source, tmp_path / "s.jsonl.zst")))
+    lines = []
+    while batch := reader.read(10_000):
+        lines += batch
+    assert lines == source.read_bytes().split(b"\n")[:-1]
+    assert reader.seek(2500) and reader.read(1) == [lines[2500]]
+    assert reader.seek(100) and reader.read(1) == [lines[100]], "back to an earlier line"
+    assert not reader.seek(3001)
+
+
+def test_a_compressed_file_is_the_same_session_as_its_uncompressed_form(tmp_path):
+    for sample in sample_files():
+        folder = tmp_path / sample.relative_to(SAMPLES).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        compressed = compress(sample, folder / (sample.name + ".zst"))
+        assert identify(compressed) == identify(sample), sample
+
+
+def test_a_damaged_compressed_file_stops_its_session_with_the_reason(tmp_path):
+    from fulabd.uploader.compressed import Unreadable
+
+    source = tmp_path / "s.jsonl"
+    write_lines(source, 40_000)  # several zstd blocks: the first ones decompress
+    data = compress(source, tmp_path / "whole.zst").read_bytes()
+    damaged = tmp_path / "s.jsonl.zst"
+    damaged.write_bytes(data[:len(data) // 2] + bytes(64) + data[len(data) // 2 + 64:])
+    reader = LineReader(str(damaged))
+    with pytest.raises(Unreadable, match="does not decompress"):
+        while reader.read(10_000):
+            pass
+    sender, events = make_sender(damaged, frame=1 << 20)
+    server = ScriptedServer()
+    sender.attach(server)
+    server.answer()
+    assert sender.state == BLOCKED and sender.problem.startswith("unreadable: ")

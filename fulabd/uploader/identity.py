@@ -16,6 +16,8 @@ from pathlib import Path
 
 import orjson
 
+from fulabd.uploader.compressed import Unreadable, open_content, session_stem
+
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 AGENT_FILE = re.compile(r"^agent-[0-9a-zA-Z]+$")
 HEAD_LINES = 50
@@ -44,8 +46,13 @@ class Identity:
 def head_lines(path: Path) -> list[dict]:
     """The first complete lines of the file that parse as JSON objects (others as {})."""
     lines = []
-    with open(path, "rb") as handle:
-        data = handle.read(HEAD_BYTES)
+    data = b""
+    with open_content(path) as handle:
+        try:
+            while len(data) < HEAD_BYTES and (chunk := handle.read(min(1 << 16, HEAD_BYTES - len(data)))):
+                data += chunk
+        except Unreadable:
+            pass  # a damaged compressed file: its sender says so where the damage starts
     for raw in data.split(b"\n")[:-1][:HEAD_LINES]:
         try:
             value = orjson.loads(raw)
@@ -82,7 +89,7 @@ def identify(path: Path, source: str | None = None, overrides: dict | None = Non
     elif source == "claude":
         identity = claude_identity(path, lines)
     else:
-        identity = Identity(path.stem, {})
+        identity = Identity(session_stem(path), {})
     meta = {key: value for key, value in identity.meta.items() if value is not None}
     if source:
         meta["source"] = source
@@ -100,18 +107,19 @@ def codex_identity(path: Path, lines: list[dict]) -> Identity:
             return Identity(str(payload["id"]), {"cwd": payload.get("cwd"), "originator": payload.get("originator")})
     if first.get("id") and "type" not in first:
         return Identity(str(first["id"]), {})
-    return Identity(path.stem, {})
+    return Identity(session_stem(path), {})
 
 
 def claude_identity(path: Path, lines: list[dict]) -> Identity:
     cwd = next((line["cwd"] for line in lines if isinstance(line.get("cwd"), str)), None)
     meta = {"cwd": cwd}
+    stem = session_stem(path)
     if path.parent.name == "subagents" and UUID.match(path.parent.parent.name):
         parent = path.parent.parent.name
-        return Identity(f"{parent}/{path.stem}", meta | {"parent-session-id": parent})
+        return Identity(f"{parent}/{stem}", meta | {"parent-session-id": parent})
     session = next((line["sessionId"] for line in lines if isinstance(line.get("sessionId"), str)), None)
-    if AGENT_FILE.match(path.stem) and session and session != path.stem:
-        return Identity(f"{session}/{path.stem}", meta | {"parent-session-id": session})
-    if UUID.match(path.stem):
-        return Identity(path.stem, meta)
-    return Identity(session or path.stem, meta)
+    if AGENT_FILE.match(stem) and session and session != stem:
+        return Identity(f"{session}/{stem}", meta | {"parent-session-id": session})
+    if UUID.match(stem):
+        return Identity(stem, meta)
+    return Identity(session or stem, meta)

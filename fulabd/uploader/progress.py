@@ -103,8 +103,10 @@ class Reporter:
         self._backlog.discard(sender)
         meta = sender.identity.meta
         where = meta.get("project") or meta.get("cwd") or ""
-        self.say(f"live {sender.session_id} ({meta.get('source', '?')}{', ' + where if where else ''}): "
-                 f"{sender.acked.index} lines on the server, from {sender.reader.path}")
+        state = "uploaded" if sender.reader.compressed else "live"
+        self.say(f"{state} {sender.session_id} ({meta.get('source', '?')}{', ' + where if where else ''}): "
+                 f"{sender.acked.index} lines on the server, from {sender.reader.path}"
+                 f"{' (compressed: read once, not followed)' if sender.reader.compressed else ''}")
 
     def acked(self, sender, lines: int, size: int, count: int):
         self.lines += lines

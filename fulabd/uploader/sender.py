@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from fulabd.uploader.compressed import Unreadable
 from fulabd.uploader.connection import SKIPPED
 from fulabd.uploader.identity import Identity
 from fulabd.uploader.tail import LineReader, Position, Replaced
@@ -147,6 +148,8 @@ class Sender:
                 known.append(self.reader.position)
         except Replaced as e:
             return self._replaced(e)
+        except Unreadable as e:
+            return self._unreadable(e)
         except FileNotFoundError:
             return self._gone()
         self._resumed_at = (count, tuple(known))
@@ -165,6 +168,8 @@ class Sender:
             self.acked = self.reader.position
         except Replaced as e:
             return self._replaced(e)
+        except Unreadable as e:
+            return self._unreadable(e)
         except FileNotFoundError:
             return self._gone()
         self.state = STREAMING
@@ -173,6 +178,8 @@ class Sender:
                 lines = self.reader.read(self._frame_bytes())
             except Replaced as e:
                 return self._replaced(e)
+            except Unreadable as e:
+                return self._unreadable(e)
             if not lines:
                 return self._server_ahead(count)
             self._send_lines(start, lines, self.reader.position)
@@ -188,6 +195,8 @@ class Sender:
                 lines = self.reader.read(self._frame_bytes())
             except Replaced as e:
                 return self._replaced(e)
+            except Unreadable as e:
+                return self._unreadable(e)
             except FileNotFoundError:
                 return self._gone()
             if not lines:
@@ -307,6 +316,8 @@ class Sender:
             self.live = True
             self.reporter.live(self)
         if not self.inflight:
+            if self.reader.compressed:
+                self.state = STOPPED  # a compressed file does not grow: read once, not followed
             self.reporter.idle(self)
 
     def _block(self, reply: dict):
@@ -332,6 +343,9 @@ class Sender:
     def _replaced(self, error: Replaced):
         self.state = BLOCKED
         self.reporter.conflict(self, str(error))
+
+    def _unreadable(self, error: Unreadable):
+        self._block({"err": "unreadable", "detail": str(error)})
 
     def _gone(self):
         self.state = STOPPED
