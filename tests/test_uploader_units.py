@@ -491,3 +491,27 @@ def test_a_damaged_compressed_file_stops_its_session_with_the_reason(tmp_path):
     sender.attach(server)
     server.answer()
     assert sender.state == BLOCKED and sender.problem.startswith("unreadable: ")
+
+
+class DisagreesWithEverything(ScriptedServer):
+    """Every session, whatever its name, holds three lines that are not the file's."""
+
+    def reply(self, message):
+        if message["type"] == "resume":
+            return {"type": "ack", "session-id": message["session-id"], "count": 3, "resume": True}
+        return {"type": "error", "err": "conflict", "detail": "differs"}
+
+
+def test_generations_stop_at_the_cap_with_the_reason(tmp_path):
+    from fulabd.uploader.uploads import MAX_GENERATIONS
+
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 5)
+    uploads = Uploads(Clock(), Events())
+    uploads.track(path)
+    uploads.connected(DisagreesWithEverything())
+    uploads.channel.answer()
+    [blocked] = uploads.problems()
+    assert blocked.generation == MAX_GENERATIONS
+    assert f"rewritten {MAX_GENERATIONS} times in this run" in blocked.problem
+    assert uploads.caught_up
