@@ -363,29 +363,36 @@ def test_only_writes_creations_and_moves_of_session_files_wake_the_uploader():
     assert written_session_files(events.DirModifiedEvent("/s/x.jsonl")) == []
 
 
-class ClaimsMoreThanAnyFile(ScriptedServer):
-    """A broken or hostile server: every session, whatever its name, holds a million lines."""
+class ClaimsEverySession(ScriptedServer):
+    """A broken or hostile server: every session, whatever its name, holds `count` lines unlike the file's."""
 
-    def __init__(self):
+    def __init__(self, count: int):
         super().__init__()
+        self.count = count
         self.asked = []
 
     def reply(self, message):
         if message["type"] == "resume":
             self.asked.append(message["session-id"])
-            return {"type": "ack", "session-id": message["session-id"], "count": 1_000_000, "resume": True}
+            return {"type": "ack", "session-id": message["session-id"], "count": self.count, "resume": True}
         return {"type": "error", "err": "conflict", "detail": "differs"}
 
 
-def test_a_server_that_claims_more_lines_than_the_file_stops_the_session_instead_of_spinning_generations(tmp_path):
+def upload_against(server, tmp_path) -> Uploads:
+    """A five-line file's upload, answered by `server` until nothing is pending."""
     path = tmp_path / "s.jsonl"
     write_lines(path, 5)
     uploads = Uploads(Clock(), Events())
     uploads.track(path)
-    server = ClaimsMoreThanAnyFile()
     uploads.connected(server)
     server.answer()
-    base = identify(path, "codex").session_id
+    return uploads
+
+
+def test_a_server_that_claims_more_lines_than_the_file_stops_the_session_instead_of_spinning_generations(tmp_path):
+    server = ClaimsEverySession(1_000_000)
+    uploads = upload_against(server, tmp_path)
+    base = identify(tmp_path / "s.jsonl", "codex").session_id
     assert server.asked == [base, f"{base}~g2", f"{base}~g3"]
     [blocked] = uploads.problems()
     assert blocked.state == BLOCKED and blocked.problem.startswith("server-ahead: the server claims 1000000 lines")
@@ -493,24 +500,10 @@ def test_a_damaged_compressed_file_stops_its_session_with_the_reason(tmp_path):
     assert sender.state == BLOCKED and sender.problem.startswith("unreadable: ")
 
 
-class DisagreesWithEverything(ScriptedServer):
-    """Every session, whatever its name, holds three lines that are not the file's."""
-
-    def reply(self, message):
-        if message["type"] == "resume":
-            return {"type": "ack", "session-id": message["session-id"], "count": 3, "resume": True}
-        return {"type": "error", "err": "conflict", "detail": "differs"}
-
-
 def test_generations_stop_at_the_cap_with_the_reason(tmp_path):
     from fulabd.uploader.uploads import MAX_GENERATIONS
 
-    path = tmp_path / "s.jsonl"
-    write_lines(path, 5)
-    uploads = Uploads(Clock(), Events())
-    uploads.track(path)
-    uploads.connected(DisagreesWithEverything())
-    uploads.channel.answer()
+    uploads = upload_against(ClaimsEverySession(3), tmp_path)  # fewer lines than the file: a plain conflict
     [blocked] = uploads.problems()
     assert blocked.generation == MAX_GENERATIONS
     assert f"rewritten {MAX_GENERATIONS} times in this run" in blocked.problem
