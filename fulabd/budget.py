@@ -64,6 +64,14 @@ class InflightBudget:
         self._grant()
         return size
 
+    def inflated(self, extra: int) -> int:
+        """A received message takes `extra` more bytes once decoded (packed lines): they count until its ack.
+        Returns what was added (nothing for a message that shrank), for `release`."""
+        extra = max(0, extra)
+        self.committing += extra
+        self.reserved += extra
+        return extra
+
     def release(self, size: int):
         """A complete message was answered (or its connection is gone): its bytes are free."""
         self.committing -= size

@@ -46,13 +46,11 @@ class Identity:
 def head_lines(path: Path) -> list[dict]:
     """The first complete lines of the file that parse as JSON objects (others as {})."""
     lines = []
-    data = b""
     with open_content(path) as handle:
         try:
-            while len(data) < HEAD_BYTES and (chunk := handle.read(min(1 << 16, HEAD_BYTES - len(data)))):
-                data += chunk
+            data = handle.read(HEAD_BYTES)
         except Unreadable:
-            pass  # a damaged compressed file: its sender says so where the damage starts
+            data = b""  # damaged from its start: not a session yet (its lines are read up to the damage)
     for raw in data.split(b"\n")[:-1][:HEAD_LINES]:
         try:
             value = orjson.loads(raw)

@@ -14,7 +14,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from fulabd.uploader.compressed import Decompressed, is_compressed
+from fulabd.uploader.compressed import Decompressed, Unreadable, is_compressed
 
 CHUNK = 1 << 20
 FINGERPRINT_BYTES = 4096
@@ -117,7 +117,12 @@ class LineReader:
             buffer = bytearray()
             full = False
             while not full:
-                chunk = handle.read(CHUNK)
+                try:
+                    chunk = handle.read(CHUNK)
+                except Unreadable:
+                    if lines:
+                        break  # the lines before the damage; the next read raises
+                    raise
                 if not chunk:
                     self._close_stream()  # a compressed file read to its end: no descriptor kept
                     break
