@@ -187,3 +187,29 @@ def test_a_connection_over_the_budget_stops_reading_until_an_earlier_message_is_
     assert replies(second_wire)[0]["count"] == 1, "the buffered message is read once the connection carries on"
     assert factory.budget.reserved == 0
     store.stopService()
+
+
+def test_a_packed_message_counts_its_decompressed_lines_until_its_ack(tmp_path):
+    """A packed frame is a tenth of its lines on the wire: the budget holds what they take once inflated."""
+    from fulabd.uploader.connection import UploadClientFactory
+    from fulabd.uploader.uploads import Uploads
+    from tests.memory import Commits, Lab
+    from tests.test_uploader_units import Events, write_lines
+
+    lab = Lab(tmp_path / "remote", commits=Commits(at_once=False))
+    try:
+        path = tmp_path / "s.jsonl"
+        write_lines(path, 2000)
+        uploads = Uploads(lab.clock, Events(), source="codex", max_frame_bytes=1 << 20)
+        uploads.track(path)
+        client = lab.connect(UploadClientFactory("ws://127.0.0.1:5056/fulab/lab/upload/ws", uploads,
+                                                 reactor=lab.clock))
+        lab.flush()
+        assert client.packer is not None, "the lines travel packed"
+        budget = lab.uploads.budget
+        assert budget.committing >= path.stat().st_size, "the decompressed lines, not the compressed frame"
+        lab.commits.run()
+        lab.flush()
+        assert budget.reserved == 0 and budget.committing == 0
+    finally:
+        lab.close()
