@@ -139,13 +139,13 @@ def upload(args) -> int:
         return 1
     watcher = Watcher(reactor, uploads, folders=args.watch or (), files=[args.path] if args.path else (),
                       active_minutes=args.active_minutes, backfill=args.backfill, use_events=not args.poll)
-    outcome = {"code": 0}
+    outcome = {"code": 0, "said": False}  # said: the run's end was already told (done, gave up)
 
     def shut_down():
         def closed(settled):
             unacked = 0 if settled else sum(batch.lines for sender in uploads.senders.values()
                                             for batch in sender.inflight)
-            if not args.once or not settled:
+            if not outcome["said"] or not settled:
                 reporter.say(f"stopped: {summary(uploads, reporter)}, {unacked:,} line(s) not acknowledged"
                              f"{'; they are sent on the next start' if unacked else ''}", always=True)
             if not settled:
@@ -159,6 +159,7 @@ def upload(args) -> int:
 
     def caught_up(_):
         problems = uploads.problems()
+        outcome["said"] = True
         if problems:
             outcome["code"] = 1
             reporter.say(f"done, but {len(problems)} session(s) stopped short of the file's end:", always=True)
@@ -171,7 +172,7 @@ def upload(args) -> int:
     def give_up():
         if uploads.stopping:
             return
-        outcome["code"] = 1
+        outcome["code"], outcome["said"] = 1, True
         reporter.say(f"gave up: no working connection to {args.url} within {args.connect_timeout:g} s "
                      f"(--connect-timeout); run: fulab doctor {args.url}", always=True)
         reactor.stop()
