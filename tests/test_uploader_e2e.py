@@ -201,6 +201,11 @@ def test_watch_finds_new_files_subagents_and_uploads_a_rewritten_file_as_a_new_g
 
 
 def test_par_is_sent_with_the_token(daemon, tmp_path):
+    from websockets.sync.client import connect
+
+    with connect(daemon.url + UPLOAD) as ws:  # a PAR is for a session that has lines
+        ws.send(orjson.dumps({"type": "init", "session-id": "s1", "events": ['{"type":"user"}']}).decode())
+        assert orjson.loads(ws.recv(timeout=30))["count"] == 1
     proxy = CuttableProxy(daemon.port)
     par = tmp_path / "par.edn"
     par.write_text('{:title "Uploader" :tags [:upload :test] :questions {:intention "ship" :happening "tests" '
