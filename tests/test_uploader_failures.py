@@ -106,3 +106,15 @@ def test_a_daemon_restart_reads_server_restarted_and_ctrl_c_says_what_was_done(t
         assert "uncleanly" not in output and "connection lost" not in output
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_par_to_a_closed_port_gives_up_after_a_few_tries_with_exit_1(tmp_path):
+    par = tmp_path / "par.edn"
+    par.write_text('{:title "t" :tags [] :questions {}}')
+    url = f"ws://127.0.0.1:{free_port()}{UPLOAD}"
+    uploader = Uploader("par", "--url", url, "--session", "s1", "--file", str(par)).start()
+    assert uploader.wait() == 1
+    output = "\n".join(uploader.output)
+    assert f"gave up after 3 tries; run: fulab doctor {url}" in output
+    assert "Traceback" not in output and output.count("could not connect") == 1

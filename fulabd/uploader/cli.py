@@ -220,14 +220,15 @@ def send_par(args) -> int:
     outcome = {"code": 1}
 
     class ParReporter(Reporter):
-        """Gives up after a few refused connections: a PAR is a one-off, not a daemon."""
+        """Gives up after a few failed connections (TCP, TLS or handshake): a PAR is a one-off, not a daemon."""
 
         failures = 0
 
         def connect_failed(self, reason: str, advice: str | None = None):
             super().connect_failed(reason, advice)
             self.failures += 1
-            if self.failures >= PAR_ATTEMPTS and reactor.running:
+            if self.failures == PAR_ATTEMPTS:
+                self.say(f"gave up after {PAR_ATTEMPTS} tries; run: fulab doctor {args.url}", always=True)
                 reactor.stop()
 
     reporter = ParReporter(clock=reactor, bar=False, url=args.url)
@@ -268,13 +269,7 @@ def send_par(args) -> int:
         print(f"fulab-upload: {e}", file=sys.stderr)
         return 1
 
-    def give_up(failure):
-        reporter.say(f"could not reach {args.url}: {failure.getErrorMessage()}", always=True)
-        if reactor.running:
-            reactor.stop()
-
     reactor.callWhenRunning(service.startService)
-    reactor.callWhenRunning(lambda: service.whenConnected(failAfterFailures=PAR_ATTEMPTS).addErrback(give_up))
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return outcome["code"]
