@@ -274,7 +274,8 @@ def test_a_server_that_claims_more_lines_than_the_file_stops_the_session_instead
 
 # The connection's protocol, over an in-memory transport.
 
-def open_client(clock, uploads):
+def open_client(clock, uploads, response: bytes | None = None, token: str | None = None):
+    """The uploader's client protocol after the server's `response` to its handshake (by default a 101)."""
     import base64
     import hashlib
     import re
@@ -290,15 +291,15 @@ def open_client(clock, uploads):
         def unregisterProducer(self):
             self.producer = None
 
-    factory = UploadClientFactory("ws://127.0.0.1:5056/fulab/lab/upload/ws", uploads, reactor=clock)
+    factory = UploadClientFactory("ws://127.0.0.1:5056/fulab/lab/upload/ws", uploads, token=token, reactor=clock)
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5056))
     transport = TCPLikeTransport()
     protocol.makeConnection(transport)
     key = re.search(rb"Sec-WebSocket-Key: (\S+)", transport.value())[1]
     accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
     transport.clear()
-    protocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                          b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    protocol.dataReceived(response or b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
     return protocol, transport
 
 
@@ -392,3 +393,30 @@ def test_generations_stop_at_the_cap_with_the_reason(tmp_path):
     assert blocked.generation == MAX_GENERATIONS
     assert f"rewritten {MAX_GENERATIONS} times in this run" in blocked.problem
     assert uploads.caught_up
+
+
+@pytest.mark.parametrize("status, token, said", [
+    (b"401 Unauthorized", None, "the server needs a token (HTTP 401); pass --token or set FULAB_TOKEN"),
+    (b"403 Forbidden", "t0ken", "the server refused the token (HTTP 403); check --token / FULAB_TOKEN"),
+    (b"404 Not Found", None, "the server answered HTTP 404 Not Found instead of a WebSocket; nothing serves that "
+                             "URL path: use a URL ending in /fulab/lab/upload/ws"),
+    (b"502 Bad Gateway", None, "HTTP 502 Bad Gateway instead of a WebSocket; the proxy in front of the server could "
+                               "not reach it"),
+])
+def test_a_refused_upgrade_names_its_http_status_and_what_to_do(status, token, said):
+    import io
+
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from fulabd.uploader.progress import Reporter
+
+    clock = Clock()
+    output = io.StringIO()
+    uploads = Uploads(clock, Reporter(stream=output, clock=clock, url="ws://lab/fulab/lab/upload/ws"))
+    protocol, transport = open_client(clock, uploads, b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n",
+                                      token=token)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert said in output.getvalue()
+    assert protocol.factory.refused_handshakes == 1, "counted for the backoff"
+    assert "connected" not in output.getvalue()

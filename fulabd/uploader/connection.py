@@ -153,6 +153,9 @@ class UploadClientProtocol(WebSocketClientProtocol):
         status = HTTP_STATUS.search(reason or "")
         if status and status["code"] in ("401", "403"):
             return self.factory.uploads.reporter.connect_failed(*self.factory.refusal(f"HTTP {status['code']}"))
+        if status:
+            return self.factory.uploads.reporter.connect_failed(
+                f"the server answered HTTP {status['code']} {status['text']} instead of a WebSocket")
         self.factory.uploads.reporter.connect_failed(describe_close(wasClean, code, reason)[0])
 
     def close(self):
@@ -160,7 +163,7 @@ class UploadClientProtocol(WebSocketClientProtocol):
 
 
 REFUSALS = ("unauthorized", "forbidden")
-HTTP_STATUS = re.compile(r"upgrade failed \((?P<code>\d{3}) ")
+HTTP_STATUS = re.compile(r"upgrade failed \[(?P<code>\d{3})\]: (?P<text>[^\")]*)")  # Autobahn's words for it
 
 
 def describe_close(was_clean: bool, code, reason: str | None) -> tuple[str, bool]:
