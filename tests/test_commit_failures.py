@@ -58,7 +58,7 @@ def test_a_commit_thread_that_fails_as_a_whole_fails_every_waiter_and_the_store_
     def broken(batch, syncers):
         raise RuntimeError("the thread pool is gone")
 
-    monkeypatch.setattr("fulabd.store.store.run_commit_jobs", broken)
+    monkeypatch.setattr("fulabd.store.committing.run_commit_jobs", broken)
     with pytest.raises(ProtocolError) as failed:
         result_of(store.append("s", 0, [b"lost"]))
     assert failed.value.code == "storage-failed"
