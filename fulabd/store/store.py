@@ -134,12 +134,16 @@ class SessionStore(GroupCommit, SessionMetadata, SessionReading, service.Service
         self._adopt(load_root(self._root, self.clock.seconds()))
 
     def _adopt(self, loaded: Loaded) -> None:
-        for level, text, fields in loaded.notes:
-            getattr(self._log, level)(text, **fields)
+        """Take the sessions read in a thread, and log what the reading noted."""
+        self._log_notes(loaded)
         for session in sorted(loaded.sessions, key=lambda session: session.modified):
             self._sessions[session.safe_id] = session
             self.index.touch(session)
         self._log.info("store at {root} holds {sessions} sessions", root=self.root, sessions=len(self._sessions))
+
+    def _log_notes(self, loaded: Loaded) -> None:
+        for level, text, fields in loaded.notes:
+            self._note(level, text, **fields)
 
     def _note(self, level: str, text: str, **fields):
         getattr(self._log, level)(text, **fields)
@@ -308,16 +312,37 @@ class SessionStore(GroupCommit, SessionMetadata, SessionReading, service.Service
     # -- PARs --------------------------------------------------------------
 
     def pars(self, session: Session) -> list[dict]:
+        """The session's PARs (read from the sidecar on first use, then kept in memory)."""
         if session.pars is None:
-            session.pars = read_sidecar(self._root, session.par_name, list, self.clock.seconds(), self._note) or []
+            self._adopt_pars(session, read_sidecar(self._root, session.par_name, list, self.clock.seconds(),
+                                                   self._note))
+        return session.pars
+
+    def _adopt_pars(self, session: Session, pars: list | None) -> None:
+        if session.pars is None:
+            session.pars = pars or []
             session.par_ids = {par.get("id") for par in session.pars if isinstance(par, dict)}
             session.par_count = len(session.pars)
-        return session.pars
+
+    def _pars_read(self, session: Session) -> defer.Deferred:
+        """Fires once the session's PARs are in memory, read in a thread (a sidecar may be megabytes)."""
+        if session.pars is not None:
+            return defer.succeed(None)
+        notes = Loaded()
+        reading = self._run_in_thread(read_sidecar, self._root, session.par_name, list, self.clock.seconds(),
+                                      notes.note)
+
+        def read(pars):
+            self._log_notes(notes)
+            self._adopt_pars(session, pars)
+
+        return reading.addCallback(read)
 
     def add_par(self, session_id: str, par: dict, author: str | None = None) -> defer.Deferred:
         """Check a PAR and append it to the session's sidecar; fires with (index, par, added) once durable.
 
-        A PAR whose id is already stored is not added again.
+        A PAR whose id is already stored is not added again. The reactor's cost is that of the new PAR:
+        the sidecar is read (once) and rewritten in threads.
         """
         return self._when_loaded(self._add_par, session_id, par, author)
 
@@ -328,14 +353,17 @@ class SessionStore(GroupCommit, SessionMetadata, SessionReading, service.Service
             if not session.stored or session.written == 0:
                 raise ProtocolError(UNKNOWN_SESSION, f"no session {session_id!r} with lines is stored; "
                                                      "upload its lines before its PARs")
-            pars = self.pars(session)
-            if par["id"] in session.par_ids:
-                index = next(i for i, existing in enumerate(pars) if existing.get("id") == par["id"])
-                return self._durable(session).addCallback(lambda _: (index, pars[index], False))
-            if len(pars) >= MAX_PARS_PER_SESSION:
-                raise bad("par", f"the session has {len(pars)} PARs, the most one session may have")
         except ProtocolError as e:
             return defer.fail(e)
+        return self._pars_read(session).addCallback(lambda _: self._add_read_par(session, par))
+
+    def _add_read_par(self, session: Session, par: dict) -> defer.Deferred:
+        pars = session.pars
+        if par["id"] in session.par_ids:
+            index = next(i for i, old in enumerate(pars) if isinstance(old, dict) and old.get("id") == par["id"])
+            return self._durable(session).addCallback(lambda _: (index, pars[index], False))
+        if len(pars) >= MAX_PARS_PER_SESSION:
+            return defer.fail(bad("par", f"the session has {len(pars)} PARs, the most one session may have"))
         par.setdefault("timestamp", now_iso(self.clock.seconds()))
         pars.append(par)
         session.par_ids.add(par["id"])
