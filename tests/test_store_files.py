@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from fulabd.messages import ProtocolError
 from tests.fixtures import Daemon, get_json
-from tests.test_store import make_store, result_of
+from tests.test_store import ManualThread, make_store, result_of
 
 
 def open_files_under(folder) -> list[str]:
@@ -146,3 +146,20 @@ def test_out_of_descriptors_is_storage_failed_with_the_reason_and_the_store_reco
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert result_of(store.append("newer", 0, [b"line"])).count == 1
+
+
+def test_lines_of_a_file_closed_to_make_room_before_its_commit_are_still_synced(tmp_path, monkeypatch):
+    synced = []
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    thread = ManualThread()
+    store, _ = make_store(tmp_path, thread=thread, max_open_files=2)
+    acked = [store.append(f"s{number}", 0, [b"line"]) for number in range(5)]  # one commit for all five
+    thread.run_all()
+    assert [result_of(ack).count for ack in acked] == [1] * 5
+    assert sorted(synced) == sorted(str(tmp_path / f"s{number}.jsonl") for number in range(5))

@@ -45,9 +45,14 @@ class GroupCommit:
             if not (session.sync_lines or session.write_pars or meta_due or session.waiters):
                 continue
             self._dirty.discard(session)
+            fd, failed = None, None
+            if session.sync_lines:
+                try:
+                    fd = self._files.pin(session)
+                except StoreError as e:
+                    failed = e
             job = CommitJob(
-                root=self._root, session=session,
-                fd=self._files.pin(session) if session.sync_lines else None,
+                root=self._root, session=session, fd=fd, failed=failed,
                 pars=session.pars if session.write_pars else None, par_count=session.par_count,
                 meta=self._meta_taken(session, now, durable_after=True) if meta_due else None,
                 lines=session.written, size=session.written_size,
