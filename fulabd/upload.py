@@ -14,8 +14,11 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from fulabd import messages
+from fulabd import messages, packed
+from fulabd.access import SELF_PROBE
 from fulabd.messages import MISSING_SESSION_ID, TOO_LARGE, ProtocolError
+
+UNBOUNDED_PACKED = 1 << 30  # what packed lines may inflate to when --max-message-size is 0 (no limit)
 
 
 class UploadProtocol(WebSocketServerProtocol):
@@ -27,15 +30,21 @@ class UploadProtocol(WebSocketServerProtocol):
         self._outbox: deque = deque()
         self._touched: dict[str, int] = {}
         self._peer = "?"
+        self._quiet = False
+        self.packed = False
 
     def onConnect(self, request):
         self._peer = self.factory.admit(request, self)
         self.uploader = self.factory.uploader_of(request)
+        self._quiet = self.uploader == SELF_PROBE  # the listener's self-probe, every few seconds: not logged
+        self.packed = packed.offered(request.headers.get(packed.HEADER.lower()))
+        return (None, {packed.HEADER: packed.ENCODING}) if self.packed else None
 
     def onOpen(self):
         self.factory.connections.add(self)
-        self._log.info("upload connection open from {peer} (uploader {uploader})", peer=self._peer,
-                       uploader=self.uploader)
+        if not self._quiet:
+            self._log.info("upload connection open from {peer} (uploader {uploader})" if self.uploader else
+                           "upload connection open from {peer}", peer=self._peer, uploader=self.uploader)
 
     def onClose(self, wasClean, code, reason):
         if self not in self.factory.connections:
@@ -47,19 +56,24 @@ class UploadProtocol(WebSocketServerProtocol):
             self._log.info("upload of session {session_id} from {peer}: {appended} lines appended, {count} stored",
                            session_id=session_id, peer=self._peer, appended=appended,
                            count=session.count if session else 0)
-        self._log.info("upload connection from {peer} closed (code {code})", peer=self._peer, code=code)
+        if not self._quiet:
+            self._log.info("upload connection from {peer} closed (code {code})", peer=self._peer, code=code)
 
     def onMessage(self, payload, isBinary):
         self.factory.messages_in += 1
         self.factory.bytes_in += len(payload)
-        if isBinary:
-            self._reply(defer.fail(ProtocolError(messages.BAD_JSON, "binary frames are not accepted; "
-                                                                    "send JSON text frames")))
+        if isBinary and not self.packed:
+            self._reply(defer.fail(ProtocolError(messages.BAD_JSON, "binary frames are accepted only after a "
+                                                                    f"{packed.HEADER} handshake; send JSON text frames")))
             return
         try:
-            message = messages.parse(payload)
+            message = packed.decode(payload, self.maxMessagePayloadSize or UNBOUNDED_PACKED) if isBinary \
+                else messages.parse(payload)
         except ProtocolError as e:
-            self._reply(defer.fail(e))
+            if e.code == TOO_LARGE:
+                self._max_message_size_exceeded(f"more than {e.extra['limit']}", e.extra["limit"], e.detail)
+            else:
+                self._reply(defer.fail(e))
             return
         self._reply(defer.maybeDeferred(self._handle, message))
 

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 import orjson
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.web import resource, server
+from twisted.logger import Logger
+from twisted.web import resource, server, util
 
 from fulabd import edn, ui
 from fulabd.listing import BadListingRequest, parse_query
@@ -18,8 +19,11 @@ from fulabd.messages import INVALID_PATH, UNAUTHORIZED, now_iso
 
 UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
 STREAM_PATH = "/fulab/lab/stream/ws"
+UI_PATH = "/fulab/lab/"
 OPEN_PATHS = (b"/healthz",)  # answered without a token, for load balancers and service managers
 REFUSED_MESSAGE_LIMIT = 64 * 1024  # a refused client has nothing to say
+
+_log = Logger()
 
 
 def is_upload_path(path: str) -> bool:
@@ -109,6 +113,8 @@ class WebSocketDispatch(resource.Resource):
     def getChildWithDefault(self, name, request):
         if is_websocket(request):
             return self.websocket_for(request)
+        if request.uri == b"/":  # a browser pointed at the port gets the UI (`/?path=` upgrades are viewers)
+            return util.Redirect(UI_PATH.encode())
         path = urlsplit(request.uri.decode("utf-8", "replace")).path
         if is_upload_path(path) or path == STREAM_PATH:
             return UpgradeRequired()
@@ -127,10 +133,6 @@ class WebSocketDispatch(resource.Resource):
             return self.websocket_for(request).render(request)
         return resource.Resource.render(self, request)
 
-    def render_GET(self, request):
-        request.redirect(b"/fulab/lab/")
-        return b""
-
 
 def describe(session, now: float, active_window: float) -> dict:
     """One entry of the session listings."""
@@ -142,7 +144,7 @@ def describe(session, now: float, active_window: float) -> dict:
         "path": session.path,
         "modified": now_iso(session.modified),
         "size-kb": session.size // 1024,
-        "active": now - session.modified <= active_window,
+        "active": now - session.modified <= active_window and not meta.get("archived"),
         "source": meta.get("source"),
         "originator": meta.get("originator"),
         "cwd": meta.get("cwd"),
@@ -150,7 +152,7 @@ def describe(session, now: float, active_window: float) -> dict:
         "pars": session.par_count,
         "uploading": session.uploaders > 0,
     }
-    for key in ("created-at", "remote-source", "uploader", "parent-session-id"):
+    for key in ("created-at", "remote-source", "uploader", "parent-session-id", "archived", "error"):
         if meta.get(key) is not None:
             entry[key] = meta[key]
     return entry
@@ -166,13 +168,17 @@ class Sessions(resource.Resource):
 
     isLeaf = False
 
-    def __init__(self, listing, clock, active_window: float, active_only: bool = False, session_child=None):
+    def __init__(self, listing, clock, active_window: float, active_only: bool = False, session_child=None,
+                 merge=None):
+        """`merge(request, body)`, when given, returns a Deferred of the body to send instead (other labs'
+        sessions added); it is applied to every answer but a later page (`cursor`)."""
         super().__init__()
         self.listing = listing
         self.clock = clock
         self.active_window = active_window
         self.active_only = active_only
         self.session_child = session_child
+        self.merge = merge
 
     def getChild(self, name, request):
         """`sessions/<id>/…`, when the tree was built with a `session_child` factory."""
@@ -200,11 +206,29 @@ class Sessions(resource.Resource):
         entries = [describe(session, now, self.active_window) for session in sessions]
         if self.active_only:
             entries = [entry for entry in entries if entry["active"]]
-        return render_data(request, reply | {"sessions": entries, "token": token})
+        body = reply | {"sessions": entries, "token": token}
+        if self.merge is None or cursor is not None:
+            return render_data(request, body)
+        return render_later(request, self.merge(request, body))
 
     @staticmethod
     def _newest_first(sessions: list) -> list:
         return sorted(sessions, key=lambda session: session.modified, reverse=True)
+
+
+def render_later(request, deferred) -> int:
+    """Answer `request` with the data `deferred` fires with (unless the client has gone by then)."""
+    gone = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def write(data: dict):
+        if not gone:
+            request.write(render_data(request, data))
+            request.finish()
+
+    deferred.addCallback(write).addErrback(
+        lambda failure: _log.failure("could not answer {path}", failure, path=request.path.decode("utf-8", "replace")))
+    return server.NOT_DONE_YET
 
 
 class Status(resource.Resource):
@@ -219,18 +243,21 @@ class Status(resource.Resource):
 
 
 def build_tree(dispatch: WebSocketDispatch, listing, clock, active_window: float, status,
-               session_child=None) -> resource.Resource:
+               session_child=None, merge=None, sessions_children=None) -> resource.Resource:
     """Mount the web UI and the HTTP resources under `/fulab/lab/` of the dispatching root.
 
     `listing` is a `fulabd.listing.Listing`; `session_child(name)` gives the resource for
-    `sessions/<name>` (e.g. its PARs).
+    `sessions/<name>` (e.g. its PARs); `merge` is the listings' hook (see `Sessions`);
+    `sessions_children` are more resources under `sessions/`.
     """
     fulab = resource.Resource()
     lab = ui.Lab()
     ui.mount(lab)
-    sessions = Sessions(listing, clock, active_window, session_child=session_child)
-    sessions.putChild(b"active", Sessions(listing, clock, active_window, active_only=True))
+    sessions = Sessions(listing, clock, active_window, session_child=session_child, merge=merge)
+    sessions.putChild(b"active", Sessions(listing, clock, active_window, active_only=True, merge=merge))
     sessions.putChild(b"", sessions)
+    for name, child in (sessions_children or {}).items():
+        sessions.putChild(name, child)
     lab.putChild(b"sessions", sessions)
     lab.putChild(b"status", Status(status))
     fulab.putChild(b"lab", lab)

@@ -164,11 +164,12 @@ function renderList() {
   const shown = list.sessions
     .filter((s) => !source || s.source === source)
     .filter((s) => {
-      const haystack = [s.id, s["session-id"], s.project, s.originator, s.cwd, s.source, s.uploader]
+      const haystack = [s.id, s["session-id"], s.project, s.originator, s.cwd, s.source, s.uploader, s["remote-source"]]
         .filter(Boolean).join(" ").toLowerCase();
       return words.every((word) => haystack.includes(word));
     })
-    .sort((a, b) => (b.active - a.active) || (b.uploading - a.uploading) || b.modified.localeCompare(a.modified));
+    .sort((a, b) => (b.active - a.active) || (b.uploading - a.uploading)
+      || (b.modified || "").localeCompare(a.modified || ""));
   $("sessions").tBodies[0].replaceChildren(...shown.map(sessionRow));
   $("list-empty").hidden = shown.length > 0;
   $("list-empty").textContent = list.sessions.length
@@ -182,8 +183,12 @@ function sessionRow(s) {
   row.dataset.id = s.id;
   const name = el("td", "name");
   const link = el("a", null, s.project ? s.project.split("/").filter(Boolean).pop() || s.project : s["session-id"]);
-  link.href = pageUrl({ session: s.id });
+  link.href = s["viewer-url"] || pageUrl({ session: s.id });  // another lab's session opens in its own UI
   name.append(link);
+  if (s["remote-source"]) {
+    name.append(el("span", "badge lab", s["remote-source"]));
+    name.lastChild.title = `on the lab ${s["remote-url"]}`;
+  }
   if (s.uploading) name.append(el("span", "badge live", "live"));
   else if (s.active) name.append(el("span", "badge active", "active"));
   name.append(el("div", "sub", s["session-id"]));
