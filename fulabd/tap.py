@@ -308,5 +308,5 @@ def makeService(config, reactor=None) -> service.MultiService:
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
     dispatch.putChild(b"healthz", web.Health(lambda: store.problem() or (
-        None if status()["running"] else "no port is listening")))
+        None if any(listener.port is not None for listener in listeners) else "no port is listening")))
     return parent

@@ -210,6 +210,9 @@ def test_par_is_sent_with_the_token(daemon, tmp_path):
     par = tmp_path / "par.edn"
     par.write_text('{:title "Uploader" :tags [:upload :test] :questions {:intention "ship" :happening "tests" '
                    ':perspectives "laptop" :learned "resume" :forward "merge"}}')
+    lines = tmp_path / "s1.jsonl"  # a PAR is stored only for a session that has lines
+    lines.write_text('{"type":"user","message":{"content":"hi"}}\n')
+    assert Uploader("--url", daemon.url + UPLOAD, "--path", str(lines), "--once", "--quiet").start().wait() == 0
     try:
         uploader = Uploader("par", "--url", proxy.url + UPLOAD, "--session", "s1", "--file", str(par),
                             "--token", "sekrit").start()
