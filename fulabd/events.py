@@ -130,6 +130,11 @@ def _claude_message(line: dict) -> dict:
     for source, target in (("isSidechain", "sidechain"), ("isMeta", "meta")):
         if line.get(source):
             event[target] = True
+    usage = line["message"].get("usage")
+    if role == "assistant" and isinstance(usage, dict):
+        # one API message is split over several lines that repeat its usage: the id lets a viewer count it once
+        event["usage"] = usage
+        event["message-id"] = line["message"].get("id")
     return event
 
 
@@ -192,10 +197,13 @@ def _answer(value) -> str:
 
 def par_event(par: dict, index: int) -> dict:
     """The viewer event of the sidecar PAR at position `index`."""
-    return bounded({"type": "par", "line": None, "par-index": index, "timestamp": par.get("timestamp"),
-                    "par-id": par.get("id", par.get("par-id")), "title": par.get("title"),
-                    "tags": [str(tag) for tag in par.get("tags") or []],
-                    "questions": par.get("questions"), "text": render_par(par)})
+    event = {"type": "par", "line": None, "par-index": index, "timestamp": par.get("timestamp"),
+             "par-id": par.get("id", par.get("par-id")), "title": par.get("title"),
+             "tags": [str(tag) for tag in par.get("tags") or []],
+             "questions": par.get("questions"), "text": render_par(par)}
+    if par.get("lines") is not None:
+        event["lines"] = list(par["lines"])
+    return bounded(event)
 
 
 def par_line(line: dict) -> dict:

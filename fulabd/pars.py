@@ -39,11 +39,23 @@ def par_from_body(body: bytes) -> dict:
     if len(title) > MAX_TITLE:
         raise BadPar(f"the title is {len(title)} characters; at most {MAX_TITLE} are accepted")
     par = {"title": title.strip(), "tags": tags_of(data.get("tags")), "questions": questions_of(data.get("questions"))}
+    if data.get("lines") is not None:
+        par["lines"] = lines_of(data["lines"])
     if "id" in data:
         if not isinstance(data["id"], str) or not data["id"].strip():
             raise BadPar("\"id\", when given, must be a non-empty string")
         par["id"] = data["id"].strip()
     return par
+
+
+def lines_of(lines) -> list[int]:
+    """A PAR's `lines: [first, last]`: the range of session line indexes it is about."""
+    if (not isinstance(lines, list) or len(lines) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lines)):
+        raise BadPar("\"lines\" must be [first, last]: two line indexes of the session (integers, 0 or more)")
+    if lines[0] > lines[1]:
+        raise BadPar(f"\"lines\" is [{lines[0]}, {lines[1]}]: the first line must not come after the last")
+    return list(lines)
 
 
 def tags_of(tags) -> list[str]:
