@@ -12,8 +12,10 @@ import orjson
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from fulabd.catalog import StoreSource
+from fulabd.export import SessionExport
 from fulabd.messages import ProtocolError
-from fulabd.web import render_data
+from fulabd.web import describe, render_data
 
 QUESTIONS = ("intention", "happening", "perspectives", "learned", "forward")
 MAX_BODY = 256 * 1024
@@ -177,6 +179,7 @@ class SessionResource(resource.Resource):
     def __init__(self, store, session):
         super().__init__()
         self.putChild(b"pars", SessionPars(store, session))
+        self.putChild(b"export", SessionExport(StoreSource(store), session, lambda s: describe(s, s.modified, 0.0)))
 
 
 def session_child(store, name: bytes) -> resource.Resource:

@@ -38,6 +38,7 @@ const rowContext = {
   get results() { return view.results; },
   get children() { return view.children; },
   isSelected,
+  isTarget: (line) => Boolean(view.highlight) && line >= view.highlight.first && line <= view.highlight.last,
   onLine: selectLine,
   sessionUrl: (id) => api.pageUrl({ session: id }),
 };
@@ -46,7 +47,7 @@ export function showSession(id, helpers) {
   api = helpers;
   Object.assign(view, { id, sessionId: null, parCount: 0, parIds: new Set(), children: [], following: true,
     pending: false, socket: null, retry: 0, retryTimer: null, loading: false, historyEnd: 0, shownPercent: null,
-    target: null, described: null });
+    target: null, highlight: null, described: null });
   const line = Number.parseInt(new URLSearchParams(location.search).get("line"), 10);
   if (line >= 0) {
     view.target = { first: line, last: line };
@@ -186,7 +187,7 @@ function restart(base) {
   if (socket) socket.close();
   if (!view.target && view.events.length) {
     const shown = view.events[view.first];
-    view.target = { first: shown.line, last: shown.line };
+    view.target = { first: shown.line, last: shown.line, keep: true };   // stay where the reader is
   }
   reset(base);
   view.following = false;
@@ -360,7 +361,7 @@ function render() {
   if (view.target && reached(view.target.first)) {
     const target = view.target;
     view.target = null;
-    goToLine(target.first, target.last);
+    goToLine(target.first, target.last, !target.keep);
     return;
   }
   if (!view.following) {
@@ -451,30 +452,27 @@ function reached(line) {
   return view.events.length > 0 && (view.events[view.events.length - 1].line >= line || !view.loading);
 }
 
-// Show lines first..last highlighted, loading from an earlier offset when they are before the lines held.
-export function goToLine(first, last = first) {
-  if (view.base > first) {
-    view.target = { first, last };
-    restart(Math.max(0, first - BEFORE_TARGET));
-    return;
-  }
-  if (!reached(first)) {
-    view.target = { first, last };
+// Show lines first..last (highlighted unless `mark` is false), loading from an earlier offset when
+// they are before the lines held.
+export function goToLine(first, last = first, mark = true) {
+  if (view.base > first || !reached(first)) {
+    view.target = { first, last, keep: !mark };
     view.following = false;
+    if (view.base > first) restart(Math.max(0, first - BEFORE_TARGET));
     return;
   }
+  if (mark) view.highlight = { first, last };
   const index = indexOf(first);
   if (index < 0) return;
   view.following = false;
   if (index < view.first || index >= view.rendered) {
     renderWindow(Math.max(0, index - PAGE / 2), Math.min(view.events.length, index + PAGE / 2));
   }
-  for (const node of document.querySelectorAll(".row.target")) node.classList.remove("target");
   let shown = null;
   for (const row of document.querySelectorAll(".row[data-line]")) {
     const line = Number(row.dataset.line);
+    row.classList.toggle("target", rowContext.isTarget(line));
     if (line < first || line > last) continue;
-    row.classList.add("target");
     const run = row.querySelector("article.event[hidden]");
     if (run && row.dataset.run) row.closest("#events").querySelector(`.row[data-run="${row.dataset.run}"] .bk-toggle`)?.click();
     shown = shown || (row.classList.contains("paired") ? document.querySelector(`.tool-card[data-result-line="${line}"]`) : row);

@@ -67,13 +67,14 @@ function markers(event) {
   return out;
 }
 
-// The row of `event`. `context`: {results, runs, children, onLine, isSelected}.
+// The row of `event`. `context`: {results, children, onLine, isSelected, isTarget, sessionUrl}.
 export function renderRow(event, context) {
   const row = el("div", "row");
   row.dataset.line = event.line;
   row.append(...markers(event));
   if (event.sidechain) row.classList.add("sidechain");
   if (context.isSelected(event.line)) row.classList.add("selected");
+  if (context.isTarget(event.line)) row.classList.add("target");
   if (event._paired) {
     row.classList.add("paired");
     return row;

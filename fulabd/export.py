@@ -1,0 +1,378 @@
+"""
+A session as a document: `GET /fulab/lab/sessions/<id>/export?format=md|html`.
+
+The Markdown export has the title, the metadata, a summary, each turn with its
+messages and tool cards (inputs and results as fenced blocks, file edits as
+`diff` fences) and the PARs at the end.  The HTML export is that Markdown
+rendered by markdown-it-py with the options of the web UI's markdown-it (raw
+HTML off, linkify on), in one self-contained file: inline CSS, no script, and
+no request when opened; links show their address as text instead of pointing
+out of the file.  Bookkeeping lines (the UI folds them) are counted, not shown.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import re
+from datetime import datetime
+
+import orjson
+from markdown_it import MarkdownIt
+from twisted.web import resource
+
+from fulabd.events import PAR_QUESTIONS, normalize
+
+PAGE_LINES = 5000
+BOOKKEEPING_SYSTEM = frozenset({"turn_duration", "stop_hook_summary", "session_start", "compact_boundary"})
+CONTEXT_PREFIXES = ("<environment_context>", "<user_instructions>", "# AGENTS.md", "<INSTRUCTIONS>",
+                    "<system-reminder>", "Caveat: The messages below were generated", "# CLAUDE.md",
+                    "<local-command-caveat>")
+SLASH = re.compile(r"<command-name>\s*/?([^<\s]*)\s*</command-name>")
+SLASH_ARGS = re.compile(r"<command-args>([\s\S]*?)</command-args>")
+SALIENT = ("command", "cmd", "file_path", "notebook_path", "path", "pattern", "url", "query", "description",
+           "prompt")
+SAFE_LINK = re.compile(r"^(https?:|mailto:|#)", re.I)
+LABELS = {"user": "User", "assistant": "Assistant", "system": "System", "summary": "Compaction summary",
+          "reasoning": "Reasoning"}
+
+
+# -- reading ---------------------------------------------------------------------
+
+def session_events(source, session) -> list[dict]:
+    """Every normalized event of the session, read page by page through its catalog source."""
+    events, start = [], 0
+    while True:
+        lines = source.read_lines(session, start, PAGE_LINES)
+        if not lines:
+            return events
+        for offset, raw in enumerate(lines):
+            event = normalize(raw, start + offset)
+            if event is not None:
+                events.append(event)
+        start += len(lines)
+
+
+def blocks(event: dict) -> list[dict]:
+    return event["blocks"] if len(event.get("blocks") or ()) > 1 else [event]
+
+
+def is_bookkeeping(event: dict) -> bool:
+    if event["type"] == "raw":
+        return not re.search("error|abort", str(event.get("kind") or ""), re.I)
+    return event["type"] == "system" and event.get("kind") in BOOKKEEPING_SYSTEM
+
+
+def is_context(event: dict) -> bool:
+    if event["type"] != "user" or any(block["type"] != "user" for block in blocks(event)):
+        return False
+    text = (event.get("text") or "").lstrip()
+    if SLASH.search(text):
+        return False
+    return bool(event.get("injected") or event.get("meta")) or text.startswith(CONTEXT_PREFIXES)
+
+
+def parsed(value):
+    if isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    return value
+
+
+def salient(tool_input) -> str:
+    value = parsed(tool_input)
+    if isinstance(value, dict):
+        for key in SALIENT:
+            part = value.get(key)
+            if isinstance(part, str) and part:
+                return part
+            if isinstance(part, list) and part:
+                return " ".join(str(item) for item in part)
+        return orjson.dumps(value).decode()
+    return "" if value is None else str(value)
+
+
+def failed(result: dict) -> bool:
+    if result.get("is-error"):
+        return True
+    value = parsed(result.get("content") or "")
+    if isinstance(value, dict) and isinstance(value.get("metadata"), dict):
+        code = value["metadata"].get("exit_code")
+        return isinstance(code, int) and code != 0
+    match = re.search(r"^Exit code: (\d+)", str(result.get("content") or "")[:400], re.M)
+    return bool(match) and match[1] != "0"
+
+
+def result_text(result: dict) -> str:
+    value = parsed(result.get("content") or "")
+    if isinstance(value, dict) and isinstance(value.get("output"), str):
+        return value["output"]
+    return str(result.get("content") or "")
+
+
+# -- diffs -----------------------------------------------------------------------
+
+def unified(path: str, old: str, new: str) -> str:
+    lines = difflib.unified_diff((old or "").splitlines(), (new or "").splitlines(),
+                                 f"a/{path}" if old else "/dev/null", f"b/{path}", lineterm="")
+    return "\n".join(lines)
+
+
+def patch_diff(patch: str) -> str:
+    """A Codex apply_patch text as unified-diff lines (headers per file, hunks as they are)."""
+    out = []
+    for line in patch.splitlines():
+        header = re.match(r"^\*\*\* (Add|Update|Delete) File: (.*)$", line)
+        if header:
+            kind, path = header[1], header[2].strip()
+            out += [f"--- {'/dev/null' if kind == 'Add' else 'a/' + path}",
+                    f"+++ {'/dev/null' if kind == 'Delete' else 'b/' + path}"]
+        elif line.startswith("*** "):
+            continue
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def tool_diff(name: str, tool_input) -> str | None:
+    """The unified diff a file-editing tool call makes, or None."""
+    value = parsed(tool_input)
+    if isinstance(value, dict):
+        path = str(value.get("file_path") or value.get("notebook_path") or value.get("path") or "")
+        if name == "Edit" and isinstance(value.get("old_string"), str):
+            return unified(path, value["old_string"], str(value.get("new_string") or ""))
+        if name == "MultiEdit" and isinstance(value.get("edits"), list):
+            return "\n".join(unified(path, str(edit.get("old_string") or ""), str(edit.get("new_string") or ""))
+                             for edit in value["edits"] if isinstance(edit, dict))
+        if name == "Write" and isinstance(value.get("content"), str):
+            return unified(path, "", value["content"])
+        if name == "NotebookEdit":
+            return unified(path, "", str(value.get("new_source") or ""))
+        candidates = [value.get("input"), value.get("patch")] + (
+            value["command"] if isinstance(value.get("command"), list) else [value.get("command")])
+    else:
+        candidates = [value]
+    for candidate in candidates:
+        if isinstance(candidate, str) and "*** Begin Patch" in candidate:
+            return patch_diff(candidate[candidate.index("*** Begin Patch"):])
+    return None
+
+
+# -- Markdown ----------------------------------------------------------------------
+
+def fence(text: str, info: str = "") -> str:
+    """`text` in a code fence longer than any run of backticks inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{info}\n{text}\n{ticks}"
+
+
+def when(timestamp) -> str:
+    try:
+        return datetime.fromisoformat(str(timestamp).replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    except ValueError:
+        return ""
+
+
+def seconds_between(start, end) -> float | None:
+    try:
+        return (datetime.fromisoformat(str(end).replace("Z", "+00:00"))
+                - datetime.fromisoformat(str(start).replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return None
+
+
+def took(seconds: float | None) -> str:
+    if seconds is None or seconds < 0:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def tool_card(call: dict, timestamp, result: tuple | None) -> str:
+    name = str(call.get("tool-name") or "tool")
+    argument = salient(call.get("input")).splitlines()[0][:160] if salient(call.get("input")) else ""
+    status = "no result yet"
+    if result is not None:
+        status = "error" if failed(result[0]) else "ok"
+        duration = took(seconds_between(timestamp, result[1]))
+        status += f", {duration}" if duration else ""
+    parts = [f"**Tool {name}** `{argument.replace('`', chr(39))}` ({status})" if argument
+             else f"**Tool {name}** ({status})"]
+    diff = tool_diff(name, call.get("input"))
+    if diff:
+        parts.append(fence(diff, "diff"))
+    else:
+        value = parsed(call.get("input"))
+        parts.append(fence(value if isinstance(value, str) else orjson.dumps(
+            value, option=orjson.OPT_INDENT_2).decode(), "json" if not isinstance(value, str) else "text"))
+    if result is not None:
+        parts.append("Result:\n\n" + fence(result_text(result[0]), "text"))
+    return "\n\n".join(parts)
+
+
+def message(event: dict, block: dict) -> str:
+    text = str(block.get("text") or "")
+    slash = SLASH.search(text) if block["type"] == "user" else None
+    if slash:
+        args = SLASH_ARGS.search(text)
+        text = "`/" + slash[1] + (" " + args[1].strip() if args and args[1].strip() else "") + "`"
+    label = LABELS.get(block["type"], block["type"])
+    if event.get("sidechain"):
+        label += " (sub-agent)"
+    return f"**{label}** · {when(event.get('timestamp'))}\n\n{text}"
+
+
+def markdown(session, entry: dict, events: list[dict], pars: list[dict]) -> str:
+    """The Markdown document of a session: `entry` is its listing entry (`fulabd.web.describe`)."""
+    results = {}
+    for event in events:
+        for block in blocks(event):
+            if block["type"] == "tool_result" and block.get("call-id"):
+                results.setdefault(block["call-id"], (block, event.get("timestamp")))
+    calls = {block.get("call-id") for event in events for block in blocks(event) if block["type"] == "tool_use"}
+    stamps = [event["timestamp"] for event in events if event.get("timestamp")]
+    title = (entry.get("project") or "").rstrip("/").rpartition("/")[2] or session.session_id
+    out = [f"# {title}", ""]
+    meta = [("session", session.session_id), ("source", entry.get("source")), ("originator", entry.get("originator")),
+            ("folder", entry.get("cwd") or entry.get("project")),
+            ("started", when(stamps[0]) if stamps else None), ("ended", when(stamps[-1]) if stamps else None),
+            ("duration", took(seconds_between(stamps[0], stamps[-1])) if stamps else None),
+            ("lines", str(entry.get("events"))), ("PARs", str(len(pars)))]
+    out += ["| | |", "|---|---|"] + [f"| {key} | {str(value).replace('|', '/')} |" for key, value in meta if value]
+    prompts = [event for event in events if event["type"] == "user" and not is_context(event)
+               and not event.get("sidechain") and all(block["type"] == "user" for block in blocks(event))]
+    uses = sum(1 for event in events for block in blocks(event) if block["type"] == "tool_use")
+    quiet = sum(1 for event in events if is_bookkeeping(event))
+    out += ["", "## Summary", "",
+            f"{len(prompts)} prompts, {uses} tool calls, {len(pars)} PARs; {quiet} bookkeeping lines left out."]
+    out += [f"\n> {line}" for event in events if event["type"] == "summary" for line in [event.get("text", "")[:2000]]]
+    turn = 0
+    for event in events:
+        if is_bookkeeping(event):
+            continue
+        if event in prompts:
+            turn += 1
+            out += ["", f"## Turn {turn} · {when(event.get('timestamp'))}"]
+        if is_context(event):
+            out += ["", f"*context* · {when(event.get('timestamp'))}", "", fence(str(event.get("text") or ""), "text")]
+            continue
+        for block in blocks(event):
+            if block["type"] == "tool_use":
+                out += ["", tool_card(block, event.get("timestamp"), results.get(block.get("call-id")))]
+            elif block["type"] == "tool_result":
+                if block.get("call-id") not in calls:
+                    out += ["", "**Result** (of a call not in this session)", "", fence(result_text(block), "text")]
+            elif block["type"] == "raw":
+                out += ["", f"**{event.get('kind')}**", "", fence(orjson.dumps(event.get("data")).decode(), "json")]
+            elif block["type"] == "par":
+                continue
+            else:
+                out += ["", message(event, block)]
+    out += ["", "## PARs"]
+    for par in pars:
+        lines = par.get("lines")
+        about = f" (lines {lines[0]}–{lines[1]})" if isinstance(lines, list) and len(lines) == 2 else ""
+        out += ["", f"### {par.get('title') or 'Post-action review'}{about}", ""]
+        if par.get("tags"):
+            out.append("Tags: " + ", ".join(str(tag) for tag in par["tags"]) + "\n")
+        questions = par.get("questions") if isinstance(par.get("questions"), dict) else {}
+        out += [f"**{name.capitalize()}:** {questions.get(name) or '—'}\n" for name in PAR_QUESTIONS]
+    if not pars:
+        out += ["", "No PARs."]
+    return "\n".join(out) + "\n"
+
+
+# -- HTML ----------------------------------------------------------------------------
+
+def renderer() -> MarkdownIt:
+    """markdown-it-py set as the UI's markdown-it; links and images become text, so nothing points out."""
+    md = MarkdownIt("default", {"html": False, "linkify": True})
+    md.validateLink = lambda url: bool(SAFE_LINK.match(url.strip()))
+
+    def link_open(self, tokens, index, options, env):
+        env.setdefault("links", []).append((tokens[index].attrGet("href") or "", tokens[index].markup))
+        return '<span class="link">'
+
+    def link_close(self, tokens, index, options, env):
+        href, markup = env["links"].pop()
+        return "</span>" if markup == "linkify" else f'</span> <span class="url">&lt;{html.escape(href)}&gt;</span>'
+
+    def image(self, tokens, index, options, env):
+        return f'<span class="image">[image: {html.escape(tokens[index].content or "image")}]</span>'
+
+    def fence_rule(self, tokens, index, options, env):
+        token = tokens[index]
+        if token.info.strip() != "diff":
+            return f"<pre><code>{html.escape(token.content)}</code></pre>\n"
+        kinds = {"+": "add", "-": "del", "@": "hunk"}
+        lines = "".join(f'<span class="dl {kinds.get(line[:1], "ctx")}">{html.escape(line)}</span>'
+                        for line in token.content.splitlines())
+        return f'<pre class="diff"><code>{lines}</code></pre>\n'
+
+    md.add_render_rule("link_open", link_open)
+    md.add_render_rule("link_close", link_close)
+    md.add_render_rule("image", image)
+    md.add_render_rule("fence", fence_rule)
+    return md
+
+
+STYLE = """
+body { font: 15px/1.5 system-ui, sans-serif; color: #1d2330; max-width: 960px; margin: 2em auto; padding: 0 1em; }
+pre { background: #f6f7f9; border: 1px solid #e2e5eb; border-radius: 4px; padding: 8px 10px; overflow-x: auto;
+      white-space: pre-wrap; overflow-wrap: anywhere; font-size: 13px; }
+code { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; }
+table { border-collapse: collapse; } th, td { border: 1px solid #e2e5eb; padding: 3px 8px; text-align: left; }
+h2 { border-top: 1px solid #e2e5eb; padding-top: .6em; }
+.dl { display: block; } .dl.add { background: #e6ffec; } .dl.del { background: #ffebe9; } .dl.hunk { color: #57606a; }
+.url { color: #57606a; font-size: 90%; } .link { text-decoration: underline; }
+blockquote { border-left: 3px solid #e2e5eb; margin-left: 0; padding-left: 10px; color: #4a5263; }
+"""
+
+
+def html_document(title: str, text: str) -> str:
+    body = renderer().render(text)
+    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n")
+
+
+# -- the resource ----------------------------------------------------------------------
+
+class SessionExport(resource.Resource):
+    """`/fulab/lab/sessions/<id>/export?format=md|html`: the session as a file to download."""
+
+    isLeaf = True
+
+    def __init__(self, source, session, describe):
+        """`describe(session)` gives its listing entry."""
+        super().__init__()
+        self.source = source
+        self.session = session
+        self.describe = describe
+
+    def render_GET(self, request):
+        chosen = (request.args.get(b"format") or [b"md"])[0]
+        if chosen not in (b"md", b"html"):
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"unknown format; ask for ?format=md or ?format=html\n"
+        text = markdown(self.session, self.describe(self.session), session_events(self.source, self.session),
+                        self.source.pars(self.session))
+        name = self.session.safe_id
+        if chosen == b"md":
+            request.setHeader(b"content-type", b"text/markdown; charset=utf-8")
+            body = text
+        else:
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            request.setHeader(b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'")
+            body = html_document(name, text)
+        request.setHeader(b"content-disposition", f'attachment; filename="{name}.{chosen.decode()}"'.encode())
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return body.encode("utf-8")

@@ -1,0 +1,266 @@
+"""
+The session view as a transcript reader, in real headless Chromium against a real
+daemon: each real sample shows Markdown as elements, file edits as diffs, one card per
+tool call holding its result, date separators and folded bookkeeping; no XSS payload
+runs; nothing scrolls sideways on a phone; a PAR about lines shows its range and goes
+there; `?line=N` opens the session at line N.  Screenshots at 1400×900 and 400×800 are
+saved under the test's tmp_path (and, when `READER_SHOTS` names a folder, copied there).
+"""
+
+import os
+import shutil
+
+import edn_format
+import orjson
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+from websockets.sync.client import connect
+
+from markdown_it import MarkdownIt
+
+from fulabd.events import normalize
+from fulabd.export import is_context
+from tests.fixtures import get_json, sample_files, sample_lines
+
+pytestmark = pytest.mark.slow
+
+REAL = [path for path in sample_files() if "curated-not-real" not in path.parts]
+XSS = [
+    "<script>window.xss = 'script'</script>",
+    "<img src=x onerror=\"window.xss = 'img'\">",
+    "[click me](javascript:window.xss='link')",
+    "<svg onload=\"window.xss = 'svg'\"></svg>",
+    "<iframe src=\"javascript:window.xss='iframe'\"></iframe>",
+    "[data](data:text/html;base64,PHNjcmlwdD53aW5kb3cueHNzPSdkYXRhJzwvc2NyaXB0Pg==)",
+    "\" onmouseover=\"window.xss = 'attr'\" x=\"",
+    "</textarea></pre></div><script>window.xss = 'breakout'</script>",
+    "![pic](javascript:window.xss='image') <a href=\"javascript:window.xss='a'\">a</a>",
+]
+TAGS = {"strong_open": "strong", "list_item_open": "li", "fence": "pre code", "code_block": "pre code"}
+
+
+def wait(browser, condition, timeout: float = 30):
+    return WebDriverWait(browser, timeout).until(condition)
+
+
+def upload(daemon, session_id: str, lines: list[str], source: str = "claude") -> dict:
+    with connect(daemon.url + "/fulab/lab/upload/ws", max_size=None) as ws:
+        ws.send(orjson.dumps({"type": "init", "session-id": session_id, "source": source,
+                              "project": "/home/dev/demo", "events": lines}).decode())
+        assert orjson.loads(ws.recv(timeout=30))["type"] == "ack"
+    return next(entry for entry in get_json(daemon.http + "/fulab/lab/sessions")["sessions"]
+                if entry["session-id"] == session_id)
+
+
+def post_par(daemon, entry: dict, par: dict) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(f"{daemon.http}/fulab/lab/sessions/{entry['id']}/pars",
+                                     data=orjson.dumps(par), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return orjson.loads(response.read())
+
+
+def open_whole(browser, url: str):
+    """Open a session view, wait until its history is in, and render every event."""
+    browser.get(url)
+    wait(browser, EC.text_to_be_present_in_element((By.ID, "conn"), "live"))
+    wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#events .row"))
+    while browser.find_element(By.ID, "load-earlier").is_displayed():
+        browser.find_element(By.ID, "load-earlier").click()
+
+
+def events_of(path) -> list[dict]:
+    return [event for index, raw in enumerate(path.read_bytes().split(b"\n")[:-1])
+            if (event := normalize(raw, index)) is not None]
+
+
+def blocks(event):
+    return event["blocks"] if len(event.get("blocks") or ()) > 1 else [event]
+
+
+def markdown_tags(events) -> set[str]:
+    """The elements the messages' Markdown makes (parsed by markdown-it-py), of those the test looks for."""
+    tags = set()
+    for event in events:
+        if event["type"] not in ("user", "assistant") or is_context(event):
+            continue
+        for block in blocks(event):
+            if block["type"] in ("user", "assistant"):
+                tokens = MarkdownIt("default", {"html": False}).parse(block.get("text") or "")
+                tags |= {TAGS[t.type] for t in tokens for t in [t, *(t.children or [])] if t.type in TAGS}
+    return tags
+
+
+def js(browser, script: str, *args):
+    return browser.execute_script(script, *args)
+
+
+@pytest.mark.parametrize("sample", REAL, ids=lambda path: path.stem[:13])
+def test_each_real_sample_reads_as_a_transcript(daemon, browser, sample):
+    entry = upload(daemon, sample.stem, sample_lines(sample), "codex" if "codex" in sample.parts else "claude")
+    open_whole(browser, f"{daemon.http}/fulab/lab/?session={entry['id']}")
+    events = events_of(sample)
+    assert js(browser, "return window.xss") is None
+
+    for selector in markdown_tags(events):
+        assert js(browser, f"return document.querySelectorAll('#events .markdown {selector}').length") > 0, selector
+    assert "**" not in js(browser, "return [...document.querySelectorAll('#events .markdown strong')]"
+                                   ".map(n => n.parentNode.textContent).join('')")
+
+    calls = {block["call-id"]: event["line"] for event in events for block in blocks(event)
+             if block["type"] == "tool_use" and block.get("call-id")}
+    answered = {block["call-id"] for event in events for block in blocks(event)
+                if block["type"] == "tool_result" and block.get("call-id") in calls}
+    cards = js(browser, "return [...document.querySelectorAll('.tool-card[data-call-id]')].map(c => "
+                        "[c.dataset.callId, c.classList.contains('pending'), !!c.querySelector('.tool-result details')])")
+    assert sorted(card[0] for card in cards) == sorted(calls)  # one card per call
+    for call_id, pending, has_result in cards:
+        assert (not pending and has_result) == (call_id in answered), call_id
+    results_shown_alone = js(browser, "return document.querySelectorAll('article.ev-tool_result').length")
+    assert results_shown_alone == sum(1 for event in events if event["type"] == "tool_result"
+                                      and event.get("call-id") not in calls)
+
+    if any(event.get("timestamp") for event in events):
+        assert js(browser, "return document.querySelectorAll('.day-sep').length") >= 1
+    quiet = [event["line"] for event in events if event["type"] == "raw"
+             and not any(word in event["kind"] for word in ("error", "abort"))]
+    if quiet:
+        assert js(browser, "return document.querySelectorAll('.bk-toggle').length") >= 1
+        assert js(browser, "return [...document.querySelectorAll('article.ev-raw')].filter(a => a.offsetParent)"
+                           ".length") == 0
+        browser.find_element(By.CSS_SELECTOR, ".bk-toggle").click()
+        assert js(browser, "return [...document.querySelectorAll('article.ev-raw')].filter(a => a.offsetParent)"
+                           ".length") >= 1
+
+
+def test_a_known_claude_edit_is_a_diff_with_its_removed_and_added_lines(daemon, browser):
+    sample = next(path for path in REAL if path.name.startswith("fe5e1c67"))
+    entry = upload(daemon, sample.stem, sample_lines(sample))
+    open_whole(browser, f"{daemon.http}/fulab/lab/?session={entry['id']}")
+    card = browser.find_element(By.CSS_SELECTOR, ".row[data-line='376'] .tool-card")
+    assert card.find_element(By.CSS_SELECTOR, ".diff-path").text.startswith("/")
+    card.find_element(By.CSS_SELECTOR, ".diff .more").click()  # 393 lines: folded past the first 60
+    removed = js(browser, "return [...arguments[0].querySelectorAll('.dl.del')].map(n => n.textContent)", card)
+    added = js(browser, "return [...arguments[0].querySelectorAll('.dl.add')].map(n => n.textContent)", card)
+    assert "-import { useReducer, useEffect, useMemo, useCallback } from 'react';" in removed
+    assert "+'use client';" in added and "+import { useState, useCallback } from 'react';" in added
+    assert "\\n" not in card.find_element(By.CSS_SELECTOR, ".diff").text
+    card.find_element(By.CSS_SELECTOR, ".raw-input summary").click()
+    assert "old_string" in card.find_element(By.CSS_SELECTOR, ".raw-input pre").text
+
+
+def xss_session() -> list[str]:
+    lines = []
+    for n, payload in enumerate(XSS):
+        stamp = f"2026-01-0{1 + n // 5}T10:{n:02d}:00Z"
+        lines += [
+            {"type": "user", "timestamp": stamp, "message": {"role": "user", "content": f"{payload}\n\n**bold** {payload}"}},
+            {"type": "assistant", "timestamp": stamp, "message": {"role": "assistant", "content": [
+                {"type": "text", "text": f"- item {payload}\n\n```\n{payload}\n```"},
+                {"type": "tool_use", "id": f"t{n}", "name": "Edit",
+                 "input": {"file_path": payload, "old_string": payload, "new_string": payload + "!"}}]}},
+            {"type": "user", "timestamp": stamp, "message": {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": f"t{n}", "content": payload}]}},
+        ]
+    return [orjson.dumps(line).decode() for line in lines]
+
+
+def test_no_xss_payload_runs_in_the_view_or_the_par_column(daemon, browser):
+    entry = upload(daemon, "xss", xss_session())
+    for n, payload in enumerate(XSS):
+        post_par(daemon, entry, {"title": f"PAR {n} {payload}", "questions": {"learned": payload}})
+    open_whole(browser, f"{daemon.http}/fulab/lab/?session={entry['id']}")
+    wait(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, ".par-card")) == len(XSS))
+    for summary in browser.find_elements(By.CSS_SELECTOR, "#events details summary"):
+        summary.click()
+    for node in browser.find_elements(By.CSS_SELECTOR, "#events .markdown a"):
+        ActionChains(browser).move_to_element(node).perform()
+    assert js(browser, "return window.xss") is None
+    dangerous = js(browser, "return document.querySelectorAll('#events script, #events img, #events svg, "
+                            "#events iframe, #pars script, #pars img, [onerror], [onload], [onmouseover]').length")
+    assert dangerous == 0
+    hrefs = js(browser, "return [...document.querySelectorAll('#events a, #pars a')].map(a => a.getAttribute('href'))")
+    assert all(not href.lower().startswith(("javascript:", "data:")) for href in hrefs), hrefs
+    assert "<script>" in browser.find_element(By.ID, "events").text  # shown as text
+    assert js(browser, "return document.querySelectorAll('#events .markdown strong').length") >= len(XSS)
+
+
+def shots(browser, tmp_path, name: str):
+    for width, height in ((1400, 900), (400, 800)):
+        browser.set_window_size(width, height)
+        wait(browser, lambda b: js(b, "return window.innerWidth") == width)
+        assert js(browser, "return document.documentElement.scrollWidth <= window.innerWidth"), (name, width)
+        target = tmp_path / f"{name}-{width}x{height}.png"
+        browser.save_screenshot(str(target))
+        if os.environ.get("READER_SHOTS"):
+            shutil.copy(target, os.environ["READER_SHOTS"])
+    browser.set_window_size(1400, 900)
+
+
+def test_screenshots_at_desktop_and_phone_width_with_nothing_scrolling_sideways(daemon, browser, tmp_path):
+    sample = next(path for path in REAL if path.name.startswith("5c0375b4"))
+    entry = upload(daemon, sample.stem, sample_lines(sample))
+    post_par(daemon, entry, {"title": "Scaffolding review", "tags": "review", "lines": [10, 14],
+                             "questions": {"learned": "Sub-agents need the prompt parameter"}})
+    browser.get(daemon.http + "/fulab/lab/")
+    wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, f"tr[data-id='{entry['id']}']")))
+    shots(browser, tmp_path, "list")
+    open_whole(browser, f"{daemon.http}/fulab/lab/?session={entry['id']}")
+    wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".par-card")))
+    shots(browser, tmp_path, "session")
+    assert (tmp_path / "session-400x800.png").stat().st_size > 0
+
+
+def test_a_par_about_lines_shows_its_range_and_goes_there(daemon, browser):
+    sample = next(path for path in REAL if path.name.startswith("fe5e1c67"))
+    entry = upload(daemon, sample.stem, sample_lines(sample))
+    post_par(daemon, entry, {"title": "About the setup", "lines": [4, 6], "questions": {"learned": "x"}})
+    browser.get(f"{daemon.http}/fulab/lab/?session={entry['id']}")
+    wait(browser, EC.text_to_be_present_in_element((By.ID, "conn"), "live"))
+    link = wait(browser, EC.element_to_be_clickable((By.CSS_SELECTOR, ".par-card .par-lines")))
+    assert link.text == "lines 4–6"
+    assert not browser.find_elements(By.CSS_SELECTOR, ".row[data-line='4']")  # the tail is shown, not line 4
+    link.click()
+    row = wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, ".row.target[data-line='4']")))
+    assert browser.execute_script("const r = arguments[0].getBoundingClientRect(), t = document.getElementById("
+                                  "'timeline').getBoundingClientRect(); return r.bottom > t.top && r.top < t.bottom", row)
+
+    # a range selected in the transcript becomes the PAR's lines
+    browser.find_element(By.CSS_SELECTOR, ".row[data-line='3'] .ev-line").click()
+    ActionChains(browser).key_down(Keys.SHIFT).click(
+        browser.find_element(By.CSS_SELECTOR, ".row[data-line='5'] .ev-line")).key_up(Keys.SHIFT).perform()
+    assert "lines 3–5 selected" in browser.find_element(By.ID, "selection-bar").text
+    assert js(browser, "return [...document.querySelectorAll('.row.selected')].map(r => r.dataset.line)") == \
+        ["3", "4", "5"]
+    browser.find_element(By.ID, "par-from-selection").click()
+    form = wait(browser, EC.visibility_of_element_located((By.ID, "par-form")))
+    assert "About lines 3–5" in form.text
+    form.find_element(By.NAME, "title").send_keys("Written about a selection")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(browser, EC.visibility_of_element_located(
+        (By.XPATH, "//article[contains(@class,'par-card')][h3='Written about a selection']//button[.='lines 3–5']")))
+    stored = edn_format.loads((daemon.root / f"{entry['id']}.par.edn").read_text())
+    assert [list(par[edn_format.Keyword("lines")]) for par in stored] == [[4, 6], [3, 5]]
+
+
+def test_the_line_parameter_opens_the_session_at_that_line_and_earlier_lines_load_on_demand(daemon, browser):
+    sample = next(path for path in REAL if path.name.startswith("fe5e1c67"))
+    entry = upload(daemon, sample.stem, sample_lines(sample))
+    browser.get(f"{daemon.http}/fulab/lab/?session={entry['id']}&line=300")
+    row = wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, ".row.target[data-line='300']")))
+    assert row.is_displayed() or browser.find_elements(By.CSS_SELECTOR, ".tool-card[data-result-line='300']")
+    first = int(js(browser, "return document.querySelector('#events .row').dataset.line"))
+    assert first >= 100  # the stream began near the target, not at line 0
+    while browser.find_element(By.ID, "load-earlier").is_displayed():  # the lines held, then the ones before
+        browser.find_element(By.ID, "load-earlier").click()
+    before = browser.find_element(By.ID, "load-before")
+    assert before.is_displayed() and "this view starts at line 100" in before.text
+    before.click()
+    wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, "#events .row[data-line='0']")))
+    assert browser.find_elements(By.CSS_SELECTOR, "#events .row[data-line='100']")  # the reader stays there
+    assert not browser.find_element(By.ID, "load-before").is_displayed()
