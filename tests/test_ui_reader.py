@@ -203,14 +203,15 @@ def shots(browser, tmp_path, name: str):
 
 
 def test_screenshots_at_desktop_and_phone_width_with_nothing_scrolling_sideways(daemon, browser, tmp_path):
-    sample = next(path for path in REAL if path.name.startswith("5c0375b4"))
+    sample = next(path for path in REAL if path.name.startswith("1af7fc5e"))
     entry = upload(daemon, sample.stem, sample_lines(sample))
-    post_par(daemon, entry, {"title": "Scaffolding review", "tags": "review", "lines": [10, 14],
-                             "questions": {"learned": "Sub-agents need the prompt parameter"}})
+    post_par(daemon, entry, {"title": "CLAUDE.md review", "tags": "review", "lines": [23, 25],
+                             "questions": {"learned": "Writing CLAUDE.md needs a permission first"}})
     browser.get(daemon.http + "/fulab/lab/")
     wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, f"tr[data-id='{entry['id']}']")))
     shots(browser, tmp_path, "list")
-    open_whole(browser, f"{daemon.http}/fulab/lab/?session={entry['id']}")
+    browser.get(f"{daemon.http}/fulab/lab/?session={entry['id']}&line=21")  # a diff and tool cards in view
+    wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, ".row.target[data-line='21']")))
     wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".par-card")))
     shots(browser, tmp_path, "session")
     assert (tmp_path / "session-400x800.png").stat().st_size > 0

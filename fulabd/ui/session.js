@@ -68,6 +68,7 @@ export function showSession(id, helpers) {
       updateJump();
     }
   }, { passive: true });
+  window.addEventListener("resize", () => { if (view.following) scrollToEnd(); });
   $("load-earlier").addEventListener("click", loadEarlier);
   $("load-before").addEventListener("click", () => restart(Math.max(0, view.base - EARLIER_STEP)));
   $("jump-latest").addEventListener("click", () => { view.following = true; renderTail(); });
@@ -469,13 +470,16 @@ export function goToLine(first, last = first, mark = true) {
     renderWindow(Math.max(0, index - PAGE / 2), Math.min(view.events.length, index + PAGE / 2));
   }
   let shown = null;
+  for (const card of document.querySelectorAll(".tool-card.target")) card.classList.remove("target");
   for (const row of document.querySelectorAll(".row[data-line]")) {
     const line = Number(row.dataset.line);
     row.classList.toggle("target", rowContext.isTarget(line));
     if (line < first || line > last) continue;
     const run = row.querySelector("article.event[hidden]");
     if (run && row.dataset.run) row.closest("#events").querySelector(`.row[data-run="${row.dataset.run}"] .bk-toggle`)?.click();
-    shown = shown || (row.classList.contains("paired") ? document.querySelector(`.tool-card[data-result-line="${line}"]`) : row);
+    const card = row.classList.contains("paired") && document.querySelector(`.tool-card[data-result-line="${line}"]`);
+    if (card) card.classList.add("target");
+    shown = shown || card || row;
   }
   if (shown) shown.scrollIntoView({ block: "center" });
   markSelection();
