@@ -1,0 +1,148 @@
+"""
+Session exports: `GET /fulab/lab/sessions/<id>/export?format=md|html` on a real daemon
+for every sample (the Markdown parses back with its prompts and PAR titles; the HTML
+is one file with no script, no external reference and no XSS payload as markup), and
+the document builder in memory.
+"""
+
+import re
+from html.parser import HTMLParser
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import orjson
+import pytest
+from markdown_it import MarkdownIt
+from websockets.sync.client import connect
+
+from fulabd import export
+from fulabd.events import normalize
+from tests.fixtures import get_json, sample_files, sample_lines
+from tests.test_ui_reader import XSS, xss_session
+
+EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.I)
+
+
+def events_of(lines: list[str]) -> list[dict]:
+    return [event for index, raw in enumerate(lines) if (event := normalize(raw.encode(), index)) is not None]
+
+
+def prompts(events: list[dict]) -> list[str]:
+    """The first line of each prompt a person typed (what the export must keep)."""
+    return [event["text"].strip().splitlines()[0] for event in events
+            if event["type"] == "user" and not event.get("blocks") and not export.is_context(event)
+            and event.get("text", "").strip() and not export.SLASH.search(event["text"])]
+
+
+def inline_text(markdown: str) -> str:
+    tokens = MarkdownIt("default").parse(markdown)
+    return "\n".join(token.content for token in tokens if token.type in ("inline", "fence"))
+
+
+class Tags(HTMLParser):
+    """The element and attribute names of an HTML document."""
+
+    def __init__(self):
+        super().__init__()
+        self.names, self.attributes = set(), set()
+
+    def handle_starttag(self, tag, attrs):
+        self.names.add(tag)
+        self.attributes |= {name for name, _ in attrs}
+
+
+def upload(daemon, session_id: str, lines: list[str]) -> dict:
+    with connect(daemon.url + "/fulab/lab/upload/ws", max_size=None) as ws:
+        ws.send(orjson.dumps({"type": "init", "session-id": session_id, "source": "claude",
+                              "project": "/home/dev/demo", "events": lines}).decode())
+        assert orjson.loads(ws.recv(timeout=30))["type"] == "ack"
+    return next(entry for entry in get_json(daemon.http + "/fulab/lab/sessions")["sessions"]
+                if entry["session-id"] == session_id)
+
+
+def post_par(daemon, entry: dict, par: dict):
+    request = urllib.request.Request(f"{daemon.http}/fulab/lab/sessions/{entry['id']}/pars", data=orjson.dumps(par),
+                                     headers={"content-type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).close()
+
+
+def fetch(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read().decode()
+
+
+@pytest.mark.slow
+def test_every_sample_exports_as_markdown_and_self_contained_html(daemon):
+    for n, sample in enumerate(sample_files()):
+        lines = sample_lines(sample)
+        entry = upload(daemon, f"sample-{n}", lines)
+        post_par(daemon, entry, {"title": f"Review of sample {n}", "lines": [0, 1], "questions": {"learned": "ok"}})
+        base = f"{daemon.http}/fulab/lab/sessions/{entry['id']}/export"
+
+        status, headers, text = fetch(base + "?format=md")
+        assert status == 200 and headers.get_content_type() == "text/markdown", sample
+        assert f'filename="{entry["id"]}.md"' in headers["content-disposition"]
+        parsed = inline_text(text)
+        for prompt in prompts(events_of(lines)):
+            assert prompt.lstrip("#>-* ")[:60] in parsed, (sample.name, prompt)
+        headings = [token for token in MarkdownIt("default").parse(text) if token.type == "inline"]
+        assert any(token.content == f"Review of sample {n} (lines 0–1)" for token in headings), sample
+
+        status, headers, page = fetch(base + "?format=html")
+        assert status == 200 and headers.get_content_type() == "text/html", sample
+        assert page.startswith("<!doctype html>") and "<script" not in page.lower()
+        assert not EXTERNAL.search(page), EXTERNAL.search(page)
+        assert f"Review of sample {n}" in page and "<link" not in page
+
+
+@pytest.mark.slow
+def test_no_xss_payload_becomes_markup_in_an_export_and_a_bad_format_is_refused(daemon):
+    entry = upload(daemon, "xss", xss_session())
+    for payload in XSS:
+        post_par(daemon, entry, {"title": f"PAR {payload}", "questions": {"learned": payload}})
+    base = f"{daemon.http}/fulab/lab/sessions/{entry['id']}/export"
+    _, headers, page = fetch(base + "?format=html")
+    assert "default-src 'none'" in headers["content-security-policy"]
+    tags = Tags()
+    tags.feed(page)
+    assert not tags.names & {"script", "img", "svg", "iframe", "textarea", "a", "link", "object", "embed"}, tags.names
+    assert not [name for name in tags.attributes if name.startswith("on")], tags.attributes
+    assert "&lt;script&gt;" in page and "<strong>bold</strong>" in page
+    _, _, text = fetch(base + "?format=md")
+    assert "```diff" in text and "-<img src=x onerror" in text  # the Edit's diff, as text in a fence
+
+    status, _, message = fetch(base + "?format=pdf")
+    assert status == 400 and "format=md" in message
+    status, _, _ = fetch(f"{daemon.http}/fulab/lab/sessions/no-such-session/export?format=md")
+    assert status == 404
+
+
+def test_the_markdown_pairs_each_call_with_its_result_and_shows_edits_as_diffs():
+    sample = next(path for path in sample_files() if path.name.startswith("fe5e1c67"))
+    events = events_of(sample_lines(sample))
+    session = SimpleNamespace(session_id="fe5e1c67", safe_id="fe5e1c67")
+    text = export.markdown(session, {"project": "/path/to/Demo"}, events, [])
+    assert text.startswith("# Demo\n")
+    calls = sum(1 for event in events for block in export.blocks(event) if block["type"] == "tool_use")
+    assert len(re.findall(r"^\*\*Tool \S+\*\* .*\((ok|error|no result yet)", text, re.M)) == calls
+    assert "-import { useReducer, useEffect, useMemo, useCallback } from 'react';" in text
+    assert "+'use client';" in text
+    assert "No PARs." in text
+
+
+def test_a_fence_is_longer_than_any_backtick_run_inside_it():
+    block = export.fence("a ```` b", "text")
+    assert block.startswith("`````text\n") and block.endswith("\n`````")
+    assert MarkdownIt().parse(block)[0].content == "a ```` b\n"
+
+
+def test_an_apply_patch_becomes_a_unified_diff_per_file():
+    patch = "*** Begin Patch\n*** Update File: a.py\n@@ def f\n-x\n+y\n*** Add File: b.txt\n+new\n*** End Patch"
+    diff = export.tool_diff("apply_patch", patch)
+    assert diff.splitlines() == ["--- a/a.py", "+++ b/a.py", "@@ def f", "-x", "+y", "--- /dev/null", "+++ b/b.txt",
+                                 "+new"]
+    assert export.tool_diff("shell", orjson.dumps({"command": ["apply_patch", patch]}).decode()) == diff
