@@ -8,6 +8,7 @@ saved under the test's tmp_path (and, when `READER_SHOTS` names a folder, copied
 """
 
 import os
+from datetime import datetime
 import shutil
 
 import edn_format
@@ -265,3 +266,49 @@ def test_the_line_parameter_opens_the_session_at_that_line_and_earlier_lines_loa
     wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, "#events .row[data-line='0']")))
     assert browser.find_elements(By.CSS_SELECTOR, "#events .row[data-line='100']")  # the reader stays there
     assert not browser.find_element(By.ID, "load-before").is_displayed()
+
+
+def test_a_result_arriving_live_fills_its_call_card(daemon, browser):
+    sample = next(path for path in REAL if path.name.startswith("1af7fc5e"))
+    lines = sample_lines(sample)
+    events = events_of(sample)
+    call = next(event for event in events if event["type"] == "tool_use" and event["tool-name"] == "Bash")
+    result = next(event for event in events if event.get("call-id") == call["call-id"] and event is not call)
+    with connect(daemon.url + "/fulab/lab/upload/ws", max_size=None) as ws:
+        def send(message):
+            ws.send(orjson.dumps({"session-id": "live", **message}).decode())
+            assert orjson.loads(ws.recv(timeout=30))["type"] == "ack"
+
+        send({"type": "init", "source": "claude", "events": lines[:result["line"]]})
+        browser.get(f"{daemon.http}/fulab/lab/?session=live")
+        card = wait(browser, EC.visibility_of_element_located(
+            (By.CSS_SELECTOR, f".tool-card[data-call-id='{call['call-id']}']")))
+        assert "pending" in card.get_attribute("class") and "no result yet" in card.text
+        send({"type": "events", "seq": result["line"], "events": lines[result["line"]:result["line"] + 1]})
+        wait(browser, lambda b: "ok" in card.get_attribute("class").split())
+        took = (datetime.fromisoformat(result["timestamp"]) - datetime.fromisoformat(call["timestamp"])).total_seconds()
+        assert 0 < took < 10 and card.find_element(By.CSS_SELECTOR, ".tool-time").text == f"{took:.1f} s"
+        assert card.get_attribute("data-result-line") == str(result["line"])
+
+
+def test_a_task_call_links_to_its_sub_agent_session_and_sidechain_lines_are_indented(daemon, browser):
+    folder = next(path for path in sample_files() if path.parent.name == "subagent-layout").parent
+    parent_file = next(folder.glob("*.jsonl"))
+    parent = parent_file.stem
+    child = next(folder.rglob("agent-*.jsonl"))
+    with connect(daemon.url + "/fulab/lab/upload/ws", max_size=None) as ws:
+        for session_id, path, extra in ((parent, parent_file, {}),
+                                        (f"{parent}/{child.stem}", child, {"parent-session-id": parent})):
+            ws.send(orjson.dumps({"type": "init", "session-id": session_id, "source": "claude",
+                                  "events": sample_lines(path), **extra}).decode())
+            assert orjson.loads(ws.recv(timeout=30))["type"] == "ack"
+    sessions = get_json(daemon.http + "/fulab/lab/sessions")["sessions"]
+    child_entry = next(entry for entry in sessions if entry["session-id"] != parent)
+    assert child_entry.get("parent-session-id") == parent
+    browser.get(f"{daemon.http}/fulab/lab/?session={parent}")
+    link = wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".tool-card[data-task='0'] .subagent a")))
+    assert link.get_attribute("href").endswith(f"?session={child_entry['id']}")
+
+    link.click()
+    rows = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#events .row.sidechain"))
+    assert js(browser, "return parseFloat(getComputedStyle(arguments[0]).marginLeft)", rows[0]) > 0

@@ -134,10 +134,12 @@ function describeSession(s, summary) {
   }
 }
 
-// Sub-agent sessions of this one, in the order they started, go with its sub-agent calls in order.
+// Sub-agent sessions of this one (uploaded as `<parent>/agent-…`; a later generation `<parent>~gN`
+// names its parent too but is not one), in the order they started, go with its sub-agent calls in order.
 function linkChildren(sessions, entry) {
   const parent = view.sessionId || (entry && entry["session-id"]);
-  const children = sessions.filter((s) => parent && s["parent-session-id"] === parent)
+  const children = sessions.filter((s) => parent && s["parent-session-id"] === parent
+      && String(s["session-id"]).startsWith(`${parent}/`))
     .sort((a, b) => String(a.started || a.modified).localeCompare(String(b.started || b.modified)));
   if (children.map((c) => c.id).join("\n") === view.children.map((c) => c.id).join("\n")) return;
   view.children = children;
