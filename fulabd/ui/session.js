@@ -1,8 +1,9 @@
 // One session, streamed live from /fulab/lab/stream/ws: the transcript with paired tool
 // cards, folded bookkeeping, date and pause markers, opened at its end or at `?line=N`.
 import { $, el } from "./dom.js";
-import { parse, dayKey, PAUSE_MS, ago, full, duration } from "./time.js";
-import { blocksOf, isBookkeeping, isPrompt, usageOf, tokenText, renderRow, updateRunLabel, subAgentLink } from "./render/events.js";
+import { describeSession, subAgentSessions } from "./render/header.js";
+import { renderRow, subAgentLink } from "./render/events.js";
+import { newReading, classify } from "./render/classify.js";
 import { fillResult } from "./render/tools.js";
 import { setupPars, addPar, isSelected, selectLine, markSelection } from "./pars.js";
 
@@ -11,7 +12,6 @@ const LOADING_RENDER_MS = 400;
 const META_REFRESH_MS = 9000;
 const BEFORE_TARGET = 200;      // lines loaded before a `?line=N` target
 const EARLIER_STEP = 5000;      // lines more loaded by "load earlier lines"
-const SUB_AGENT_TOOLS = new Set(["Task", "Agent"]);
 
 let api = null;                 // {apiUrl, pageUrl, formatSize} from app.js
 const view = {};
@@ -23,19 +23,12 @@ function reset(base) {
     nextLine: base,      // the line after the highest received: the offset to reconnect with
     first: 0,            // index in `events` of the first rendered event
     rendered: 0,         // index in `events` after the last rendered event
-    calls: new Set(),    // tool call ids seen
-    results: new Map(),  // call id → {block, timestamp, line} of its result
-    run: null,           // the run of bookkeeping lines the last shown line belongs to
-    runs: 0,
-    turn: null,          // the turn (from one prompt to the next) the lines belong to
-    tasks: 0,            // sub-agent calls seen
-    firstTs: null,
-    lastTs: null,
+    reading: newReading(),
   });
 }
 
 const rowContext = {
-  get results() { return view.results; },
+  get results() { return view.reading.results; },
   get children() { return view.children; },
   isSelected,
   isTarget: (line) => Boolean(view.highlight) && line >= view.highlight.first && line <= view.highlight.last,
@@ -95,7 +88,7 @@ async function loadMeta() {
     const sessions = (listing && listing.sessions) || [];
     const entry = sessions.find((s) => s.id === view.id || s["session-id"] === view.id);
     view.described = [entry || {}, summary || {}];
-    describeSession(...view.described);
+    describe();
     linkChildren(sessions, entry);
   } catch (error) {
     // The header is a nicety; the stream below says what is wrong.
@@ -103,44 +96,14 @@ async function loadMeta() {
   setTimeout(loadMeta, META_REFRESH_MS);
 }
 
-function describeSession(s, summary) {
-  const title = summary.title || (s.project ? s.project.split("/").filter(Boolean).pop() || s.project : s["session-id"]);
-  if (title) {
-    $("session-title").textContent = title;
-    document.title = `fulab lab — ${title}`;
-  }
-  const started = summary.started || (view.firstTs !== null && new Date(view.firstTs).toISOString());
-  const ended = summary.ended || (view.lastTs !== null && new Date(view.lastTs).toISOString());
-  const seconds = summary["duration-s"] ?? (started && ended ? (parse(ended) - parse(started)) / 1000 : null);
-  const parts = [
-    ["source", s.source], ["originator", s.originator], ["folder", s.cwd || s.project],
-    ["session", s["session-id"]], ["started", started], ["ended", ended],
-    ["duration", typeof seconds === "number" ? duration(seconds * 1000) : null],
-    ["tokens", typeof summary.tokens === "number" ? summary.tokens.toLocaleString() : null],
-    ["cost", typeof summary.cost === "number" ? `$${summary.cost.toFixed(2)}` : null],
-    ["last write", s.modified && ago(s.modified)], ["size", api.formatSize(s["size-kb"])],
-  ];
-  const meta = $("session-meta");
-  meta.replaceChildren();
-  if (s.uploading) meta.append(el("span", "badge live", "live upload"));
-  for (const [label, value] of parts) {
-    if (!value) continue;
-    const item = el("span", "meta-item");
-    const shown = label === "started" || label === "ended" ? new Date(parse(value)).toLocaleString() : value;
-    const text = el("span", "value", shown);
-    if (label === "started" || label === "ended") text.title = full(value);
-    item.append(el("span", "label", label), text);
-    meta.append(item);
-  }
+function describe() {
+  const [entry, summary] = view.described;
+  describeSession(entry, summary, view.reading, api.formatSize);
 }
 
-// Sub-agent sessions of this one (uploaded as `<parent>/agent-…`; a later generation `<parent>~gN`
-// names its parent too but is not one), in the order they started, go with its sub-agent calls in order.
+// Sub-agent sessions go with the sub-agent calls in order.
 function linkChildren(sessions, entry) {
-  const parent = view.sessionId || (entry && entry["session-id"]);
-  const children = sessions.filter((s) => parent && s["parent-session-id"] === parent
-      && String(s["session-id"]).startsWith(`${parent}/`))
-    .sort((a, b) => String(a.started || a.modified).localeCompare(String(b.started || b.modified)));
+  const children = subAgentSessions(sessions, view.sessionId || (entry && entry["session-id"]));
   if (children.map((c) => c.id).join("\n") === view.children.map((c) => c.id).join("\n")) return;
   view.children = children;
   for (const card of document.querySelectorAll(".tool-card[data-task]")) {
@@ -226,7 +189,7 @@ function receive(frame) {
       view.nextLine = Math.max(view.nextLine, frame["line-count"] ?? 0);
       view.parCount = Math.max(view.parCount, frame["par-count"] ?? 0);
       $("events-empty").hidden = view.events.length > 0;
-      if (view.described) describeSession(...view.described);
+      if (view.described) describe();
       break;
     case "error":
       view.lastError = frame.err === "invalid-path" ? "no such session" : frame.detail || frame.err;
@@ -270,71 +233,11 @@ function accept(event) {
     }
     if (typeof event.line !== "number") return;
   }
-  classify(event);
+  for (const { id, result } of classify(event, view.reading)) {
+    const card = document.querySelector(`.tool-card[data-call-id="${CSS.escape(id)}"]`);
+    if (card) fillResult(card, result.block, result.timestamp, result.line);
+  }
   view.events.push(event);
-}
-
-// Decide, once, what row an event makes: its markers, its pairing, its run, its turn.
-function classify(event) {
-  const ms = parse(event.timestamp);
-  if (ms !== null) {
-    if (view.lastTs === null || dayKey(ms) !== dayKey(view.lastTs)) event._day = ms;
-    else if (ms - view.lastTs > PAUSE_MS) event._pause = ms - view.lastTs;
-    if (view.firstTs === null) view.firstTs = ms;
-    view.lastTs = Math.max(view.lastTs ?? ms, ms);
-  }
-  let paired = 0;
-  let other = 0;
-  for (const block of blocksOf(event)) {
-    const id = block["call-id"];
-    if (block.type === "tool_use") {
-      if (id) view.calls.add(id);
-      if (SUB_AGENT_TOOLS.has(block["tool-name"])) block._task = view.tasks++;
-      other++;
-    } else if (block.type === "tool_result" && id && view.calls.has(id) && !view.results.has(id)) {
-      block._paired = true;
-      paired++;
-      const result = { block, timestamp: event.timestamp, line: event.line };
-      view.results.set(id, result);
-      const card = document.querySelector(`.tool-card[data-call-id="${CSS.escape(id)}"]`);
-      if (card) fillResult(card, block, event.timestamp, event.line);
-    } else if (block.type !== event.type || block.text || block.type !== "user") {
-      other++;
-    }
-  }
-  if (paired && !other) event._paired = true;
-  if (!event._paired) joinRun(event);
-  if (isPrompt(event)) {
-    view.turn = { input: 0, output: 0, badge: null, messages: new Map() };
-    event._turn = view.turn;
-  }
-  countTokens(event);
-}
-
-function joinRun(event) {
-  if (!isBookkeeping(event)) {
-    view.run = null;
-    return;
-  }
-  if (!view.run) view.run = { id: `run-${view.runs++}`, first: event.line, count: 0, kinds: [], open: false, label: null };
-  view.run.count += 1;
-  view.run.kinds.push(String(event.kind || event.type).replace(/^event_msg\//, ""));
-  event._run = view.run;
-  updateRunLabel(view.run);
-}
-
-function countTokens(event) {
-  const usage = usageOf(event);
-  const turn = view.turn;
-  if (!usage || !turn) return;
-  turn.messages.set(event["message-id"] || `line-${event.line}`, usage);
-  turn.input = 0;
-  turn.output = 0;
-  for (const counted of turn.messages.values()) {
-    turn.input += counted.input;
-    turn.output += counted.output;
-  }
-  if (turn.badge) turn.badge.textContent = tokenText(turn);
 }
 
 // -- rendering the window ----------------------------------------------------
