@@ -2,6 +2,11 @@
 
 export const PAUSE_MS = 10 * 60 * 1000;   // a gap longer than this between two lines gets a marker
 
+// Made once: building an Intl formatter costs far more than using one, and every row formats a time.
+const FULL = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "long" });
+const DAY = new Intl.DateTimeFormat(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+const CLOCK = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
+
 export function parse(iso) {
   const then = Date.parse(iso);
   return Number.isNaN(then) ? null : then;
@@ -9,13 +14,13 @@ export function parse(iso) {
 
 export function clock(iso) {
   const then = parse(iso);
-  return then === null ? "" : new Date(then).toLocaleTimeString();
+  return then === null ? "" : CLOCK.format(then);
 }
 
 // The full local date and time, for a title attribute.
 export function full(iso) {
   const then = parse(iso);
-  return then === null ? "" : new Date(then).toLocaleString(undefined, { dateStyle: "full", timeStyle: "long" });
+  return then === null ? "" : FULL.format(then);
 }
 
 export function dayKey(ms) {
@@ -24,7 +29,7 @@ export function dayKey(ms) {
 }
 
 export function dayLabel(ms) {
-  return new Date(ms).toLocaleDateString(undefined, { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+  return DAY.format(ms);
 }
 
 export function ago(iso) {
