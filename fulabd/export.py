@@ -195,6 +195,10 @@ def took(seconds: float | None) -> str:
     return f"{minutes} min {rest} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
+def counted(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def tool_card(call: dict, timestamp, result: tuple | None) -> str:
     name = str(call.get("tool-name") or "tool")
     argument = salient(call.get("input")).splitlines()[0][:160] if salient(call.get("input")) else ""
@@ -245,13 +249,14 @@ def markdown(session, entry: dict, events: list[dict], pars: list[dict]) -> str:
             ("started", when(stamps[0]) if stamps else None), ("ended", when(stamps[-1]) if stamps else None),
             ("duration", took(seconds_between(stamps[0], stamps[-1])) if stamps else None),
             ("lines", str(entry.get("events"))), ("PARs", str(len(pars)))]
-    out += ["| | |", "|---|---|"] + [f"| {key} | {str(value).replace('|', '/')} |" for key, value in meta if value]
+    out += ["| field | value |", "|---|---|"] + [f"| {key} | {str(value).replace('|', '/')} |" for key, value in meta if value]
     prompts = [event for event in events if event["type"] == "user" and not is_context(event)
                and not event.get("sidechain") and all(block["type"] == "user" for block in blocks(event))]
     uses = sum(1 for event in events for block in blocks(event) if block["type"] == "tool_use")
     quiet = sum(1 for event in events if is_bookkeeping(event))
     out += ["", "## Summary", "",
-            f"{len(prompts)} prompts, {uses} tool calls, {len(pars)} PARs; {quiet} bookkeeping lines left out."]
+            f"{counted(len(prompts), 'prompt')}, {counted(uses, 'tool call')}, {counted(len(pars), 'PAR')}; "
+            f"{counted(quiet, 'bookkeeping line')} left out."]
     out += [f"\n> {line}" for event in events if event["type"] == "summary" for line in [event.get("text", "")[:2000]]]
     turn = 0
     for event in events:
@@ -294,6 +299,7 @@ def markdown(session, entry: dict, events: list[dict], pars: list[dict]) -> str:
 def renderer() -> MarkdownIt:
     """markdown-it-py set as the UI's markdown-it; links and images become text, so nothing points out."""
     md = MarkdownIt("default", {"html": False, "linkify": True})
+    md.linkify.set({"fuzzy_link": False, "fuzzy_email": False})  # file names like CLAUDE.md stay text
     md.validateLink = lambda url: bool(SAFE_LINK.match(url.strip()))
 
     def link_open(self, tokens, index, options, env):

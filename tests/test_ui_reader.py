@@ -215,6 +215,11 @@ def test_screenshots_at_desktop_and_phone_width_with_nothing_scrolling_sideways(
     wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, ".row.target[data-line='21']")))
     wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".par-card")))
     shots(browser, tmp_path, "session")
+    exported = js(browser, "return Promise.all(['md', 'html'].map(f => fetch(document.getElementById('export-' + f).href)"
+                           ".then(r => [r.status, r.headers.get('content-disposition'), r.text()])"
+                           ".then(([s, d, t]) => t.then(text => [s, d, text]))))")
+    for (status, disposition, text), suffix in zip(exported, ("md", "html")):
+        assert status == 200 and disposition.endswith(f'"{entry["id"]}.{suffix}"') and "CLAUDE.md review" in text
     assert (tmp_path / "session-400x800.png").stat().st_size > 0
 
 

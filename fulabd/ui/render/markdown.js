@@ -8,6 +8,9 @@ import MarkdownIt from "../vendor/markdown-it/markdown-it.min.js";
 const SAFE_LINK = /^(https?:|mailto:|#)/i;
 
 const md = new MarkdownIt({ html: false, linkify: true, breaks: false });
+// Only addresses with a scheme become links: transcripts are full of file names (CLAUDE.md, app.py)
+// that end in a top-level domain.
+md.linkify.set({ fuzzyLink: false, fuzzyEmail: false });
 md.validateLink = (url) => SAFE_LINK.test(url.trim());
 
 md.renderer.rules.link_open = (tokens, index, options, env, self) => {
