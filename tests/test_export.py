@@ -14,12 +14,11 @@ from types import SimpleNamespace
 import orjson
 import pytest
 from markdown_it import MarkdownIt
-from websockets.sync.client import connect
 
 from fulabd import export
 from fulabd.events import normalize
-from tests.fixtures import get_json, sample_files, sample_lines
-from tests.test_ui_reader import XSS, xss_session
+from tests.fixtures import sample_files, sample_lines
+from tests.test_ui_reader import XSS, post_par, upload, xss_session
 
 EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.I)
 
@@ -50,21 +49,6 @@ class Tags(HTMLParser):
     def handle_starttag(self, tag, attrs):
         self.names.add(tag)
         self.attributes |= {name for name, _ in attrs}
-
-
-def upload(daemon, session_id: str, lines: list[str]) -> dict:
-    with connect(daemon.url + "/fulab/lab/upload/ws", max_size=None) as ws:
-        ws.send(orjson.dumps({"type": "init", "session-id": session_id, "source": "claude",
-                              "project": "/home/dev/demo", "events": lines}).decode())
-        assert orjson.loads(ws.recv(timeout=30))["type"] == "ack"
-    return next(entry for entry in get_json(daemon.http + "/fulab/lab/sessions")["sessions"]
-                if entry["session-id"] == session_id)
-
-
-def post_par(daemon, entry: dict, par: dict):
-    request = urllib.request.Request(f"{daemon.http}/fulab/lab/sessions/{entry['id']}/pars", data=orjson.dumps(par),
-                                     headers={"content-type": "application/json"})
-    urllib.request.urlopen(request, timeout=30).close()
 
 
 def fetch(url: str):
