@@ -160,7 +160,8 @@ def xss_session() -> list[str]:
     for n, payload in enumerate(XSS):
         stamp = f"2026-01-0{1 + n // 5}T10:{n:02d}:00Z"
         lines += [
-            {"type": "user", "timestamp": stamp, "message": {"role": "user", "content": f"{payload}\n\n**bold** {payload}"}},
+            {"type": "user", "timestamp": stamp, "message": {"role": "user", "content":
+                f"{payload}\n\n**bold** {payload}\n\n| left | right |\n|:--|--:|\n| {payload} | 2 |"}},
             {"type": "assistant", "timestamp": stamp, "message": {"role": "assistant", "content": [
                 {"type": "text", "text": f"- item {payload}\n\n```\n{payload}\n```"},
                 {"type": "tool_use", "id": f"t{n}", "name": "Edit",
@@ -189,6 +190,8 @@ def test_no_xss_payload_runs_in_the_view_or_the_par_column(daemon, browser):
     assert all(not href.lower().startswith(("javascript:", "data:")) for href in hrefs), hrefs
     assert "<script>" in browser.find_element(By.ID, "events").text  # shown as text
     assert js(browser, "return document.querySelectorAll('#events .markdown strong').length") >= len(XSS)
+    assert js(browser, "return document.querySelectorAll('#events .markdown td.align-right').length") >= len(XSS)
+    assert js(browser, "return document.querySelectorAll('#events [style]').length") == 0  # the CSP allows none
 
 
 def shots(browser, tmp_path, name: str):

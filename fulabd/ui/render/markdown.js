@@ -19,6 +19,17 @@ md.renderer.rules.link_open = (tokens, index, options, env, self) => {
   return self.renderToken(tokens, index, options);
 };
 
+// Table alignment as a class, not a style attribute (the page's CSP allows no inline styles).
+for (const rule of ["th_open", "td_open"]) {
+  md.renderer.rules[rule] = (tokens, index, options, env, self) => {
+    const token = tokens[index];
+    const align = /text-align:(left|right|center)/.exec(token.attrGet("style") || "");
+    token.attrs = (token.attrs || []).filter(([name]) => name !== "style");
+    if (align) token.attrSet("class", `align-${align[1]}`);
+    return self.renderToken(tokens, index, options);
+  };
+}
+
 md.renderer.rules.image = (tokens, index) => {
   const token = tokens[index];
   const alt = md.utils.escapeHtml(token.content || "image");
