@@ -56,21 +56,32 @@ class Lab(resource.Resource):
         return b""
 
 
-def serve_folder(parent: resource.Resource, folder) -> None:
-    """Put every served file under `folder` (recursively) below `parent`, by name."""
-    for entry in folder.iterdir():
+def served_files(folder=None, prefix: str = "") -> dict[str, tuple]:
+    """Every served file under `folder` (the UI's, by default), by its path (`render/diff.js`): (folder entry, type)."""
+    files = {}
+    for entry in (folder or ui_folder()).iterdir():
         if entry.is_dir():
-            child = resource.Resource()
-            serve_folder(child, entry)
-            if child.children:
-                parent.putChild(entry.name.encode(), child)
+            files |= served_files(entry, f"{prefix}{entry.name}/")
             continue
         content_type = CONTENT_TYPES.get("." + entry.name.rpartition(".")[2])
         if content_type is not None:
-            parent.putChild(entry.name.encode(), StaticFile(entry.read_bytes(), content_type))
+            files[prefix + entry.name] = (entry, content_type)
+    return files
+
+
+def public_paths(prefix: str = "/fulab/lab/") -> frozenset[str]:
+    """The URL paths of the UI's own files: the page shell and its scripts, which hold no session data."""
+    return frozenset([prefix] + [prefix + name for name in served_files()])
 
 
 def mount(lab: resource.Resource) -> None:
     """Serve the UI at `lab`'s own URL (`/fulab/lab/`) and its files by name."""
-    serve_folder(lab, ui_folder())
+    for name, (entry, content_type) in served_files().items():
+        *folders, leaf = name.split("/")
+        parent = lab
+        for folder in (part.encode() for part in folders):
+            if folder not in parent.children:
+                parent.putChild(folder, resource.Resource())
+            parent = parent.children[folder]
+        parent.putChild(leaf.encode(), StaticFile(entry.read_bytes(), content_type))
     lab.putChild(b"", lab.children[b"index.html"])
