@@ -19,7 +19,9 @@ from datetime import datetime
 
 import orjson
 from markdown_it import MarkdownIt
-from twisted.web import resource
+from twisted.internet import threads
+from twisted.logger import Logger
+from twisted.web import resource, server
 
 from fulabd.events import PAR_QUESTIONS, normalize
 
@@ -39,18 +41,16 @@ LABELS = {"user": "User", "assistant": "Assistant", "system": "System", "summary
 
 # -- reading ---------------------------------------------------------------------
 
-def session_events(source, session) -> list[dict]:
-    """Every normalized event of the session, read page by page through its catalog source."""
-    events, start = [], 0
-    while True:
-        lines = source.read_lines(session, start, PAGE_LINES)
-        if not lines:
-            return events
-        for offset, raw in enumerate(lines):
-            event = normalize(raw, start + offset)
-            if event is not None:
-                events.append(event)
-        start += len(lines)
+def session_lines(source, session) -> list[bytes]:
+    """Every line of the session, read page by page through its catalog source."""
+    lines: list[bytes] = []
+    while page := source.read_lines(session, len(lines), PAGE_LINES):
+        lines += page
+    return lines
+
+
+def normalized(lines: list[bytes]) -> list[dict]:
+    return [event for index, raw in enumerate(lines) if (event := normalize(raw, index)) is not None]
 
 
 def blocks(event: dict) -> list[dict]:
@@ -351,17 +351,29 @@ def html_document(title: str, text: str) -> str:
 
 # -- the resource ----------------------------------------------------------------------
 
+def document(chosen: bytes, session, entry: dict, lines: list[bytes], pars: list[dict]) -> bytes:
+    """The export file's bytes (pure: runs in a thread)."""
+    text = markdown(session, entry, normalized(lines), pars)
+    return (text if chosen == b"md" else html_document(session.safe_id, text)).encode("utf-8")
+
+
 class SessionExport(resource.Resource):
-    """`/fulab/lab/sessions/<id>/export?format=md|html`: the session as a file to download."""
+    """`/fulab/lab/sessions/<id>/export?format=md|html`: the session as a file to download.
+
+    The lines are read in the reactor (page by page, as viewers read them); normalizing and
+    rendering them, the long part for a big session, runs in a thread so the daemon keeps serving.
+    """
 
     isLeaf = True
+    _log = Logger()
 
-    def __init__(self, source, session, describe):
-        """`describe(session)` gives its listing entry."""
+    def __init__(self, source, session, describe, run_in_thread=threads.deferToThread):
+        """`describe(session)` gives its listing entry; `run_in_thread(f, *args)` a Deferred of f's result."""
         super().__init__()
         self.source = source
         self.session = session
         self.describe = describe
+        self.run_in_thread = run_in_thread
 
     def render_GET(self, request):
         chosen = (request.args.get(b"format") or [b"md"])[0]
@@ -369,16 +381,32 @@ class SessionExport(resource.Resource):
             request.setResponseCode(400)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"unknown format; ask for ?format=md or ?format=html\n"
-        text = markdown(self.session, self.describe(self.session), session_events(self.source, self.session),
-                        self.source.pars(self.session))
-        name = self.session.safe_id
+        gone = []
+        request.notifyFinish().addErrback(gone.append)
+        built = self.run_in_thread(document, chosen, self.session, self.describe(self.session),
+                                   session_lines(self.source, self.session), self.source.pars(self.session))
+        built.addCallbacks(self._send, self._failed, callbackArgs=(request, chosen, gone), errbackArgs=(request, gone))
+        return server.NOT_DONE_YET
+
+    def _send(self, body: bytes, request, chosen: bytes, gone: list):
+        if gone:
+            return
         if chosen == b"md":
             request.setHeader(b"content-type", b"text/markdown; charset=utf-8")
-            body = text
         else:
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             request.setHeader(b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'")
-            body = html_document(name, text)
-        request.setHeader(b"content-disposition", f'attachment; filename="{name}.{chosen.decode()}"'.encode())
+        name = f"{self.session.safe_id}.{chosen.decode()}"
+        request.setHeader(b"content-disposition", f'attachment; filename="{name}"'.encode())
         request.setHeader(b"x-content-type-options", b"nosniff")
-        return body.encode("utf-8")
+        request.write(body)
+        request.finish()
+
+    def _failed(self, failure, request, gone: list):
+        self._log.failure("exporting session {safe_id} failed", failure, safe_id=self.session.safe_id)
+        if gone:
+            return
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.write(b"the export failed (the daemon's log says why); try again\n")
+        request.finish()

@@ -15,9 +15,17 @@ import orjson
 import pytest
 from markdown_it import MarkdownIt
 
+from twisted.internet import defer
+from twisted.web import server
+from twisted.web.test.requesthelper import DummyRequest
+
 from fulabd import export
+from fulabd.catalog import StoreSource
+from fulabd.export import SessionExport
+from fulabd.web import describe
 from fulabd.events import normalize
 from tests.fixtures import sample_files, sample_lines
+from tests.test_store import make_store, result_of
 from tests.test_ui_reader import XSS, post_par, upload, xss_session
 
 EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", re.I)
@@ -107,7 +115,7 @@ def test_no_xss_payload_becomes_markup_in_an_export_and_a_bad_format_is_refused(
 
 def test_the_markdown_pairs_each_call_with_its_result_and_shows_edits_as_diffs():
     sample = next(path for path in sample_files() if path.name.startswith("fe5e1c67"))
-    events = events_of(sample_lines(sample))
+    events = export.normalized([line.encode() for line in sample_lines(sample)])
     session = SimpleNamespace(session_id="fe5e1c67", safe_id="fe5e1c67")
     text = export.markdown(session, {"project": "/path/to/Demo"}, events, [])
     assert text.startswith("# Demo\n")
@@ -130,3 +138,46 @@ def test_an_apply_patch_becomes_a_unified_diff_per_file():
     assert diff.splitlines() == ["--- a/a.py", "+++ b/a.py", "@@ def f", "-x", "+y", "--- /dev/null", "+++ b/b.txt",
                                  "+new"]
     assert export.tool_diff("shell", orjson.dumps({"command": ["apply_patch", patch]}).decode()) == diff
+
+
+def export_request(resource, query: dict) -> tuple[DummyRequest, bytes]:
+    request = DummyRequest([b""])
+    request.args = {key.encode(): [value.encode()] for key, value in query.items()}
+    body = resource.render_GET(request)
+    return request, b"".join(request.written) if body == server.NOT_DONE_YET else body
+
+
+def test_the_export_resource_reads_the_store_and_renders_off_the_reactor(tmp_path):
+    sample = next(path for path in sample_files() if path.name.startswith("1af7fc5e"))
+    store, _ = make_store(tmp_path)
+    result_of(store.append("s", 0, [line.encode() for line in sample_lines(sample)], {"project": "/p/todo"}))
+    result_of(store.add_par("s", {"title": "Review", "lines": [3, 5]}))
+    session = store.get("s")
+    threaded = []
+
+    def run_in_thread(f, *args):
+        threaded.append(f)
+        return defer.maybeDeferred(f, *args)
+
+    resource = SessionExport(StoreSource(store), session, lambda s: describe(s, s.modified, 0.0), run_in_thread)
+    request, body = export_request(resource, {"format": "md"})
+    assert threaded == [export.document] and request.finished
+    assert request.responseHeaders.getRawHeaders(b"content-type") == [b"text/markdown; charset=utf-8"]
+    text = body.decode()
+    assert text.startswith("# todo\n") and "### Review (lines 3–5)" in text and "| lines | 29 |" in text
+
+    request, body = export_request(resource, {"format": "html"})
+    assert body.startswith(b"<!doctype html>") and b"<h3>Review (lines 3\xe2\x80\x935)</h3>" in body
+
+    request, body = export_request(resource, {"format": "pdf"})
+    assert request.responseCode == 400 and b"format=md" in body
+
+
+def test_a_failed_export_answers_500_and_says_to_try_again(tmp_path):
+    store, _ = make_store(tmp_path)
+    result_of(store.append("s", 0, [b'{"type":"user"}']))
+    session = store.get("s")
+    resource = SessionExport(StoreSource(store), session, lambda s: describe(s, s.modified, 0.0),
+                             lambda f, *args: defer.fail(RuntimeError("disk gone")))
+    request, body = export_request(resource, {"format": "md"})
+    assert request.responseCode == 500 and b"try again" in body
