@@ -320,3 +320,33 @@ def test_a_task_call_links_to_its_sub_agent_session_and_sidechain_lines_are_inde
     link.click()
     rows = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#events .row.sidechain"))
     assert js(browser, "return parseFloat(getComputedStyle(arguments[0]).marginLeft)", rows[0]) > 0
+
+
+PATCH = "*** Begin Patch\n*** Update File: src/app.py\n@@ def main():\n-    print('hi')\n+    print('hello')\n*** End Patch\n"
+
+
+def test_every_file_edit_tool_is_a_diff_with_its_path(daemon, browser):
+    claude = [{"type": "assistant", "timestamp": "2026-01-01T10:00:00Z", "message": {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "m1", "name": "MultiEdit", "input": {"file_path": "/r/a.txt", "edits": [
+            {"old_string": "one\ntwo", "new_string": "one\n2"}, {"old_string": "x", "new_string": "y"}]}},
+        {"type": "tool_use", "id": "w1", "name": "Write", "input": {"file_path": "/r/new.txt", "content": "fresh\nfile"}},
+        {"type": "tool_use", "id": "n1", "name": "NotebookEdit",
+         "input": {"notebook_path": "/r/n.ipynb", "cell_id": "c3", "new_source": "import os", "edit_mode": "insert"}},
+    ]}}]
+    codex = [{"timestamp": "2026-01-01T10:01:00Z", "type": "response_item", "payload": {
+        "type": "custom_tool_call", "name": "apply_patch", "call_id": "p1", "input": PATCH}},
+        {"timestamp": "2026-01-01T10:01:01Z", "type": "response_item", "payload": {
+            "type": "custom_tool_call_output", "call_id": "p1", "output": "Success. Updated: src/app.py"}}]
+    upload(daemon, "edits", [orjson.dumps(line).decode() for line in claude + codex])
+    open_whole(browser, f"{daemon.http}/fulab/lab/?session=edits")
+    diffs = js(browser, "return [...document.querySelectorAll('.diff')].map(d => [d.querySelector('.diff-path')"
+                        ".textContent, [...d.querySelectorAll('.dl')].map(l => l.textContent)])")
+    assert diffs == [
+        ["/r/a.txt · edit 1 of 2 +1 −1", ["@@ -1,2 +1,2 @@", " one", "-two", "+2"]],
+        ["/r/a.txt · edit 2 of 2 +1 −1", ["@@ -1,1 +1,1 @@", "-x", "+y"]],
+        ["/r/new.txt · new file +2 −0", ["+fresh", "+file"]],
+        ["/r/n.ipynb · insert cell c3 +1 −0", ["+import os"]],
+        ["src/app.py +1 −1", ["@@ def main():", "-    print('hi')", "+    print('hello')"]],
+    ]
+    card = browser.find_element(By.CSS_SELECTOR, ".tool-card[data-call-id='p1']")
+    assert "ok" in card.get_attribute("class").split() and "1.0 s" in card.text
