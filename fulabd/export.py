@@ -63,13 +63,19 @@ def is_bookkeeping(event: dict) -> bool:
     return event["type"] == "system" and event.get("kind") in BOOKKEEPING_SYSTEM
 
 
+def is_context_text(text) -> bool:
+    return str(text or "").lstrip().startswith(CONTEXT_PREFIXES)
+
+
 def is_context(event: dict) -> bool:
+    """A line that is all context (as the UI's render/events.js decides)."""
     if event["type"] != "user" or any(block["type"] != "user" for block in blocks(event)):
         return False
-    text = (event.get("text") or "").lstrip()
-    if SLASH.search(text):
+    if event.get("injected"):
+        return True
+    if SLASH.search(event.get("text") or ""):
         return False
-    return bool(event.get("injected") or event.get("meta")) or text.startswith(CONTEXT_PREFIXES)
+    return bool(event.get("meta")) or all(is_context_text(block.get("text")) for block in blocks(event))
 
 
 def parsed(value):
@@ -221,8 +227,14 @@ def tool_card(call: dict, timestamp, result: tuple | None) -> str:
     return "\n\n".join(parts)
 
 
+def context_block(event: dict, text: str) -> str:
+    return f"*context* · {when(event.get('timestamp'))}\n\n" + fence(text, "text")
+
+
 def message(event: dict, block: dict) -> str:
     text = str(block.get("text") or "")
+    if block["type"] == "user" and is_context_text(text):
+        return context_block(event, text)
     slash = SLASH.search(text) if block["type"] == "user" else None
     if slash:
         args = SLASH_ARGS.search(text)
@@ -266,7 +278,7 @@ def markdown(session, entry: dict, events: list[dict], pars: list[dict]) -> str:
             turn += 1
             out += ["", f"## Turn {turn} · {when(event.get('timestamp'))}"]
         if is_context(event):
-            out += ["", f"*context* · {when(event.get('timestamp'))}", "", fence(str(event.get("text") or ""), "text")]
+            out += ["", *(context_block(event, str(block.get("text") or "")) for block in blocks(event))]
             continue
         for block in blocks(event):
             if block["type"] == "tool_use":

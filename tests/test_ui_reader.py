@@ -337,7 +337,10 @@ def test_every_file_edit_tool_is_a_diff_with_its_path(daemon, browser):
         "type": "custom_tool_call", "name": "apply_patch", "call_id": "p1", "input": PATCH}},
         {"timestamp": "2026-01-01T10:01:01Z", "type": "response_item", "payload": {
             "type": "custom_tool_call_output", "call_id": "p1", "output": "Success. Updated: src/app.py"}}]
-    upload(daemon, "edits", [orjson.dumps(line).decode() for line in claude + codex])
+    reminded = [{"type": "user", "timestamp": "2026-01-01T10:02:00Z", "message": {"role": "user", "content": [
+        {"type": "text", "text": "<system-reminder>\nContents of /r/CLAUDE.md: be brief\n</system-reminder>"},
+        {"type": "text", "text": "Now fix the **parser**"}]}}]
+    upload(daemon, "edits", [orjson.dumps(line).decode() for line in claude + codex + reminded])
     open_whole(browser, f"{daemon.http}/fulab/lab/?session=edits")
     diffs = js(browser, "return [...document.querySelectorAll('.diff')].map(d => [d.querySelector('.diff-path')"
                         ".textContent, [...d.querySelectorAll('.dl')].map(l => l.textContent)])")
@@ -348,5 +351,9 @@ def test_every_file_edit_tool_is_a_diff_with_its_path(daemon, browser):
         ["/r/n.ipynb · insert cell c3 +1 −0", ["+import os"]],
         ["src/app.py +1 −1", ["@@ def main():", "-    print('hi')", "+    print('hello')"]],
     ]
+    prompt = browser.find_element(By.CSS_SELECTOR, ".row[data-line='3'] article.ev-user")
+    assert prompt.find_element(By.CSS_SELECTOR, ".markdown strong").text == "parser"  # the prompt is shown
+    assert "be brief" not in prompt.text, prompt.text
+    assert "context" in prompt.find_element(By.CSS_SELECTOR, "details.context").text.lower()
     card = browser.find_element(By.CSS_SELECTOR, ".tool-card[data-call-id='p1']")
     assert "ok" in card.get_attribute("class").split() and "1.0 s" in card.text

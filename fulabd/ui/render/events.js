@@ -29,13 +29,24 @@ export function isBookkeeping(event) {
   return event.type === "system" && QUIET_SYSTEM.has(event.kind);
 }
 
-// Text the agent's CLI put in the conversation rather than the person typing it.
+// Text the agent's CLI put in the conversation (AGENTS.md, CLAUDE.md, environment, reminders).
+function isContextText(text) {
+  const start = asText(text).trimStart();
+  return CONTEXT_PREFIXES.some((prefix) => start.startsWith(prefix));
+}
+
+// A line that is all context: injected or meta (and no slash command), or only context texts.
 export function isContext(event) {
-  if (event.type !== "user" || blocksOf(event).some((block) => block.type !== "user")) return false;
+  const blocks = blocksOf(event);
+  if (event.type !== "user" || blocks.some((block) => block.type !== "user")) return false;
   if (event.injected) return true;
-  const text = asText(event.text).trimStart();
+  const text = asText(event.text);
   if (SLASH.test(text) || COMMAND_OUTPUT.test(text)) return false;
-  return Boolean(event.meta) || CONTEXT_PREFIXES.some((prefix) => text.startsWith(prefix));
+  return Boolean(event.meta) || blocks.every((block) => isContextText(block.text));
+}
+
+function contextFold(text) {
+  return details([el("span", "ev-type", "context"), el("span", "preview", firstLine(text, 140))], text, "fold context");
 }
 
 // A real prompt, which starts a turn.
@@ -142,9 +153,7 @@ export function renderEvent(event, context) {
   node.dataset.line = event.line;
   if (isContext(event)) {
     node.classList.add("context");
-    const text = asText(event.text);
-    node.append(head(event, type, context),
-      details([el("span", "ev-type", "context"), el("span", "preview", firstLine(text, 140))], text));
+    node.append(head(event, type, context), ...blocksOf(event).map((block) => contextFold(asText(block.text))));
     return node;
   }
   node.append(head(event, type, context));
@@ -184,6 +193,7 @@ function renderBody(block, type, event, context) {
     const args = SLASH_ARGS.exec(text);
     return el("div", "body slash", `/${slash[1]}${args && args[1].trim() ? " " + args[1].trim() : ""}`);
   }
+  if (type === "user" && isContextText(text)) return contextFold(text);
   const output = type === "user" && COMMAND_OUTPUT.exec(text);
   if (output) return details([el("span", "dim", "command output"), el("span", "preview", firstLine(output[2], 140))], output[2]);
   return foldable(text, "body", renderMarkdown);
