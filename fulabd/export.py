@@ -3,27 +3,25 @@ A session as a document: `GET /fulab/lab/sessions/<id>/export?format=md|html`.
 
 The Markdown export has the title, the metadata, a summary, each turn with its
 messages and tool cards (inputs and results as fenced blocks, file edits as
-`diff` fences) and the PARs at the end.  The HTML export is that Markdown
-rendered by markdown-it-py with the options of the web UI's markdown-it (raw
-HTML off, linkify on), in one self-contained file: inline CSS, no script, and
-no request when opened; links show their address as text instead of pointing
-out of the file.  Bookkeeping lines (the UI folds them) are counted, not shown.
+`diff` fences) and the PARs at the end; the HTML export is that Markdown in
+one self-contained page (`export_html`).  Bookkeeping lines (the UI folds
+them) are counted, not shown.  Which line is a prompt, context or bookkeeping
+is decided as the UI's render/events.js decides it.
 """
 
 from __future__ import annotations
 
 import difflib
-import html
 import re
 from datetime import datetime
 
 import orjson
-from markdown_it import MarkdownIt
 from twisted.internet import threads
 from twisted.logger import Logger
 from twisted.web import resource, server
 
 from fulabd.events import PAR_QUESTIONS, normalize
+from fulabd.export_html import html_document
 
 PAGE_LINES = 5000
 BOOKKEEPING_SYSTEM = frozenset({"turn_duration", "stop_hook_summary", "session_start", "compact_boundary"})
@@ -34,7 +32,6 @@ SLASH = re.compile(r"<command-name>\s*/?([^<\s]*)\s*</command-name>")
 SLASH_ARGS = re.compile(r"<command-args>([\s\S]*?)</command-args>")
 SALIENT = ("command", "cmd", "file_path", "notebook_path", "path", "pattern", "url", "query", "description",
            "prompt")
-SAFE_LINK = re.compile(r"^(https?:|mailto:|#)", re.I)
 LABELS = {"user": "User", "assistant": "Assistant", "system": "System", "summary": "Compaction summary",
           "reasoning": "Reasoning"}
 
@@ -304,61 +301,6 @@ def markdown(session, entry: dict, events: list[dict], pars: list[dict]) -> str:
     if not pars:
         out += ["", "No PARs."]
     return "\n".join(out) + "\n"
-
-
-# -- HTML ----------------------------------------------------------------------------
-
-def renderer() -> MarkdownIt:
-    """markdown-it-py set as the UI's markdown-it; links and images become text, so nothing points out."""
-    md = MarkdownIt("default", {"html": False, "linkify": True})
-    md.linkify.set({"fuzzy_link": False, "fuzzy_email": False})  # file names like CLAUDE.md stay text
-    md.validateLink = lambda url: bool(SAFE_LINK.match(url.strip()))
-
-    def link_open(self, tokens, index, options, env):
-        env.setdefault("links", []).append((tokens[index].attrGet("href") or "", tokens[index].markup))
-        return '<span class="link">'
-
-    def link_close(self, tokens, index, options, env):
-        href, markup = env["links"].pop()
-        return "</span>" if markup == "linkify" else f'</span> <span class="url">&lt;{html.escape(href)}&gt;</span>'
-
-    def image(self, tokens, index, options, env):
-        return f'<span class="image">[image: {html.escape(tokens[index].content or "image")}]</span>'
-
-    def fence_rule(self, tokens, index, options, env):
-        token = tokens[index]
-        if token.info.strip() != "diff":
-            return f"<pre><code>{html.escape(token.content)}</code></pre>\n"
-        kinds = {"+": "add", "-": "del", "@": "hunk"}
-        lines = "".join(f'<span class="dl {kinds.get(line[:1], "ctx")}">{html.escape(line)}</span>'
-                        for line in token.content.splitlines())
-        return f'<pre class="diff"><code>{lines}</code></pre>\n'
-
-    md.add_render_rule("link_open", link_open)
-    md.add_render_rule("link_close", link_close)
-    md.add_render_rule("image", image)
-    md.add_render_rule("fence", fence_rule)
-    return md
-
-
-STYLE = """
-body { font: 15px/1.5 system-ui, sans-serif; color: #1d2330; max-width: 960px; margin: 2em auto; padding: 0 1em; }
-pre { background: #f6f7f9; border: 1px solid #e2e5eb; border-radius: 4px; padding: 8px 10px; overflow-x: auto;
-      white-space: pre-wrap; overflow-wrap: anywhere; font-size: 13px; }
-code { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace; }
-table { border-collapse: collapse; } th, td { border: 1px solid #e2e5eb; padding: 3px 8px; text-align: left; }
-h2 { border-top: 1px solid #e2e5eb; padding-top: .6em; }
-.dl { display: block; } .dl.add { background: #e6ffec; } .dl.del { background: #ffebe9; } .dl.hunk { color: #57606a; }
-.url { color: #57606a; font-size: 90%; } .link { text-decoration: underline; }
-blockquote { border-left: 3px solid #e2e5eb; margin-left: 0; padding-left: 10px; color: #4a5263; }
-"""
-
-
-def html_document(title: str, text: str) -> str:
-    body = renderer().render(text)
-    return ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n")
 
 
 # -- the resource ----------------------------------------------------------------------
