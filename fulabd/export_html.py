@@ -35,13 +35,25 @@ def renderer() -> MarkdownIt:
 
     def fence_rule(self, tokens, index, options, env):
         token = tokens[index]
-        if token.info.strip() != "diff":
-            return f"<pre><code>{html.escape(token.content)}</code></pre>\n"
+        language = token.info.strip().split(maxsplit=1)[0] if token.info.strip() else ""
+        if language != "diff":  # as markdown-it's own fence rule writes it
+            attribute = f' class="language-{html.escape(language)}"' if language else ""
+            return f"<pre><code{attribute}>{html.escape(token.content, quote=True)}</code></pre>\n"
         kinds = {"+": "add", "-": "del", "@": "hunk"}
         lines = "".join(f'<span class="dl {kinds.get(line[:1], "ctx")}">{html.escape(line)}</span>'
                         for line in token.content.splitlines())
         return f'<pre class="diff"><code>{lines}</code></pre>\n'
 
+    def cell_open(self, tokens, index, options, env):
+        token = tokens[index]
+        align = re.search(r"text-align:(left|right|center)", str(token.attrGet("style") or ""))
+        token.attrs.pop("style", None)
+        if align:
+            token.attrSet("class", f"align-{align[1]}")
+        return self.renderToken(tokens, index, options, env)
+
+    md.add_render_rule("th_open", cell_open)
+    md.add_render_rule("td_open", cell_open)
     md.add_render_rule("link_open", link_open)
     md.add_render_rule("link_close", link_close)
     md.add_render_rule("image", image)
@@ -58,6 +70,7 @@ table { border-collapse: collapse; } th, td { border: 1px solid #e2e5eb; padding
 h2 { border-top: 1px solid #e2e5eb; padding-top: .6em; }
 .dl { display: block; } .dl.add { background: #e6ffec; } .dl.del { background: #ffebe9; } .dl.hunk { color: #57606a; }
 .url { color: #57606a; font-size: 90%; } .link { text-decoration: underline; }
+.align-left { text-align: left; } .align-right { text-align: right; } .align-center { text-align: center; }
 blockquote { border-left: 3px solid #e2e5eb; margin-left: 0; padding-left: 10px; color: #4a5263; }
 """
 

@@ -357,3 +357,29 @@ def test_every_file_edit_tool_is_a_diff_with_its_path(daemon, browser):
     assert "context" in prompt.find_element(By.CSS_SELECTOR, "details.context").text.lower()
     card = browser.find_element(By.CSS_SELECTOR, ".tool-card[data-call-id='p1']")
     assert "ok" in card.get_attribute("class").split() and "1.0 s" in card.text
+
+
+PARITY = [
+    "**bold**, *italic*, `code` and ~~struck~~",
+    "# Heading\n\nA paragraph\nwith a soft break.\n\n---\n\n> quoted\n> text",
+    "- one\n- two\n  - nested\n\n1. first\n2. second",
+    "```python\ndef f(x):\n    return x < 1 and '&'\n```\n\n    indented code",
+    "| left | right | mid |\n|:--|--:|:-:|\n| a | b | c |",
+    *XSS[:2], XSS[3], XSS[4], XSS[6], XSS[7],
+]
+
+
+def test_the_html_export_renders_markdown_exactly_as_the_page_does(daemon, browser):
+    from fulabd.export_html import renderer
+
+    upload(daemon, "parity", xss_session()[:1])
+    browser.get(f"{daemon.http}/fulab/lab/?session=parity")
+    wait(browser, EC.text_to_be_present_in_element((By.ID, "conn"), "live"))
+    shown = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1]; import('./render/markdown.js').then(m => done("
+        "arguments[0].map(text => { const node = document.createElement('div'); m.renderMarkdown(node, text);"
+        " return node.innerHTML; })))", PARITY)
+    exported = js(browser, "return arguments[0].map(html => { const node = document.createElement('div');"
+                           " node.innerHTML = html; return node.innerHTML; })",  # the same serializer for both
+                  [renderer().render(text) for text in PARITY])
+    assert shown == exported
