@@ -2,7 +2,7 @@
 // Session content goes into the page as text (textContent); the only HTML the UI
 // inserts is markdown-it's output with raw HTML disabled (render/markdown.js).
 
-export const FOLD_CHARS = 1500;   // longer texts are folded
+const FOLD_CHARS = 1500;   // longer texts are folded
 
 export function $(id) { return document.getElementById(id); }
 

@@ -360,7 +360,7 @@ function reached(line) {
 
 // Show lines first..last (highlighted unless `mark` is false), loading from an earlier offset when
 // they are before the lines held.
-export function goToLine(first, last = first, mark = true) {
+function goToLine(first, last = first, mark = true) {
   if (view.base > first || !reached(first)) {
     view.target = { first, last, keep: !mark };
     view.following = false;

@@ -6,7 +6,7 @@ import { el, button } from "../dom.js";
 
 const CONTEXT = 3;
 const MAX_CELLS = 2_000_000;
-export const FOLD_LINES = 60;   // a diff longer than this shows its first FOLD_LINES lines until asked
+const FOLD_LINES = 60;   // a diff longer than this shows its first FOLD_LINES lines until asked
 
 function splitLines(text) {
   if (!text) return [];
@@ -16,7 +16,7 @@ function splitLines(text) {
 }
 
 // Every line of `a` and `b` as [sign, text]: " " both, "-" only in a, "+" only in b.
-export function lineDiff(a, b) {
+function lineDiff(a, b) {
   let start = 0;
   while (start < a.length && start < b.length && a[start] === b[start]) start++;
   let endA = a.length;
@@ -52,7 +52,7 @@ export function lineDiff(a, b) {
 }
 
 // The changed lines of a diff with CONTEXT lines around them, under "@@ -a,b +c,d @@" headers.
-export function hunks(lines) {
+function hunks(lines) {
   const ranges = [];
   lines.forEach(([sign], index) => {
     if (sign === " ") return;
@@ -98,7 +98,7 @@ function patchText(input) {
 }
 
 // The files of an apply_patch text, each {path, note, lines}.
-export function parsePatch(text) {
+function parsePatch(text) {
   const files = [];
   let file = null;
   for (const line of text.split("\n")) {

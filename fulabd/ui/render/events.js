@@ -7,7 +7,7 @@ import { clock, full, dayLabel, duration } from "../time.js";
 import { renderMarkdown } from "./markdown.js";
 import { toolCard, fillResult, orphanCard } from "./tools.js";
 
-export const LABELS = {
+const LABELS = {
   user: "User", assistant: "Assistant", system: "System", summary: "Compaction summary",
   reasoning: "Reasoning", tool_use: "Tool call", tool_result: "Tool result", par: "PAR", raw: "Other",
 };
@@ -36,7 +36,7 @@ function isContextText(text) {
 }
 
 // A line that is all context: injected or meta (and no slash command), or only context texts.
-export function isContext(event) {
+function isContext(event) {
   const blocks = blocksOf(event);
   if (event.type !== "user" || blocks.some((block) => block.type !== "user")) return false;
   if (event.injected) return true;
@@ -147,7 +147,7 @@ function head(event, type, context) {
   return node;
 }
 
-export function renderEvent(event, context) {
+function renderEvent(event, context) {
   const type = LABELS[event.type] ? event.type : "raw";
   const node = el("article", `event ev-${type}`);
   node.dataset.line = event.line;

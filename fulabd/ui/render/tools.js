@@ -13,13 +13,13 @@ function parsed(input) {
 }
 
 // A tool call's input as readable JSON (Codex sends its arguments as a JSON string).
-export function prettyInput(input) {
+function prettyInput(input) {
   const value = parsed(input);
   return typeof value === "string" ? value : asText(value);
 }
 
 // The most telling part of a tool call's input, for its one-line summary.
-export function salient(input) {
+function salient(input) {
   const value = parsed(input);
   if (typeof value === "string") return value;
   if (!value || typeof value !== "object") return value === undefined || value === null ? "" : String(value);
@@ -32,7 +32,7 @@ export function salient(input) {
 }
 
 // Whether a result reports failure: Claude's is_error, or a Codex exit code other than 0.
-export function failed(result) {
+function failed(result) {
   if (result["is-error"]) return true;
   const content = asText(result.content);
   const value = parsed(content);
@@ -44,7 +44,7 @@ export function failed(result) {
 }
 
 // The text of a Codex result wrapped as {"output": …, "metadata": …}, else the content.
-export function resultText(result) {
+function resultText(result) {
   const content = asText(result.content);
   const value = parsed(content);
   return value && typeof value === "object" && typeof value.output === "string" ? value.output : content;
