@@ -305,15 +305,18 @@ def test_a_task_call_links_to_its_sub_agent_session_and_sidechain_lines_are_inde
     parent = parent_file.stem
     child = next(folder.rglob("agent-*.jsonl"))
     with connect(daemon.url + "/fulab/lab/upload/ws", max_size=None) as ws:
-        for session_id, path, extra in ((parent, parent_file, {}),
-                                        (f"{parent}/{child.stem}", child, {"parent-session-id": parent})):
+        def send(session_id, path, extra):
             ws.send(orjson.dumps({"type": "init", "session-id": session_id, "source": "claude",
                                   "events": sample_lines(path), **extra}).decode())
             assert orjson.loads(ws.recv(timeout=30))["type"] == "ack"
+
+        send(parent, parent_file, {})
+        browser.get(f"{daemon.http}/fulab/lab/?session={parent}")
+        wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, ".tool-card[data-task='0'] .subagent")))
+        send(f"{parent}/{child.stem}", child, {"parent-session-id": parent})  # found by the header's next poll
     sessions = get_json(daemon.http + "/fulab/lab/sessions")["sessions"]
     child_entry = next(entry for entry in sessions if entry["session-id"] != parent)
     assert child_entry.get("parent-session-id") == parent
-    browser.get(f"{daemon.http}/fulab/lab/?session={parent}")
     link = wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".tool-card[data-task='0'] .subagent a")))
     assert link.get_attribute("href").endswith(f"?session={child_entry['id']}")
 

@@ -40,7 +40,7 @@ export function showSession(id, helpers) {
   api = helpers;
   Object.assign(view, { id, sessionId: null, parCount: 0, parIds: new Set(), children: [], following: true,
     pending: false, socket: null, retry: 0, retryTimer: null, loading: false, historyEnd: 0, shownPercent: null,
-    target: null, highlight: null, described: null });
+    target: null, highlight: null, described: null, listing: new Map(), listingToken: null });
   const line = Number.parseInt(new URLSearchParams(location.search).get("line"), 10);
   if (line >= 0) {
     view.target = { first: line, last: line };
@@ -80,12 +80,20 @@ async function fetchJson(url) {
   return response.ok ? response.json() : null;
 }
 
+// The listing once, then only its changes (`?since=`, as the list does), for this session's entry
+// and its sub-agents'; the summary, when the daemon has it, for the header.
 async function loadMeta() {
   try {
+    const query = view.listingToken ? { since: view.listingToken } : {};
     const [listing, summary] = await Promise.all([
-      fetchJson(api.apiUrl("sessions")), fetchJson(api.apiUrl(`sessions/${encodeURIComponent(view.id)}`)),
+      fetchJson(api.apiUrl("sessions", query)), fetchJson(api.apiUrl(`sessions/${encodeURIComponent(view.id)}`)),
     ]);
-    const sessions = (listing && listing.sessions) || [];
+    if (listing) {
+      if (!view.listingToken || listing.reset) view.listing = new Map();
+      for (const s of listing.sessions || []) view.listing.set(s.id, s);
+      view.listingToken = listing.token || null;
+    }
+    const sessions = [...view.listing.values()];
     const entry = sessions.find((s) => s.id === view.id || s["session-id"] === view.id);
     view.described = [entry || {}, summary || {}];
     describe();
