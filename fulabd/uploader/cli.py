@@ -16,16 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-import orjson
-
-from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner
-from twisted.logger import textFileLogObserver
-
-from fulabd import edn
-from fulabd.uploader.connection import PING_INTERVAL, connection_service
-from fulabd.uploader.progress import Reporter
-from fulabd.uploader.uploads import Uploads
-from fulabd.uploader.watch import Watcher
+from fulabd.uploader.defaults import PING_INTERVAL
 
 DEFAULT_URL = "ws://127.0.0.1:5056/fulab/lab/upload/ws"
 PAR_ATTEMPTS = 3
@@ -82,6 +73,9 @@ def par_parser() -> argparse.ArgumentParser:
 
 
 def start_logging(verbose: bool):
+    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner
+    from twisted.logger import textFileLogObserver
+
     level = LogLevel.info if verbose else LogLevel.warn
     observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
                                     [LogLevelFilterPredicate(defaultLogLevel=level)])
@@ -101,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def upload(args) -> int:
     from twisted.internet import reactor
+
+    from fulabd.uploader.connection import connection_service
+    from fulabd.uploader.progress import Reporter
+    from fulabd.uploader.uploads import Uploads
+    from fulabd.uploader.watch import Watcher
 
     if args.path and not Path(args.path).expanduser().is_file():
         print(f"fulab-upload: no such file: {args.path}", file=sys.stderr)
@@ -151,6 +150,10 @@ def upload(args) -> int:
 
 def read_par(path: str) -> dict:
     """A PAR from a JSON file (`.json`) or an EDN file (anything else)."""
+    import orjson
+
+    from fulabd import edn
+
     data = Path(path).expanduser().read_bytes()
     try:
         par = orjson.loads(data) if path.endswith(".json") else edn.loads(data)
@@ -162,7 +165,11 @@ def read_par(path: str) -> dict:
 
 
 def send_par(args) -> int:
+    import orjson
     from twisted.internet import reactor
+
+    from fulabd.uploader.connection import connection_service
+    from fulabd.uploader.progress import Reporter
 
     try:
         par = read_par(args.file)

@@ -21,8 +21,8 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFrom
 from twisted.logger import Logger
 
 from fulabd import packed
+from fulabd.uploader.defaults import PING_INTERVAL
 
-PING_INTERVAL = 20
 HANDSHAKE_TIMEOUT = 15
 
 
