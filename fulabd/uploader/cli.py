@@ -117,7 +117,8 @@ def upload(args) -> int:
         print(f"fulab-upload: {e}", file=sys.stderr)
         return 1
     watcher = Watcher(reactor, uploads, folders=args.watch or (), files=[args.path] if args.path else (),
-                      active_minutes=args.active_minutes, backfill=args.backfill, use_events=not args.poll)
+                      active_minutes=args.active_minutes, backfill=args.backfill,
+                      use_events=not (args.poll or args.once))  # --once follows nothing: no inotify thread
     outcome = {"code": 0}
 
     def shut_down():
