@@ -230,3 +230,21 @@ def test_cut_torn_tail_of_a_file_without_any_newline(tmp_path):
     path.write_bytes(b"no newline at all")
     assert cut_torn_tail(str(path)) == 17
     assert path.read_bytes() == b""
+
+
+def test_every_acked_session_is_fdatasynced_even_when_more_sessions_write_than_descriptors_are_open(
+        tmp_path, monkeypatch):
+    synced = []
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    thread = ManualThread()
+    store, _ = make_store(tmp_path, thread, max_open_files=1)
+    acks = [store.append(name, 0, [name.encode()]) for name in ("a", "b", "c")]
+    thread.run_all()
+    assert [result_of(ack).count for ack in acks] == [1, 1, 1]
+    assert sorted(synced) == ["a.jsonl", "b.jsonl", "c.jsonl"]
