@@ -46,7 +46,7 @@ def head_lines(path: Path) -> list[dict]:
     lines = []
     with open(path, "rb") as handle:
         data = handle.read(HEAD_BYTES)
-    for raw in data.split(b"\n", HEAD_LINES)[:-1]:  # split no further than needed: the head is up to 8 MB
+    for raw in data.split(b"\n")[:-1][:HEAD_LINES]:
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError:
