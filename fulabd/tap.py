@@ -15,6 +15,9 @@ import fulabd
 from fulabd import access, pars, supervisor, tls, web
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
+from fulabd.index import http as search_http
+from fulabd.index.feeder import IndexFeeder
+from fulabd.index.sqlite import FTS5Missing, SqliteIndex, check_fts5
 from fulabd.local import LocalSources
 from fulabd.metrics import Metrics, MetricsResource
 from fulabd.store import SessionStore
@@ -63,6 +66,10 @@ class Options(usage.Options):
          float],
     ]
 
+    optFlags = [
+        ["no-index", None, "Do not index the sessions for search: /fulab/lab/search, /pars and /rap answer 503."],
+    ]
+
     def __init__(self):
         super().__init__()
         self["trusted-proxies"] = []
@@ -92,6 +99,11 @@ class Options(usage.Options):
             self["tokens"] = access.load_tokens(self["token-file"]) if self["token-file"] else None
         except access.TokenFileError as e:
             raise usage.UsageError(str(e)) from None
+        if not self["no-index"]:
+            try:
+                check_fts5()
+            except FTS5Missing as e:
+                raise usage.UsageError(str(e)) from None
         self["endpoints"] = [endpoint_description(self["port"], self["interface"])] + self["listen"]
         if len({self[name] is None for name in ("tls-port", "tls-cert", "tls-key")}) > 1:
             raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together: give all three or none")
@@ -138,6 +150,14 @@ def makeService(config, reactor=None) -> service.MultiService:
         local.setServiceParent(parent)
         sources.append(local)
     catalog = Catalog(sources)
+    queries = None
+    if not config["no-index"]:
+        index = SqliteIndex(os.path.join(store.root, ".index"))
+        feeder = IndexFeeder(index, catalog.sessions, reactor)
+        hub.listeners.append(feeder)
+        feeder.setServiceParent(parent)
+        queries = search_http.Queries(index, feeder.caught_up, reactor)
+        queries.setServiceParent(parent)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
                             admit=gate.admit, uploader_of=gate.uploader_of, reactor=reactor)
@@ -178,8 +198,9 @@ def makeService(config, reactor=None) -> service.MultiService:
                 "root": store.root, "listeners": ports,
                 **({"tls": certificate.describe()} if certificate is not None else {})}
 
-    web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
-                   session_child=lambda name: pars.session_child(store, name))
+    lab = web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
+                         session_child=lambda name: pars.session_child(store, name))
+    search_http.mount(lab, queries)
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
     dispatch.putChild(b"healthz", web.Health(lambda: None if store.running and status()["running"]
