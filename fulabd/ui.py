@@ -17,6 +17,9 @@ FILES = {
     "index.html": b"text/html; charset=utf-8",
     "app.js": b"text/javascript; charset=utf-8",
     "app.css": b"text/css; charset=utf-8",
+    "search.js": b"text/javascript; charset=utf-8",
+    "pars.js": b"text/javascript; charset=utf-8",
+    "search.css": b"text/css; charset=utf-8",
 }
 
 

@@ -602,4 +602,4 @@ function setupParForm() {
 
 $("home").href = pageUrl({});
 if (params.get("session")) showSession(params.get("session"));
-else showList();
+else if (!params.has("search") && params.get("view") !== "pars") showList();  // else search.js, pars.js
