@@ -145,6 +145,7 @@ class IndexFeeder(service.Service):
         self._writer = None
         self._stopping = threading.Event()
         self._from_files = [0, 0, 0.0]  # bytes and sessions read from files since `started`, for the log
+        self._logged_at = 0.0
 
     # -- the reactor's side ---------------------------------------------------------
 
@@ -334,15 +335,14 @@ class IndexFeeder(service.Service):
 
     def _read_file(self, info: SessionInfo, progress, count: int, size: int) -> None:
         if not self._from_files[0]:
-            self._from_files[2] = self.reactor.seconds()
+            self._from_files[2] = self._logged_at = self.reactor.seconds()
         self._from_files[1] += 1
-        logged = self.reactor.seconds()
         for lines in read_lines(info.key, progress.bytes, count - progress.lines, size):
             if self._stopping.is_set():
                 return  # the rest is indexed at the next start
             with self.index.batch():
                 self.index.add_lines(info, self.index.progress(info.key).lines, lines)
             self._from_files[0] += sum(len(line) + 1 for line in lines)
-            if self.reactor.seconds() - logged >= PROGRESS_SECONDS:
-                logged = self.reactor.seconds()
+            if self.reactor.seconds() - self._logged_at >= PROGRESS_SECONDS:
+                self._logged_at = self.reactor.seconds()
                 self._log_files_read("indexing")
