@@ -128,3 +128,19 @@ def test_a_rewritten_local_file_is_indexed_afresh(tmp_path, index):
     feeder.sweep()
     feeder._process(feeder._queue.take(1 << 20))
     assert (search(index, "version"), search(index, "edition"), search(index, "more")) == ([], [0], [1])
+
+
+def test_only_the_most_recently_indexed_matches_are_ranked(tmp_path, index, monkeypatch):
+    from fulabd.index import sqlite
+
+    monkeypatch.setattr(sqlite, "MAX_RANKED", 30)
+    session = local_session(tmp_path, [line("user", f"common word{i}") for i in range(40)])
+    with index.batch():
+        index.add_lines(feeder_info(session), 0, [line("user", f"common word{i}") for i in range(40)])
+    lines, cursor = [], None
+    while True:
+        page = index.search(parse_query("common"), Filters(), 7, cursor)
+        lines += [hit["line"] for hit in page.items]
+        if (cursor := page.cursor) is None:
+            break
+    assert sorted(lines) == list(range(10, 40))

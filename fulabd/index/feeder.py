@@ -220,6 +220,10 @@ class IndexFeeder(service.Service):
     # -- the writer thread --------------------------------------------------------
 
     def _run(self) -> None:
+        try:  # the lowest CPU priority for this thread alone (Linux): acks and viewers come first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         self._forget_missing()
         while (items := self._queue.take(BATCH_BYTES)) is not None:
             self._busy = True

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS pars(
 CREATE INDEX IF NOT EXISTS pars_by_time ON pars(t DESC);
 """
 TITLE_CHARS = 120
+MAX_RANKED = 10_000   # matches ranked per search: the most recently indexed ones
 _SPACES = re.compile(r"\s+")
 
 
@@ -274,12 +275,18 @@ class SqliteIndex:
         where, values = self._time_filters(filters, "d.t", where, values)
         token = self._query_token("search", terms, filters)
         offset = self._offset(cursor, token)
+        limit = min(limit, MAX_RANKED - offset)
+        if limit <= 0:
+            return Page()
+        matching = f"FROM docs d JOIN sessions s ON s.sid = d.sid WHERE {' AND '.join(where)}"
+        # Ranking scores every candidate: only the MAX_RANKED most recently indexed ones are candidates.
         sql = ("SELECT s.session_id, s.listing_id, s.title, s.source, s.project, d.line, d.kind, d.ts, d.par, "
-               f"snippet(docs, 0, ?, ?, '…', {SNIPPET_WORDS}) "
-               f"FROM docs d JOIN sessions s ON s.sid = d.sid WHERE {' AND '.join(where)} "
+               f"snippet(docs, 0, ?, ?, '…', {SNIPPET_WORDS}) {matching} "
+               f"AND d.rowid >= coalesce((SELECT d.rowid {matching} ORDER BY d.rowid DESC LIMIT 1 OFFSET ?), 0) "
                "ORDER BY bm25(docs), d.t DESC, d.rowid DESC LIMIT ? OFFSET ?")
         with self._damage_is_unusable():
-            rows = self._reader().execute(sql, [MARK_OPEN, MARK_CLOSE, *values, limit + 1, offset]).fetchall()
+            rows = self._reader().execute(sql, [MARK_OPEN, MARK_CLOSE, *values, *values, MAX_RANKED - 1,
+                                                limit + 1, offset]).fetchall()
         items = [{"session-id": row[0], "id": row[1], "title": row[2], "source": row[3], "project": row[4],
                   "line": row[5], "kind": row[6], "timestamp": row[7],
                   **({"par-index": row[8]} if row[8] is not None else {}), "snippet": snippet_parts(row[9])}

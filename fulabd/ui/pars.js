@@ -1,5 +1,6 @@
 // fulab lab web UI: the PARs page (`?view=pars`), PARs of every session, newest first, filtered by tags
-// and words, each linking to its session. Uses app.js's helpers ($, el, params, apiUrl, pageUrl, QUESTIONS).
+// and words, each linking to its session. Uses app.js's helpers ($, el, params, apiUrl, pageUrl, QUESTIONS)
+// and search.js's indexPages.
 "use strict";
 
 (() => {
@@ -7,7 +8,7 @@
   const PAGE = 50;
   const tags = params.get("tags") || "";
   const words = params.get("q") || "";
-  const state = { cursor: null, shown: 0 };
+  const state = { shown: 0 };
   $("pars-view").hidden = false;
   document.title = "fulab lab — PARs";
   $("crumb").textContent = tags ? `PARs tagged ${tags}` : "PARs";
@@ -17,34 +18,19 @@
     event.preventDefault();
     filter($("pars-tags").value.trim(), $("pars-q").value.trim());
   });
-  $("pars-more").addEventListener("click", load);
+  const load = indexPages("pars", { limit: PAGE, ...(tags ? { tags } : {}), ...(words ? { q: words } : {}) },
+                          { more: $("pars-more"), error: $("pars-error"), failed: "Could not load the PARs" },
+                          (body) => {
+    $("pars-list").append(...body.pars.map(card));
+    state.shown += body.pars.length;
+    $("pars-count").textContent = `${state.shown}${body.cursor ? "+" : ""} PARs`;
+    $("pars-list-empty").hidden = state.shown > 0;
+    $("pars-list-empty").textContent = tags || words ? "No PAR matches the filter." : "No PARs yet.";
+  });
   load();
 
   function filter(newTags, newWords) {
     location.href = pageUrl({ view: "pars", ...(newTags ? { tags: newTags } : {}), ...(newWords ? { q: newWords } : {}) });
-  }
-
-  async function load() {
-    $("pars-more").disabled = true;
-    const url = apiUrl("pars", { limit: PAGE, ...(tags ? { tags } : {}), ...(words ? { q: words } : {}),
-                                 ...(state.cursor ? { cursor: state.cursor } : {}) });
-    try {
-      const response = await fetch(url, { cache: "no-store" });
-      const body = await response.json().catch(() => ({}));
-      if (!response.ok) throw new Error(body.detail || `the server answered ${response.status}`);
-      $("pars-error").hidden = true;
-      $("pars-list").append(...body.pars.map(card));
-      state.shown += body.pars.length;
-      state.cursor = body.cursor;
-      $("pars-count").textContent = `${state.shown}${state.cursor ? "+" : ""} PARs`;
-      $("pars-list-empty").hidden = state.shown > 0;
-      $("pars-list-empty").textContent = tags || words ? "No PAR matches the filter." : "No PARs yet.";
-    } catch (error) {
-      $("pars-error").textContent = `Could not load the PARs: ${error.message}`;
-      $("pars-error").hidden = false;
-    }
-    $("pars-more").hidden = !state.cursor;
-    $("pars-more").disabled = false;
   }
 
   function card(item) {

@@ -3,6 +3,30 @@
 // nothing the server sends is ever parsed as HTML.
 "use strict";
 
+// Pages of an index answer (`/search`, `/pars`), the next one on each click of `more`: `show(body)` renders
+// one; a failure is shown in `error`, prefixed with `failed`. Returns the function that loads the next page.
+function indexPages(path, query, { more, error, failed }, show) {
+  let cursor = null;
+  async function load() {
+    more.disabled = true;
+    try {
+      const response = await fetch(apiUrl(path, { ...query, ...(cursor ? { cursor } : {}) }), { cache: "no-store" });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(body.detail || `the server answered ${response.status}`);
+      error.hidden = true;
+      cursor = body.cursor;
+      show(body);
+    } catch (problem) {
+      error.textContent = `${failed}: ${problem.message}`;
+      error.hidden = false;
+    }
+    more.hidden = !cursor;
+    more.disabled = false;
+  }
+  more.addEventListener("click", load);
+  return load;
+}
+
 (() => {
   const PAGE = 50;
   const box = $("search-box");
@@ -16,7 +40,7 @@
   if (query === null) return;
 
   const kind = params.get("kind") || "";
-  const state = { cursor: null, hits: 0, groups: new Map() };
+  const state = { hits: 0, groups: new Map() };
   $("search-view").hidden = false;
   document.title = `fulab lab — search: ${query}`;
   $("crumb").textContent = `search: ${query}`;
@@ -25,34 +49,17 @@
     const chosen = event.target.value;
     location.href = pageUrl({ search: query, ...(chosen ? { kind: chosen } : {}) });
   });
-  $("search-more").addEventListener("click", load);
+  const load = indexPages("search", { q: query, limit: PAGE, ...(kind ? { kind } : {}) },
+                          { more: $("search-more"), error: $("search-error"), failed: "Could not search" }, (body) => {
+    body.hits.forEach(addHit);
+    state.hits += body.hits.length;
+    const more = body.cursor ? "+" : "";
+    const indexing = body["caught-up"] ? "" : " (still indexing: more may appear)";
+    $("search-count").textContent = `${state.hits}${more} matches in ${state.groups.size}${more} sessions${indexing}`;
+    $("search-empty").hidden = state.hits > 0;
+    $("search-empty").textContent = `Nothing matches ${query}.`;
+  });
   load();
-
-  async function load() {
-    $("search-more").disabled = true;
-    const url = apiUrl("search", { q: query, limit: PAGE, ...(kind ? { kind } : {}),
-                                   ...(state.cursor ? { cursor: state.cursor } : {}) });
-    try {
-      const response = await fetch(url, { cache: "no-store" });
-      const body = await response.json().catch(() => ({}));
-      if (!response.ok) throw new Error(body.detail || `the server answered ${response.status}`);
-      $("search-error").hidden = true;
-      body.hits.forEach(addHit);
-      state.hits += body.hits.length;
-      state.cursor = body.cursor;
-      const more = state.cursor ? "+" : "";
-      const indexing = body["caught-up"] ? "" : " (still indexing: more may appear)";
-      $("search-count").textContent =
-        `${state.hits}${more} matches in ${state.groups.size}${more} sessions${indexing}`;
-      $("search-empty").hidden = state.hits > 0;
-      $("search-empty").textContent = `Nothing matches ${query}.`;
-    } catch (error) {
-      $("search-error").textContent = `Could not search: ${error.message}`;
-      $("search-error").hidden = false;
-    }
-    $("search-more").hidden = !state.cursor;
-    $("search-more").disabled = false;
-  }
 
   function addHit(hit) {
     let group = state.groups.get(hit.id);
