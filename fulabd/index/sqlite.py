@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS pars(
 CREATE INDEX IF NOT EXISTS pars_by_time ON pars(t DESC);
 """
 TITLE_CHARS = 120
-MAX_RANKED = 10_000   # matches ranked per search: the most recently indexed ones
+MAX_RANKED = 2_000    # matches ranked per search: the most recently indexed ones
 _SPACES = re.compile(r"\s+")
 
 
