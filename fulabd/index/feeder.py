@@ -14,6 +14,7 @@ local sessions, whose files may be rewritten.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import deque
 
@@ -33,6 +34,7 @@ READ_BYTES = 4 << 20        # read from a session file at a time when catching u
 SWEEP_SECONDS = 10.0        # how often the sessions are compared with what was handed to the writer
 PROGRESS_SECONDS = 5.0      # between progress lines in the log while catching up
 RETRY_SECONDS = 5.0         # the writer's pause after a failed write
+SWITCH_INTERVAL = 0.0005    # seconds a thread may hold the GIL while another waits (Python's default: 0.005)
 
 
 def session_info(session) -> SessionInfo:
@@ -151,6 +153,9 @@ class IndexFeeder(service.Service):
 
     def startService(self):
         super().startService()
+        # The writer holds the GIL while it turns lines into documents; the reactor, which gives the GIL up at
+        # every system call, waits up to a switch interval to get it back each time: keep that wait short.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self._writer = threading.Thread(target=self._run, name="fulabd-index", daemon=True)
         self._writer.start()
         self._sweeper = task.LoopingCall(self.sweep)
@@ -220,10 +225,6 @@ class IndexFeeder(service.Service):
     # -- the writer thread --------------------------------------------------------
 
     def _run(self) -> None:
-        try:  # the lowest CPU priority for this thread alone (Linux): acks and viewers come first
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):
-            pass
         self._forget_missing()
         while (items := self._queue.take(BATCH_BYTES)) is not None:
             self._busy = True
