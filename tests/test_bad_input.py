@@ -211,6 +211,8 @@ def test_afterwards_the_daemon_is_up_bounded_and_wrote_only_inside_its_root(daem
     assert [path.name for path in home.iterdir()] == ["remote"]
     daemon.stop()
     for path in daemon.root.rglob("*"):
+        if path.relative_to(daemon.root).parts[0] == ".index":  # the search index's own folder
+            continue
         assert path.parent == daemon.root and path.is_file(), path
         assert SAFE_NAME.match(path.name) and len(path.name) < 200, path.name
         if path.name.endswith(".edn"):

@@ -132,6 +132,7 @@ def test_after_the_index_is_deleted_or_damaged_the_same_queries_give_the_same_re
     daemon.start()
     caught_up(daemon)
     assert [located(every_hit(daemon, **query, limit=100)) for query in queries] == before
+    assert sorted(entry["id"] for entry in api(daemon, "sessions")["sessions"]) == ["claude-1", "codex-1"]
     daemon.stop()
     (index / "search.sqlite3").write_bytes(b"this is not a database" * 1000)
     for leftover in index.glob("search.sqlite3-*"):
