@@ -22,7 +22,6 @@ TOOL_RESULT_CHARS = 2000         # of each tool result: outputs can be megabytes
 TEXT_CHARS = 64 * 1024           # of any other part (the viewer's events are cut there too)
 EVENT_KINDS = {"user": "user", "assistant": "assistant", "reasoning": "reasoning", "tool_use": "tool",
                "tool_result": "tool-result", "summary": "summary", "system": "system", "par": "par"}
-_MARKERS = str.maketrans({"\x02": " ", "\x03": " "})  # reserved for the index's snippet marks
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,13 @@ class Document:
     seconds: float | None      # the timestamp as seconds since the epoch, for ordering and since/until
     text: str
     opening: bool = False      # a prompt the user typed (not injected context): what a title is made of
+
+
+def unmarked(text: str) -> str:
+    """`text` without the two characters the index reserves for marking matches in snippets."""
+    if "\x02" in text or "\x03" in text:
+        return text.replace("\x02", " ").replace("\x03", " ")
+    return text
 
 
 def seconds_of(timestamp) -> float | None:
@@ -60,7 +66,7 @@ def line_documents(raw: bytes, index: int) -> list[Document]:
         if text.strip():
             opening = (kind == "user" and not any(event.get(flag) for flag in ("injected", "meta", "sidechain"))
                        and not text.lstrip().startswith(("<", "[image]")))
-            documents.append(Document(index, kind, timestamp, seconds, text.translate(_MARKERS), opening))
+            documents.append(Document(index, kind, timestamp, seconds, unmarked(text), opening))
     return documents
 
 
@@ -99,4 +105,4 @@ def par_document(par: dict) -> Document:
     tags = " ".join(str(tag) for tag in par.get("tags") or [] if isinstance(tag, str))
     timestamp = par.get("timestamp") if isinstance(par.get("timestamp"), str) else None
     text = render_par(par) + ("\n" + tags if tags else "")
-    return Document(line, "par", timestamp, seconds_of(timestamp), text[:TEXT_CHARS].translate(_MARKERS))
+    return Document(line, "par", timestamp, seconds_of(timestamp), unmarked(text[:TEXT_CHARS]))

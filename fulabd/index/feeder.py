@@ -28,9 +28,9 @@ from fulabd.index.sqlite import fingerprint
 
 QUEUE_BYTES = 64 << 20      # line bytes waiting for the writer; past this, sessions catch up from their files
 QUEUE_ITEMS = 10_000
-BATCH_BYTES = 8 << 20       # per transaction
+BATCH_BYTES = 16 << 20      # per transaction (bigger ones index faster: fewer FTS5 segment merges)
 END = 1 << 62               # "up to the end of the file"
-READ_BYTES = 4 << 20        # read from a session file at a time when catching up
+READ_BYTES = 16 << 20       # read from a session file at a time (one transaction) when catching up
 SWEEP_SECONDS = 10.0        # how often the sessions are compared with what was handed to the writer
 PROGRESS_SECONDS = 5.0      # between progress lines in the log while catching up
 RETRY_SECONDS = 5.0         # the writer's pause after a failed write
