@@ -201,10 +201,7 @@ class Gate:
         """True when no token is needed or the request carries an accepted one."""
         if self.tokens is None:
             return True
-        authorization = request.getHeader(b"authorization")
-        query = request.args.get(b"token", [None])[0]
-        presented = presented_token(authorization.decode("latin-1") if authorization else None,
-                                    query.decode("utf-8", "surrogateescape") if query else None)
+        presented = self._request_token(request)
         if self._name_of(presented) is not None:
             return True
         self.refused["unauthorized"] += 1
@@ -212,6 +209,16 @@ class Gate:
                        path=request.path.decode("latin-1"), peer=self.request_client(request),
                        why="wrong token" if presented else "no token")
         return False
+
+    def _request_token(self, request) -> str | None:
+        authorization = request.getHeader(b"authorization")
+        query = request.args.get(b"token", [None])[0]
+        return presented_token(authorization.decode("latin-1") if authorization else None,
+                               query.decode("utf-8", "surrogateescape") if query else None)
+
+    def requester_of(self, request) -> str | None:
+        """The name of the token an HTTP request carries (e.g. a PAR's `:author`)."""
+        return self._name_of(self._request_token(request))
 
     # -- WebSocket handshakes (Autobahn's ConnectionRequest) -----------------
 

@@ -10,15 +10,20 @@ from urllib.parse import urlsplit
 import orjson
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.web import resource, server
+from twisted.logger import Logger
+from twisted.web import resource, server, util
 
 from fulabd import edn, ui
+from fulabd.listing import BadListingRequest, parse_query
 from fulabd.messages import INVALID_PATH, UNAUTHORIZED, now_iso
 
 UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
 STREAM_PATH = "/fulab/lab/stream/ws"
+UI_PATH = "/fulab/lab/"
 OPEN_PATHS = (b"/healthz",)  # answered without a token, for load balancers and service managers
 REFUSED_MESSAGE_LIMIT = 64 * 1024  # a refused client has nothing to say
+
+_log = Logger()
 
 
 def is_upload_path(path: str) -> bool:
@@ -108,6 +113,8 @@ class WebSocketDispatch(resource.Resource):
     def getChildWithDefault(self, name, request):
         if is_websocket(request):
             return self.websocket_for(request)
+        if request.uri == b"/":  # a browser pointed at the port gets the UI (`/?path=` upgrades are viewers)
+            return util.Redirect(UI_PATH.encode())
         path = urlsplit(request.uri.decode("utf-8", "replace")).path
         if is_upload_path(path) or path == STREAM_PATH:
             return UpgradeRequired()
@@ -126,13 +133,9 @@ class WebSocketDispatch(resource.Resource):
             return self.websocket_for(request).render(request)
         return resource.Resource.render(self, request)
 
-    def render_GET(self, request):
-        request.redirect(b"/fulab/lab/")
-        return b""
 
-
-def describe(session, now: float, active_window: float) -> dict:
-    """One entry of the session listings."""
+def describe(session, now: float, active_window: float, extra=None) -> dict:
+    """One entry of the session listings; `extra(session, now)` adds fields (the summary)."""
     meta = session.meta
     entry = {
         "id": session.safe_id,
@@ -141,7 +144,7 @@ def describe(session, now: float, active_window: float) -> dict:
         "path": session.path,
         "modified": now_iso(session.modified),
         "size-kb": session.size // 1024,
-        "active": now - session.modified <= active_window,
+        "active": now - session.modified <= active_window and not meta.get("archived"),
         "source": meta.get("source"),
         "originator": meta.get("originator"),
         "cwd": meta.get("cwd"),
@@ -149,24 +152,37 @@ def describe(session, now: float, active_window: float) -> dict:
         "pars": session.par_count,
         "uploading": session.uploaders > 0,
     }
-    for key in ("created-at", "remote-source", "uploader", "parent-session-id"):
+    for key in ("created-at", "remote-source", "uploader", "parent-session-id", "archived", "error"):
         if meta.get(key) is not None:
             entry[key] = meta[key]
+    if extra is not None:
+        entry.update(extra(session, now))
     return entry
 
 
 class Sessions(resource.Resource):
-    """`GET /fulab/lab/sessions[/active]`: the listings, from memory, newest first."""
+    """`GET /fulab/lab/sessions[/active]`: the listings, from memory.
+
+    Without parameters, every session, newest write first (the old shape, plus `token`); with `limit`
+    (and `cursor`), a page, latest change first, and `next`; with `since=TOKEN`, only the sessions that
+    changed since that token. See docs/protocol.md.
+    """
 
     isLeaf = False
 
-    def __init__(self, catalog, clock, active_window: float, active_only: bool = False, session_child=None):
+    def __init__(self, listing, clock, active_window: float, active_only: bool = False, session_child=None,
+                 merge=None, extra=None):
+        """`merge(request, body)`, when given, returns a Deferred of the body to send instead (other labs'
+        sessions added); it is applied to every answer but a later page (`cursor`).  `extra(session, now)`
+        adds fields to each entry (the summary)."""
         super().__init__()
-        self.catalog = catalog
+        self.listing = listing
+        self.extra = extra
         self.clock = clock
         self.active_window = active_window
         self.active_only = active_only
         self.session_child = session_child
+        self.merge = merge
 
     def getChild(self, name, request):
         """`sessions/<id>/…`, when the tree was built with a `session_child` factory."""
@@ -175,12 +191,48 @@ class Sessions(resource.Resource):
         return self.session_child(name)
 
     def render_GET(self, request):
+        try:
+            limit, cursor, since = parse_query(request.args)
+        except BadListingRequest as e:
+            return render_data(request, {"ok": False, "err": "bad-request", "detail": str(e)}, 400)
+        token = self.listing.token
+        reply = {"ok": True}
+        if since is not None:
+            sessions = self.listing.since(since)
+            reply["since"] = since
+            if sessions is None:
+                sessions, reply["reset"] = self._newest_first(self.listing.everything()), True
+        elif limit is not None:
+            sessions, reply["next"] = self.listing.page(limit, cursor)
+        else:
+            sessions = self._newest_first(self.listing.everything())
         now = self.clock.seconds()
-        sessions = sorted(self.catalog(), key=lambda session: session.modified, reverse=True)
-        entries = [describe(session, now, self.active_window) for session in sessions]
+        entries = [describe(session, now, self.active_window, self.extra) for session in sessions]
         if self.active_only:
             entries = [entry for entry in entries if entry["active"]]
-        return render_data(request, {"ok": True, "sessions": entries})
+        body = reply | {"sessions": entries, "token": token}
+        if self.merge is None or cursor is not None:
+            return render_data(request, body)
+        return render_later(request, self.merge(request, body))
+
+    @staticmethod
+    def _newest_first(sessions: list) -> list:
+        return sorted(sessions, key=lambda session: session.modified, reverse=True)
+
+
+def render_later(request, deferred) -> int:
+    """Answer `request` with the data `deferred` fires with (unless the client has gone by then)."""
+    gone = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def write(data: dict):
+        if not gone:
+            request.write(render_data(request, data))
+            request.finish()
+
+    deferred.addCallback(write).addErrback(
+        lambda failure: _log.failure("could not answer {path}", failure, path=request.path.decode("utf-8", "replace")))
+    return server.NOT_DONE_YET
 
 
 class Status(resource.Resource):
@@ -194,18 +246,25 @@ class Status(resource.Resource):
         return render_data(request, self.status())
 
 
-def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float, status,
-               session_child=None) -> resource.Resource:
+def build_tree(dispatch: WebSocketDispatch, listing, clock, active_window: float, status,
+               session_child=None, merge=None, sessions_children=None, listing_extra=None) -> resource.Resource:
     """Mount the web UI and the HTTP resources under `/fulab/lab/` of the dispatching root.
 
-    `session_child(name)` gives the resource for `sessions/<name>` (e.g. its PARs).
+    `listing` is a `fulabd.listing.Listing`; `session_child(name)` gives the resource for
+    `sessions/<name>` (e.g. its PARs); `merge` is the listings' hook (see `Sessions`);
+    `sessions_children` are more resources under `sessions/`; `listing_extra(session, now)` adds fields
+    to each listing entry (the summary).
     """
     fulab = resource.Resource()
     lab = ui.Lab()
     ui.mount(lab)
-    sessions = Sessions(catalog, clock, active_window, session_child=session_child)
-    sessions.putChild(b"active", Sessions(catalog, clock, active_window, active_only=True))
+    sessions = Sessions(listing, clock, active_window, session_child=session_child, merge=merge,
+                        extra=listing_extra)
+    sessions.putChild(b"active", Sessions(listing, clock, active_window, active_only=True, merge=merge,
+                                          extra=listing_extra))
     sessions.putChild(b"", sessions)
+    for name, child in (sessions_children or {}).items():
+        sessions.putChild(name, child)
     lab.putChild(b"sessions", sessions)
     lab.putChild(b"status", Status(status))
     fulab.putChild(b"lab", lab)

@@ -15,6 +15,8 @@ from websockets.sync.client import connect
 
 from tests.fixtures import get_json, sample_files, sample_lines
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 QUESTIONS = {"intention": "Scaffold the TODO app", "happening": "Sub-agents wrote the files",
              "perspectives": "The reviewer wanted fewer reads", "learned": "Narrow briefs help",
              "forward": "List the files first"}
@@ -80,15 +82,19 @@ def test_list_shows_the_session_live_and_updates_without_reload(daemon, session,
     assert row.find_elements(By.CSS_SELECTOR, "td")[-1].text == "1"
     browser.execute_script("window.notReloaded = true")
 
-    uploader.close()  # the upload disconnects: the badge goes on the next refresh, without a reload
-    wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, f"tr[data-id='{entry['id']}'] .badge.live"))
+    turns = row.find_element(By.CSS_SELECTOR, "td.turns").text
+    uploader.call({"type": "event", "event": orjson.dumps({
+        "type": "user", "timestamp": "2025-09-03T01:00:00.000Z", "sessionId": uploader.session_id,
+        "message": {"role": "user", "content": "one more prompt"}}).decode()})
+    wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, f"tr[data-id='{entry['id']}'] td.turns").text
+         == str(int(turns) + 1))  # the new line's turn shows on the next refresh, without a reload
     assert browser.execute_script("return window.notReloaded") is True
 
     browser.find_element(By.ID, "filter").send_keys("no-such-project")
     wait(browser, EC.visibility_of_element_located((By.ID, "list-empty")))
     browser.find_element(By.ID, "filter").clear()
     browser.find_element(By.ID, "filter").send_keys("todo laptop")
-    wait(browser, EC.element_to_be_clickable((By.LINK_TEXT, "todo-app"))).click()
+    wait(browser, EC.element_to_be_clickable((By.LINK_TEXT, "/init"))).click()  # the session's title
     wait(browser, EC.url_contains(f"?session={entry['id']}&token=passed-on"))
     par_card(browser, "TODO app review")
 

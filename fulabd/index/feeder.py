@@ -19,7 +19,7 @@ import threading
 from collections import deque
 
 from twisted.application import service
-from twisted.internet import task, threads
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from fulabd import edn
@@ -132,11 +132,13 @@ class IndexFeeder(service.Service):
     _log = Logger()
 
     def __init__(self, index, sessions, reactor, queue_bytes: int = QUEUE_BYTES,
-                 sweep_seconds: float = SWEEP_SECONDS):
-        """`sessions()` lists every served session (the catalog's)."""
+                 sweep_seconds: float = SWEEP_SECONDS, ready=lambda: defer.succeed(None)):
+        """`sessions()` lists every session to index; `ready()` fires once it lists those found at start-up
+        (the store loads in a thread)."""
         self.index = index
         self.sessions = sessions
         self.reactor = reactor
+        self.ready = ready
         self.sweep_seconds = sweep_seconds
         self._queue = WorkQueue(queue_bytes, QUEUE_ITEMS)
         self._handed: dict[str, tuple[int, int]] = {}  # key -> (lines, PARs) handed to the writer; the reactor's
@@ -160,7 +162,7 @@ class IndexFeeder(service.Service):
         self._writer.start()
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.reactor
-        self._sweeper.start(self.sweep_seconds, now=True).addErrback(
+        self.ready().addCallback(lambda _: self._sweeper.start(self.sweep_seconds, now=True)).addErrback(
             lambda f: self._log.failure("the search index's sweep stopped", f))
 
     def stopService(self):

@@ -6,6 +6,7 @@
 const PAGE = 300;            // events rendered per page of the timeline
 const FOLD_CHARS = 1500;     // longer texts are folded
 const LIST_REFRESH_MS = 3000;
+const LIST_FULL_MS = 60000;
 const LOADING_RENDER_MS = 400;
 const QUESTIONS = [
   ["intention", "Intention"], ["happening", "What happened"], ["perspectives", "Perspectives"],
@@ -110,7 +111,7 @@ function details(summaryParts, content) {
 
 // -- session list ------------------------------------------------------------
 
-const list = { sessions: [], timer: null };
+const list = { sessions: [], timer: null, token: null, fullAt: 0 };
 
 function showList() {
   $("list-view").hidden = false;
@@ -122,12 +123,25 @@ function showList() {
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshList(); });
 }
 
+// The whole listing once a minute (sessions go inactive without changing), in between only what changed
+// since the last answer's token (`?since=`).
 async function refreshList() {
   clearTimeout(list.timer);
+  if (Date.now() - (list.fullAt || 0) > LIST_FULL_MS) list.token = null;
   try {
-    const response = await fetch(apiUrl("sessions"), { cache: "no-store" });
+    const response = await fetch(apiUrl("sessions", list.token ? { since: list.token } : {}), { cache: "no-store" });
     if (!response.ok) throw new Error(`the server answered ${response.status}`);
-    list.sessions = (await response.json()).sessions || [];
+    const reply = await response.json();
+    const now = Date.now();
+    for (const s of reply.sessions || []) s.liveUntil = now + (s["live-for"] || 0) * 1000;
+    if (list.token && !reply.reset) {
+      const changed = new Map((reply.sessions || []).map((s) => [s.id, s]));
+      list.sessions = [...changed.values(), ...list.sessions.filter((s) => !changed.has(s.id))];
+    } else {
+      list.sessions = reply.sessions || [];
+      list.fullAt = Date.now();
+    }
+    list.token = reply.token || null;
     $("list-error").hidden = true;
     renderList();
   } catch (error) {
@@ -135,6 +149,11 @@ async function refreshList() {
     $("list-error").hidden = false;
   }
   list.timer = setTimeout(refreshList, LIST_REFRESH_MS);
+}
+
+// Live while lines arrive: the server says for how long a session stays live without another line.
+function isLive(s) {
+  return Boolean(s.live) && Date.now() < s.liveUntil;
 }
 
 function renderList() {
@@ -152,11 +171,13 @@ function renderList() {
   const shown = list.sessions
     .filter((s) => !source || s.source === source)
     .filter((s) => {
-      const haystack = [s.id, s["session-id"], s.project, s.originator, s.cwd, s.source, s.uploader]
+      const haystack = [s.id, s["session-id"], s.project, s.originator, s.cwd, s.source, s.uploader,
+        s["remote-source"], s.summary && s.summary.title]
         .filter(Boolean).join(" ").toLowerCase();
       return words.every((word) => haystack.includes(word));
     })
-    .sort((a, b) => (b.active - a.active) || (b.uploading - a.uploading) || b.modified.localeCompare(a.modified));
+    .sort((a, b) => (isLive(b) - isLive(a)) || (b.active - a.active)
+      || (b.modified || "").localeCompare(a.modified || ""));
   $("sessions").tBodies[0].replaceChildren(...shown.map(sessionRow));
   $("list-empty").hidden = shown.length > 0;
   $("list-empty").textContent = list.sessions.length
@@ -165,21 +186,76 @@ function renderList() {
   $("list-count").textContent = `${shown.length} of ${list.sessions.length} sessions`;
 }
 
+function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${String(Math.round(seconds % 60)).padStart(2, "0")} s`;
+  if (minutes < 48 * 60) return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
+  return `${Math.floor(minutes / 1440)} d ${Math.floor((minutes % 1440) / 60)} h`;
+}
+
+function formatCount(n) {
+  if (n < 1000) return String(n);
+  if (n < 1e6) return `${(n / 1000).toFixed(n < 1e4 ? 1 : 0)}k`;
+  return `${(n / 1e6).toFixed(n < 1e7 ? 2 : 1)}M`;
+}
+
+function formatCost(usd) {
+  if (usd === null || usd === undefined) return "—";
+  return usd > 0 && usd < 0.01 ? `$${usd.toFixed(4)}` : `$${usd.toFixed(2)}`;
+}
+
+function startedAt(iso) {
+  const then = Date.parse(iso);
+  if (Number.isNaN(then)) return "";
+  const date = new Date(then);
+  return `${date.toLocaleDateString()} ${date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
+}
+
+// The summary columns of a listed session; while the server is still reading its file, placeholders.
+function summaryCells(summary) {
+  if (!summary) return Array.from({ length: 7 }, () => el("td", "num pending", "…"));
+  const tokens = summary.tokens;
+  const total = tokens.input + tokens.output + tokens["cache-read"] + tokens["cache-write"];
+  const started = el("td", "started", startedAt(summary.started));
+  if (summary.started) started.title = `${summary.started} to ${summary.ended}`;
+  const calls = Object.values(summary["tool-calls"]).reduce((sum, n) => sum + n, 0);
+  const tools = el("td", "num tools", String(calls));
+  tools.title = Object.entries(summary["tool-calls"]).map(([name, n]) => `${name}: ${n}`).join("\n");
+  if (summary["tool-errors"]) tools.append(el("span", "errors", ` · ${summary["tool-errors"]} failed`));
+  const tokenCell = el("td", "num tokens", formatCount(total));
+  tokenCell.title = `input ${tokens.input.toLocaleString()}, output ${tokens.output.toLocaleString()}, ` +
+    `cache read ${tokens["cache-read"].toLocaleString()}, cache write ${tokens["cache-write"].toLocaleString()}`;
+  const cost = el("td", "num cost", formatCost(summary["cost-usd"]));
+  cost.title = summary["cost-usd"] === null
+    ? `no price for ${summary.models.join(", ") || "an unnamed model"} in the table of ${summary["prices-date"]}`
+    : `estimated from list prices of ${summary["prices-date"]} (${summary.models.join(", ")})`;
+  return [started, el("td", "num duration", formatDuration(summary["duration-s"])),
+    el("td", "num turns", String(summary.turns)), tools, tokenCell, cost,
+    el("td", "num subagents", String(summary.subagents.length))];
+}
+
 function sessionRow(s) {
-  const row = el("tr", s.active ? "active" : "idle");
+  const row = el("tr", isLive(s) ? "live" : s.active ? "active" : "idle");
   row.dataset.id = s.id;
   const name = el("td", "name");
-  const link = el("a", null, s.project ? s.project.split("/").filter(Boolean).pop() || s.project : s["session-id"]);
-  link.href = pageUrl({ session: s.id });
+  const place = s.project ? s.project.split("/").filter(Boolean).pop() || s.project : null;
+  const title = s.summary && s.summary.title;
+  const link = el("a", "title", title || place || s["session-id"]);
+  link.href = s["viewer-url"] || pageUrl({ session: s.id });  // another lab's session opens in its own UI
   name.append(link);
-  if (s.uploading) name.append(el("span", "badge live", "live"));
+  if (s["remote-source"]) {
+    name.append(el("span", "badge lab", s["remote-source"]));
+    name.lastChild.title = `on the lab ${s["remote-url"]}`;
+  }
+  if (isLive(s)) name.append(el("span", "badge live", "live"));
   else if (s.active) name.append(el("span", "badge active", "active"));
-  name.append(el("div", "sub", s["session-id"]));
+  name.append(el("div", "sub", [place, s.originator, s["session-id"]].filter(Boolean).join(" · ")));
   if (s.project) name.lastChild.title = s.project;
   const modified = el("td", null, ago(s.modified));
-  modified.title = s.modified;
-  row.append(name, el("td", "source", s.source || ""), el("td", null, s.originator || ""), modified,
-    el("td", "num", formatSize(s["size-kb"])), el("td", "num", (s.events ?? 0).toLocaleString()),
+  modified.title = `${s.modified}, ${formatSize(s["size-kb"])}, ${(s.events ?? 0).toLocaleString()} lines`;
+  row.append(name, el("td", "source", s.source || ""), ...summaryCells(s.summary), modified,
     el("td", "num" + (s.pars ? " has-pars" : ""), String(s.pars ?? 0)));
   row.addEventListener("click", (event) => {
     if (event.target.closest("a") || getSelection().toString()) return;
