@@ -1,5 +1,5 @@
 """
-Scenario 6, the search index: a store derived from the real samples, with the
+Scenario 8, the search index: a store derived from the real samples, with the
 words of every text varied (so that it is not the same few megabytes indexed
 over and over), indexed from its files by a daemon started on it, while a
 live upload runs; the same live upload against the same store with
@@ -26,7 +26,7 @@ from bench.live import session as live_session
 from bench.live import small_lines
 from tests.fixtures import real_sample_files, sample_lines
 
-NAME = "6 search index"
+NAME = "8 search index"
 SESSION_BYTES = 10 * MB
 VARIANTS = 64                 # distinct rewrites of each sample line
 LIVE_SESSIONS, LIVE_RATE = 20, 100.0

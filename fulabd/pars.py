@@ -13,6 +13,8 @@ import orjson
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from fulabd.catalog import StoreSource
+from fulabd.export import SessionExport, exported_entry
 from fulabd.messages import BAD_PAR, UNKNOWN_SESSION, ProtocolError
 from fulabd.summaries.http import render_summary
 from fulabd.web import render_data
@@ -117,6 +119,7 @@ class SessionResource(resource.Resource):
         self.session = session
         self.summaries = summaries
         self.putChild(b"pars", SessionPars(store, session, author_of))
+        self.putChild(b"export", SessionExport(StoreSource(store), session, exported_entry(summaries)))
 
     def render_GET(self, request):
         return render_summary(request, self.summaries, self.session)

@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+import tempfile
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -14,6 +17,7 @@ from twisted.python import usage
 import fulabd
 from fulabd import access, pars, remote, supervisor, tls, web
 from fulabd.archive import ArchivedListing, ArchiveSource
+from fulabd.budget import InflightBudget
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
 from fulabd.index import http as search_http
@@ -40,6 +44,46 @@ def endpoint_description(port: str, interface: str) -> str:
     return port
 
 
+def endpoint_port(description: str) -> str | None:
+    """The port field of a `tcp:`, `tcp6:` or `ssl:` endpoint string (None for other kinds)."""
+    kind, *fields = re.split(r"(?<!\\):", description)
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    named = dict(field.split("=", 1) for field in fields if "=" in field)
+    positional = [field for field in fields if "=" not in field]
+    return named.get("port", positional[0] if positional else "")
+
+
+def check_endpoint(flag: str, description: str):
+    """Refuse, before anything starts, an endpoint string Twisted cannot parse or a port out of range."""
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        raise usage.UsageError(f"{flag} {description!r} is not a port number or a Twisted endpoint string ({e}); "
+                               "e.g. 5056, tcp:5056:interface=0.0.0.0 or unix:/run/fulab.sock") from None
+    port = endpoint_port(description)
+    if port is not None and not (port.isdigit() and 0 <= int(port) <= 65535):
+        raise usage.UsageError(f"{flag} {description!r}: the port must be a number from 0 to 65535")
+
+
+def check_root(root: str):
+    """Refuse a --root this user cannot create or write to (instead of failing every upload later)."""
+    path = os.path.abspath(root)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise usage.UsageError(f"cannot use --root {root}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise usage.UsageError(f"cannot use --root {root}: cannot create files in {existing} ({e.strerror or e}); "
+                               "give a folder this user can write to, or fix its permissions") from None
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Receive AI coding agents' session transcripts over WebSocket, store them durably "
@@ -63,6 +107,8 @@ class Options(usage.Options):
         ["max-connections", None, 512, "Most WebSocket connections open at once (0: no cap).", int],
         ["max-connections-per-ip", None, 64, "Most WebSocket connections open from one client address (0: no cap).",
          int],
+        ["max-inflight-mb", None, 1024, "Most MiB of upload messages being received or awaiting their commit, "
+                                        "over all connections; above it, reading uploads waits for their commits.", int],
         ["min-free-mb", None, 64, "Refuse uploads (storage-full) that would leave less free disk than this.", int],
         ["max-open-files", None, 256, "Most session files the store keeps open at once (least recently used "
                                       "closed first).", int],
@@ -119,7 +165,7 @@ class Options(usage.Options):
         if self["root"] is None:
             self["root"] = os.environ.get("LAB_UPLOAD_ROOT") or "lab/remote"
         for name in ("active-window", "live-window", "restart-interval", "max-message-size", "handshake-timeout",
-                     "max-open-files"):
+                     "max-open-files", "max-inflight-mb"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         for name in ("max-connections", "max-connections-per-ip", "min-free-mb"):
@@ -145,7 +191,14 @@ class Options(usage.Options):
             self["price-table"] = PriceTable.load(self["prices"])
         except BadPrices as e:
             raise usage.UsageError(f"--prices: {e}") from None
+        if self["port"].isdigit() and int(self["port"]) > 65535:
+            raise usage.UsageError(f"--port {self['port']}: the port must be a number from 0 to 65535")
         self["endpoints"] = [endpoint_description(self["port"], self["interface"])] + self["listen"]
+        for flag, description in zip(["--port"] + ["--listen"] * len(self["listen"]), self["endpoints"]):
+            check_endpoint(flag, description)
+        if self["tls-port"] is not None and not 0 <= self["tls-port"] <= 65535:
+            raise usage.UsageError(f"--tls-port {self['tls-port']}: the port must be a number from 0 to 65535")
+        check_root(self["root"])
         if len({self[name] is None for name in ("tls-port", "tls-cert", "tls-key")}) > 1:
             raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together: give all three or none")
         if self["tls-cert"] is not None:
@@ -153,6 +206,17 @@ class Options(usage.Options):
                 tls.load_options(self["tls-cert"], self["tls-key"])
             except tls.CertificateError as e:
                 raise usage.UsageError(f"cannot serve TLS: {e}")
+
+
+class CommandLine(Options):
+    """What `twistd fulab` parses: a refusal is one line on stderr and exit status 1, not twistd's whole help."""
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"twistd fulab: {e}\n")
+            raise SystemExit(1) from None
 
 
 _log = Logger()
@@ -214,7 +278,8 @@ def makeService(config, reactor=None) -> service.MultiService:
         queries.setServiceParent(parent)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
-                            admit=gate.admit, uploader_of=gate.uploader_of, reactor=reactor)
+                            admit=gate.admit, uploader_of=gate.uploader_of,
+                            budget=InflightBudget(config["max-inflight-mb"] * MiB), reactor=reactor)
     stream = StreamFactory(catalog, hub, clock=reactor, admit=gate.admit, reactor=reactor)
     for factory in (uploads, stream):
         factory.setProtocolOptions(autoPingInterval=config["ping-interval"], autoPingTimeout=config["ping-timeout"],
@@ -267,5 +332,5 @@ def makeService(config, reactor=None) -> service.MultiService:
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
     dispatch.putChild(b"healthz", web.Health(lambda: store.problem() or (
-        None if status()["running"] else "no port is listening")))
+        None if any(listener.port is not None for listener in listeners) else "no port is listening")))
     return parent

@@ -96,6 +96,9 @@ def test_local_sessions_are_summarized_and_served_too(tmp_path):
             assert {field: served[field] for field in FIELDS} == {field: want[field] for field in FIELDS}
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{daemon.http}/fulab/lab/sessions/{next(iter(listed))}/pars")
-        assert refused.value.code == 404 and "local session" in orjson.loads(refused.value.read())["detail"]
+        assert refused.value.code == 404 and "not an uploaded session" in orjson.loads(refused.value.read())["detail"]
+        for path in folder.rglob("*.jsonl"):  # a local session is exported like an uploaded one, titled by its summary
+            with urllib.request.urlopen(f"{daemon.http}/fulab/lab/sessions/{listed[path.stem]['id']}/export") as got:
+                assert got.read().decode().startswith(f"# {expected(path, 'claude')['title']}")
     finally:
         daemon.stop()

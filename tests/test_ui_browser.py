@@ -65,12 +65,14 @@ def par_card(browser, title: str):
 
 
 def line_shown(browser, line: int):
-    return wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, f"article.event[data-line='{line}']")))
+    """The visible row of `line`; a tool result's line shows in its call's card."""
+    return wait(browser, EC.visibility_of_element_located(
+        (By.CSS_SELECTOR, f"#events .row[data-line='{line}']:not(.paired), .tool-card[data-result-line='{line}']")))
 
 
 def shown_lines(browser) -> list[int]:
     return [int(value) for value in browser.execute_script(
-        "return [...document.querySelectorAll('article.event')].map(e => e.dataset.line)")]
+        "return [...document.querySelectorAll('#events .row')].map(e => e.dataset.line)")]
 
 
 def test_list_shows_the_session_live_and_updates_without_reload(daemon, session, browser):
@@ -164,7 +166,7 @@ def test_scrolling_up_stops_following_until_the_reader_jumps_back(daemon, sessio
     uploader.call({"type": "events", "seq": len(lines) - 1, "events": lines[-1:]})
     wait(browser, EC.text_to_be_present_in_element((By.ID, "jump-latest"), "1 new event"))
     assert browser.execute_script("return document.getElementById('timeline').scrollTop") == 0
-    assert not browser.find_elements(By.CSS_SELECTOR, f"article.event[data-line='{len(lines) - 1}']")
+    assert not browser.find_elements(By.CSS_SELECTOR, f"#events .row[data-line='{len(lines) - 1}']")
 
     browser.find_element(By.ID, "jump-latest").click()
     line_shown(browser, len(lines) - 1)

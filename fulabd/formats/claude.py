@@ -96,6 +96,11 @@ def _message_event(line: dict) -> dict:
     for source, target in (("isSidechain", "sidechain"), ("isMeta", "meta")):
         if line.get(source):
             event[target] = True
+    usage = line["message"].get("usage")
+    if role == "assistant" and isinstance(usage, dict):
+        # one API message is split over several lines that repeat its usage: the id lets a viewer count it once
+        event["usage"] = usage
+        event["message-id"] = line["message"].get("id")
     return event
 
 

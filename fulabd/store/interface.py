@@ -11,6 +11,7 @@ from typing import Protocol
 from twisted.internet import defer
 
 from fulabd.messages import STORAGE_FAILED, STORAGE_FULL, ProtocolError
+from fulabd.store.index import ChangeIndex
 
 
 class StoreError(ProtocolError):
@@ -50,6 +51,7 @@ class Store(Protocol):
     """
 
     root: str
+    index: ChangeIndex  # the listings' pages and changes, kept up to date by the store
 
     def sessions(self) -> list[StoredSession]:
         """Every session that has files, in no particular order."""

@@ -1,61 +1,139 @@
-// fulab lab web UI: the PARs page (`?view=pars`), PARs of every session, newest first, filtered by tags
-// and words, each linking to its session. Uses app.js's helpers ($, el, params, apiUrl, pageUrl, QUESTIONS)
-// and search.js's indexPages.
-"use strict";
+// The PAR column: PAR cards (with the lines they are about), the form, and the selection of
+// lines a PAR can be written about.
+import { $, el, button, foldable } from "./dom.js";
+import { clock, ago } from "./time.js";
 
-(() => {
-  if (params.get("view") !== "pars") return;
-  const PAGE = 50;
-  const tags = params.get("tags") || "";
-  const words = params.get("q") || "";
-  const state = { shown: 0 };
-  $("pars-view").hidden = false;
-  document.title = "fulab lab — PARs";
-  $("crumb").textContent = tags ? `PARs tagged ${tags}` : "PARs";
-  $("pars-tags").value = tags;
-  $("pars-q").value = words;
-  $("pars-filter").addEventListener("submit", (event) => {
-    event.preventDefault();
-    filter($("pars-tags").value.trim(), $("pars-q").value.trim());
-  });
-  const load = indexPages("pars", { limit: PAGE, ...(tags ? { tags } : {}), ...(words ? { q: words } : {}) },
-                          { more: $("pars-more"), error: $("pars-error"), failed: "Could not load the PARs" },
-                          (body) => {
-    $("pars-list").append(...body.pars.map(card));
-    state.shown += body.pars.length;
-    $("pars-count").textContent = `${state.shown}${body.cursor ? "+" : ""} PARs`;
-    $("pars-list-empty").hidden = state.shown > 0;
-    $("pars-list-empty").textContent = tags || words ? "No PAR matches the filter." : "No PARs yet.";
-  });
-  load();
+export const QUESTIONS = [
+  ["intention", "Intention"], ["happening", "What happened"], ["perspectives", "Perspectives"],
+  ["learned", "Learned"], ["forward", "Forward"],
+];
 
-  function filter(newTags, newWords) {
-    location.href = pageUrl({ view: "pars", ...(newTags ? { tags: newTags } : {}), ...(newWords ? { q: newWords } : {}) });
+const selection = { first: null, last: null, anchor: null };
+let formLines = null;     // [first, last] the open form is about, or null
+let goTo = () => {};
+
+function rangeText([first, last]) {
+  return first === last ? `line ${first}` : `lines ${first}–${last}`;
+}
+
+export function isSelected(line) {
+  return selection.first !== null && line >= selection.first && line <= selection.last;
+}
+
+// Click a line number: select it; shift-click: extend the selection to it.
+export function selectLine(line, extend) {
+  if (extend && selection.anchor !== null) {
+    selection.first = Math.min(selection.anchor, line);
+    selection.last = Math.max(selection.anchor, line);
+  } else if (selection.first === line && selection.last === line) {
+    clearSelection();
+    return;
+  } else {
+    Object.assign(selection, { first: line, last: line, anchor: line });
   }
+  markSelection();
+}
 
-  function card(item) {
-    const par = item.par || {};
-    const box = el("article", "par-entry");
-    box.append(el("h3", null, par.title || "Session Review"));
-    const meta = el("div", "par-entry-meta");
-    const when = Date.parse(par.timestamp);
-    const session = el("a", "par-session", item["session-title"] || item["session-id"]);
-    const lines = Array.isArray(par.lines) && Number.isInteger(par.lines[0]) ? { line: par.lines[0] } : {};
-    session.href = pageUrl({ session: item.id, ...lines });
-    meta.append(el("span", null, Number.isNaN(when) ? "" : new Date(when).toLocaleString()), session);
-    for (const tag of par.tags || []) {
-      const chip = el("button", "tag", String(tag));
-      chip.type = "button";
-      chip.addEventListener("click", () => filter(String(tag), words));
-      meta.append(chip);
-    }
-    box.append(meta);
-    const answers = el("dl", "par-answers");
+function clearSelection() {
+  Object.assign(selection, { first: null, last: null, anchor: null });
+  markSelection();
+}
+
+export function markSelection() {
+  for (const row of document.querySelectorAll(".row[data-line]")) {
+    row.classList.toggle("selected", isSelected(Number(row.dataset.line)));
+  }
+  const bar = $("selection-bar");
+  bar.hidden = selection.first === null;
+  if (!bar.hidden) $("selection-text").textContent = `${rangeText([selection.first, selection.last])} selected`;
+}
+
+function setFormLines(lines) {
+  formLines = lines;
+  $("par-lines").hidden = !lines;
+  $("par-lines-text").textContent = lines ? `About ${rangeText(lines)}` : "";
+}
+
+export function addPar(par) {
+  const card = el("article", "par-card");
+  card.dataset.parId = par["par-id"] || "";
+  card.append(el("h3", "par-title", par.title || "Post-action review"));
+  const info = el("div", "par-info");
+  for (const tag of par.tags || []) info.append(el("span", "tag", String(tag).replace(/^:/, "")));
+  if (par.timestamp) info.append(el("span", "par-when", `${clock(par.timestamp)} · ${ago(par.timestamp)}`));
+  const lines = Array.isArray(par.lines) && par.lines.length === 2 ? par.lines.map(Number) : null;
+  if (lines && lines.every(Number.isInteger)) {
+    const link = button("par-lines", rangeText(lines), () => goTo(lines[0], lines[1]));
+    link.title = "Show these lines in the session";
+    info.append(link);
+  }
+  card.append(info);
+  const questions = par.questions || {};
+  const answered = QUESTIONS.filter(([key]) => questions[key]);
+  if (answered.length) {
+    const list = el("dl", "questions");
     for (const [key, label] of QUESTIONS) {
-      const answer = par.questions && par.questions[key];
-      if (answer) answers.append(el("dt", null, label), el("dd", null, String(answer)));
+      const dt = el("dt", null, label);
+      dt.dataset.question = key;
+      list.append(dt, el("dd", questions[key] ? null : "unanswered", questions[key] || "—"));
     }
-    box.append(answers);
-    return box;
+    card.append(list);
+  } else if (par.text) {
+    card.append(foldable(par.text, "body"));
   }
-})();
+  $("pars").prepend(card);
+  $("pars-empty").hidden = true;
+}
+
+function openForm(lines) {
+  const form = $("par-form");
+  setFormLines(lines);
+  form.hidden = false;
+  form.elements.title.focus();
+}
+
+// `sessionId()` names the session to post to; `goTo(first, last)` shows lines in the transcript.
+export function setupPars(options) {
+  goTo = options.goTo;
+  const form = $("par-form");
+  const status = $("par-status");
+  $("write-par").addEventListener("click", () => {
+    if (form.hidden) openForm(null);
+    else form.hidden = true;
+  });
+  $("par-from-selection").addEventListener("click", () => openForm([selection.first, selection.last]));
+  $("selection-clear").addEventListener("click", clearSelection);
+  $("par-lines-clear").addEventListener("click", () => setFormLines(null));
+  $("par-cancel").addEventListener("click", () => { form.hidden = true; status.textContent = ""; });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const fields = form.elements;
+    const body = {
+      title: fields.title.value,
+      tags: fields.tags.value,
+      questions: Object.fromEntries(QUESTIONS.map(([key]) => [key, fields[key].value])),
+    };
+    if (formLines) body.lines = formLines;
+    const submit = form.querySelector("button[type=submit]");
+    submit.disabled = true;
+    status.className = "form-status";
+    status.textContent = "Saving…";
+    try {
+      const response = await fetch(options.apiUrl(`sessions/${encodeURIComponent(options.sessionId())}/pars`), {
+        method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+      });
+      const reply = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(reply.detail || `the server answered ${response.status}`);
+      form.reset();
+      form.hidden = true;
+      setFormLines(null);
+      clearSelection();
+      status.textContent = "";
+    } catch (error) {
+      status.className = "form-status error";
+      status.textContent = `Not saved: ${error.message}`;
+    } finally {
+      submit.disabled = false;
+    }
+  });
+}

@@ -1,11 +1,22 @@
-// fulab lab web UI: the search box (in the header of every page) and its results, grouped by session.
-// Uses app.js's helpers ($, el, params, apiUrl, pageUrl). Matched words are <mark> elements built here:
-// nothing the server sends is ever parsed as HTML.
-"use strict";
+// The search box (in the header of every page) and its results (`?search=`), grouped by session.
+// Matched words are <mark> elements built here: nothing the server sends is ever parsed as HTML.
+import { $, el } from "./dom.js";
+
+const PAGE = 50;
+
+export function wireSearchBox(params, { pageUrl }) {
+  const box = $("search-box");
+  box.value = params.get("search") || "";
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const q = box.value.trim();
+    if (q) location.href = pageUrl({ search: q });
+  });
+}
 
 // Pages of an index answer (`/search`, `/pars`), the next one on each click of `more`: `show(body)` renders
 // one; a failure is shown in `error`, prefixed with `failed`. Returns the function that loads the next page.
-function indexPages(path, query, { more, error, failed }, show) {
+export function indexPages(apiUrl, path, query, { more, error, failed }, show) {
   let cursor = null;
   async function load() {
     more.disabled = true;
@@ -27,18 +38,8 @@ function indexPages(path, query, { more, error, failed }, show) {
   return load;
 }
 
-(() => {
-  const PAGE = 50;
-  const box = $("search-box");
+export function showSearch(params, { apiUrl, pageUrl }) {
   const query = params.get("search");
-  box.value = query || "";
-  $("search-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const q = box.value.trim();
-    if (q) location.href = pageUrl({ search: q });
-  });
-  if (query === null) return;
-
   const kind = params.get("kind") || "";
   const state = { hits: 0, groups: new Map() };
   $("search-view").hidden = false;
@@ -49,7 +50,7 @@ function indexPages(path, query, { more, error, failed }, show) {
     const chosen = event.target.value;
     location.href = pageUrl({ search: query, ...(chosen ? { kind: chosen } : {}) });
   });
-  const load = indexPages("search", { q: query, limit: PAGE, ...(kind ? { kind } : {}) },
+  const load = indexPages(apiUrl, "search", { q: query, limit: PAGE, ...(kind ? { kind } : {}) },
                           { more: $("search-more"), error: $("search-error"), failed: "Could not search" }, (body) => {
     body.hits.forEach(addHit);
     state.hits += body.hits.length;
@@ -87,10 +88,10 @@ function indexPages(path, query, { more, error, failed }, show) {
     item.append(link);
     group.querySelector("ol").append(item);
   }
+}
 
-  function snippet(parts) {
-    const box = el("div", "snippet");
-    for (const part of parts) box.append(part.match ? el("mark", null, part.text) : document.createTextNode(part.text));
-    return box;
-  }
-})();
+function snippet(parts) {
+  const box = el("div", "snippet");
+  for (const part of parts) box.append(part.match ? el("mark", null, part.text) : document.createTextNode(part.text));
+  return box;
+}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fulabd import formats
+from fulabd.uploader.compressed import Unreadable, open_content, session_stem
 
 GENERATION = "~g"
 
@@ -34,16 +35,26 @@ class Identity:
         return replace(self, session_id=f"{self.session_id}{GENERATION}{number}", meta=meta)
 
 
+def read_head(path: Path) -> bytes:
+    """The first bytes of the session's lines (decompressed, for a `.jsonl.zst`), as much as formats reads."""
+    with open_content(path) as handle:
+        try:
+            return handle.read(formats.HEAD_BYTES)
+        except Unreadable:
+            return b""  # damaged from its start: not a session yet (its lines are read up to the damage)
+
+
 def identify(path: Path, source: str | None = None, overrides: dict | None = None) -> Identity:
     """The session a file holds.  Raises NotReady while its first line is incomplete.
 
     A first line longer than the head that `fulabd.formats` reads cannot say who the file is:
     the file is then known by its name alone.
     """
-    head = formats.read_head(path)
+    head = read_head(Path(path))
     if b"\n" not in head and len(head) < formats.HEAD_BYTES:
         raise NotReady(f"{path} has no complete line yet")
-    source, identity = formats.identify(Path(path), head, source)
+    named = Path(path).with_name(session_stem(path) + ".jsonl")  # a .jsonl.zst is known as its .jsonl
+    source, identity = formats.identify(named, head, source)
     meta = identity.meta()
     if source:
         meta["source"] = source
