@@ -1,5 +1,5 @@
 """
-`python -m bench [--quick] [--only N ...] [--json FILE]`: run the scenarios,
+`python -m bench [--quick] [--only N ...] [--index-mb MB] [--json FILE]`: run the scenarios,
 print a table, write the results as JSON (default under bench/results/).
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import orjson
 
-from bench import bulk, connections, e2e, history, link, live, startup
+from bench import bulk, connections, e2e, history, link, live, search, startup
 from bench.common import client_cpu, pin
 
-SCENARIOS = {"1": bulk, "2": live, "3": e2e, "4": history, "5": connections, "6": link, "7": startup}
+SCENARIOS = {"1": bulk, "2": live, "3": e2e, "4": history, "5": connections, "6": link, "7": startup, "8": search}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and short runs: checks the harness works")
     parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), help="run only these scenarios")
     parser.add_argument("--json", type=Path, help="where to write the results (default bench/results/<time>.json)")
+    parser.add_argument("--index-mb", type=int, help="scenario 8: MB of sessions to index (default 1024; --quick 50)")
     parser.add_argument("--work", type=Path, help="scratch folder on the disk to measure (default under bench/results)")
     args = parser.parse_args(argv)
 
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
             print(f"running {module.NAME} ...", file=sys.stderr, flush=True)
             folder = work / key
             folder.mkdir()
-            rows += module.run(folder, args.quick)
+            options = {"size_mb": args.index_mb} if module is search and args.index_mb else {}
+            rows += module.run(folder, args.quick, **options)
             shutil.rmtree(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)

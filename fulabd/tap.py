@@ -20,6 +20,9 @@ from fulabd.archive import ArchivedListing, ArchiveSource
 from fulabd.budget import InflightBudget
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
+from fulabd.index import http as search_http
+from fulabd.index.feeder import IndexFeeder
+from fulabd.index.sqlite import FTS5Missing, SqliteIndex, check_fts5
 from fulabd.listing import Listing
 from fulabd.local import LocalSources
 from fulabd.metrics import Metrics, MetricsResource
@@ -123,6 +126,10 @@ class Options(usage.Options):
          float],
     ]
 
+    optFlags = [
+        ["no-index", None, "Do not index the sessions for search: /fulab/lab/search, /pars and /rap answer 503."],
+    ]
+
     def __init__(self):
         super().__init__()
         self["trusted-proxies"] = []
@@ -168,6 +175,11 @@ class Options(usage.Options):
             self["tokens"] = access.load_tokens(self["token-file"]) if self["token-file"] else None
         except access.TokenFileError as e:
             raise usage.UsageError(str(e)) from None
+        if not self["no-index"]:
+            try:
+                check_fts5()
+            except FTS5Missing as e:
+                raise usage.UsageError(str(e)) from None
         if self["remote-timeout"] <= 0 or self["remote-cache"] < 0:
             raise usage.UsageError("--remote-timeout must be positive and --remote-cache 0 or more")
         try:
@@ -250,10 +262,20 @@ def makeService(config, reactor=None) -> service.MultiService:
         sources.append(archives)
     listing.local = Catalog(sources[1:]).sessions  # the sessions that are not the store's
     catalog = Catalog(sources)
+    indexed = [source for source in sources if source is not archives]  # archives are not session files
     summaries = Summaries(catalog, config["price-table"], clock=reactor, live_seconds=config["live-window"],
                           ready=store.loaded)
     summaries.setServiceParent(parent)
     hub.listeners.append(summaries)
+    queries = None
+    if not config["no-index"]:
+        index = SqliteIndex(os.path.join(store.root, ".index"))
+        feeder = IndexFeeder(index, Catalog(indexed).sessions, reactor, ready=store.loaded)
+        hub.listeners.append(feeder)
+        feeder.setServiceParent(parent)
+        queries = search_http.Queries(index, feeder.caught_up, reactor, title_of=lambda session_id, own: (
+            summaries.get(session_id) or {}).get("title") or own)
+        queries.setServiceParent(parent)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
                             admit=gate.admit, uploader_of=gate.uploader_of,
@@ -299,12 +321,14 @@ def makeService(config, reactor=None) -> service.MultiService:
     if config["remote-labs"]:
         labs = remote.RemoteLabs(config["remote-labs"], remote.HttpFetcher(reactor).get, reactor,
                                  timeout=config["remote-timeout"], cache_seconds=config["remote-cache"])
-    web.build_tree(dispatch, listing, reactor, config["active-window"], status,
-                   session_child=with_local_sessions(
-                       lambda name: pars.session_child(store, name, summaries, gate.requester_of), catalog, summaries),
-                   merge=labs.merge if labs is not None else None,
-                   sessions_children={b"archived": ArchivedListing(archives)},
-                   listing_extra=summaries.listing_fields)
+    lab = web.build_tree(dispatch, listing, reactor, config["active-window"], status,
+                         session_child=with_local_sessions(
+                             lambda name: pars.session_child(store, name, summaries, gate.requester_of), catalog,
+                             summaries),
+                         merge=labs.merge if labs is not None else None,
+                         sessions_children={b"archived": ArchivedListing(archives)},
+                         listing_extra=summaries.listing_fields)
+    search_http.mount(lab, queries)
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
     dispatch.putChild(b"healthz", web.Health(lambda: store.problem() or (

@@ -123,7 +123,7 @@ def test_every_route_records_the_token_name_as_author_and_refuses_the_same_way(t
     try:
         with connect(daemon.url + "/fulab/lab/upload/ws", additional_headers=bearer) as ws:
             assert call(ws, {"type": "par", "session-id": "s", "par": {"title": "early"}})["err"] == "unknown-session"
-            assert not list(daemon.root.iterdir())
+            assert [p.name for p in daemon.root.iterdir()] in ([], [".index"])  # .index: the search index
             assert call(ws, {"type": "init", "session-id": "s", "events": ["{}"]})["count"] == 1
             assert call(ws, {"type": "par", "session-id": "s", "par": {"title": "ws", "author": "bob"}})["type"] == "ack"
             refused = call(ws, {"type": "par", "session-id": "s", "par": {"title": "t", "timestamp": 5}})

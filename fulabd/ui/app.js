@@ -4,6 +4,8 @@
 import { $, el } from "./dom.js";
 import { ago } from "./time.js";
 import { showSession } from "./session.js";
+import { showSearch, wireSearchBox } from "./search.js";
+import { showParList } from "./par-list.js";
 
 const LIST_REFRESH_MS = 3000;
 const LIST_FULL_MS = 60000;
@@ -191,5 +193,8 @@ function sessionRow(s) {
 // -- start -------------------------------------------------------------------
 
 $("home").href = pageUrl({});
+wireSearchBox(params, { pageUrl });
 if (params.get("session")) showSession(params.get("session"), { apiUrl, pageUrl, formatSize });
+else if (params.has("search")) showSearch(params, { apiUrl, pageUrl });
+else if (params.get("view") === "pars") showParList(params, { apiUrl, pageUrl });
 else showList();

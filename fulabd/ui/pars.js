@@ -3,7 +3,7 @@
 import { $, el, button, foldable } from "./dom.js";
 import { clock, ago } from "./time.js";
 
-const QUESTIONS = [
+export const QUESTIONS = [
   ["intention", "Intention"], ["happening", "What happened"], ["perspectives", "Perspectives"],
   ["learned", "Learned"], ["forward", "Forward"],
 ];

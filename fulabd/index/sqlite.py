@@ -1,0 +1,362 @@
+"""
+The embedded search index: SQLite with FTS5 (the standard library's sqlite3),
+in `<root>/.index/search.sqlite3`.
+
+One FTS5 table holds a row per indexed document (its text, session, line,
+kind and time); a plain table holds each session's progress, written in the
+same transaction as its rows, so a crash mid-indexing leaves the index at a
+commit: nothing half-indexed, nothing twice.  The file is a cache of the
+session files: deleted or damaged, it is rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import sqlite3
+import threading
+from contextlib import contextmanager
+
+import orjson
+from twisted.logger import Logger
+
+from fulabd.index import BadCursor, Filters, IndexUnusable, Page, Progress, SessionInfo, Term
+from fulabd.index.extract import line_documents, par_document
+
+FILE_NAME = "search.sqlite3"
+SCHEMA_VERSION = 1
+SNIPPET_WORDS = 12
+MARK_OPEN, MARK_CLOSE = "\x02", "\x03"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions(
+    sid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, session_id TEXT NOT NULL, listing_id TEXT NOT NULL,
+    source TEXT, project TEXT, title TEXT, head TEXT,
+    lines INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0, pars INTEGER NOT NULL DEFAULT 0);
+CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(
+    body, sid UNINDEXED, line UNINDEXED, kind UNINDEXED, ts UNINDEXED, t UNINDEXED, par UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 2');
+CREATE TABLE IF NOT EXISTS pars(
+    sid INTEGER NOT NULL, par_index INTEGER NOT NULL, t REAL, tags TEXT NOT NULL, par TEXT NOT NULL,
+    PRIMARY KEY (sid, par_index));
+CREATE INDEX IF NOT EXISTS pars_by_time ON pars(t DESC);
+"""
+TITLE_CHARS = 120
+MAX_RANKED = 2_000    # matches ranked per search: the most recently indexed ones
+_SPACES = re.compile(r"\s+")
+
+
+class FTS5Missing(RuntimeError):
+    pass
+
+
+def check_fts5() -> None:
+    """Raise `FTS5Missing`, saying what to do, when this Python's SQLite cannot make FTS5 tables."""
+    connection = sqlite3.connect(":memory:")
+    try:
+        connection.execute("CREATE VIRTUAL TABLE probe USING fts5(body)")
+    except sqlite3.OperationalError:
+        raise FTS5Missing(
+            f"this Python's SQLite {sqlite3.sqlite_version} was built without FTS5, so sessions cannot be "
+            "searched. Run fulabd on a Python whose sqlite3 has FTS5 (Debian's and Ubuntu's python3, python.org "
+            "builds and pyenv builds against libsqlite3-dev all do), or start it with --no-index") from None
+    finally:
+        connection.close()
+
+
+def fingerprint(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()[:16]
+
+
+def term_expression(term: Term) -> str:
+    """One term as an FTS5 phrase: a quoted string, so nothing in it is FTS5 syntax."""
+    phrase = '"' + " ".join(term.words).replace('"', '""') + '"'
+    return phrase + "*" if term.prefix else phrase
+
+
+def snippet_parts(snippet: str) -> list[dict]:
+    """The index's marked snippet as parts `{"text": …}` and `{"text": …, "match": true}` (whitespace runs
+    shown as one space)."""
+    parts = []
+    for piece in snippet.split(MARK_OPEN):
+        matched, _, rest = piece.rpartition(MARK_CLOSE)
+        if matched:
+            parts.append({"text": matched, "match": True})
+        if rest:
+            parts.append({"text": _SPACES.sub(" ", rest)})
+    return parts
+
+
+class SqliteIndex:
+    """`SearchIndex` on SQLite FTS5: one writer thread, a connection per reading thread."""
+
+    _log = Logger()
+
+    def __init__(self, folder: str):
+        check_fts5()
+        self.folder = folder
+        self.path = os.path.join(folder, FILE_NAME)
+        self._generation = 0
+        self._readers = threading.local()
+        self._cache: dict[str, list] = {}   # key -> [sid, lines, bytes, pars, head, title, info], the writer's
+        os.makedirs(folder, exist_ok=True)
+        try:
+            self._writer = self._open()
+        except sqlite3.DatabaseError as e:
+            self._log.error("the search index {path} is damaged ({error}); rebuilding it from the session files",
+                            path=self.path, error=e)
+            self._remove_files()
+            self._writer = self._open()
+
+    # -- files -------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        connection.execute("PRAGMA busy_timeout = 5000")
+        return connection
+
+    def _open(self) -> sqlite3.Connection:
+        connection = self._connect()
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                connection.close()
+                self._log.info("the search index {path} has an older layout; rebuilding it", path=self.path)
+                self._remove_files()
+                connection = self._connect()
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")  # a crash may lose the last commits, never mix them
+            connection.executescript(SCHEMA)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError:
+            connection.close()
+            raise
+        return connection
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(self.path + suffix)
+            except FileNotFoundError:
+                pass
+
+    def reset(self) -> None:
+        """Forget everything: an empty index in place of a damaged one."""
+        self._writer.close()
+        self._remove_files()
+        self._cache.clear()
+        self._generation += 1
+        self._writer = self._open()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        readers = self._readers
+        if getattr(readers, "generation", None) != self._generation:
+            if getattr(readers, "connection", None) is not None:
+                readers.connection.close()
+            readers.connection = self._connect()
+            readers.generation = self._generation
+        return readers.connection
+
+    @contextmanager
+    def _damage_is_unusable(self):
+        try:
+            yield
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as e:
+            raise IndexUnusable(f"{self.path}: {e}") from e
+
+    # -- writing (the writer thread) ------------------------------------------------
+
+    @contextmanager
+    def batch(self):
+        with self._damage_is_unusable():
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                self._cache.clear()
+                raise
+            self._writer.execute("COMMIT")
+
+    def _row(self, session: SessionInfo) -> list:
+        row = self._cache.get(session.key)
+        if row is None:
+            found = self._writer.execute(
+                "SELECT sid, lines, bytes, pars, head, title, session_id, listing_id, source, project "
+                "FROM sessions WHERE key = ?", (session.key,)).fetchone()
+            if found is None:
+                sid = self._writer.execute(
+                    "INSERT INTO sessions(key, session_id, listing_id, source, project) VALUES (?, ?, ?, ?, ?)",
+                    (session.key, session.session_id, session.listing_id, session.source, session.project)
+                ).lastrowid
+                row = [sid, 0, 0, 0, None, None, session]
+            else:
+                row = [*found[:6], SessionInfo(session.key, *found[6:])]
+            self._cache[session.key] = row
+        if row[6] != session:
+            self._writer.execute("UPDATE sessions SET session_id = ?, listing_id = ?, source = ?, project = ? "
+                                 "WHERE sid = ?", (session.session_id, session.listing_id, session.source,
+                                                   session.project, row[0]))
+            row[6] = session
+        return row
+
+    def progress(self, key: str) -> Progress:
+        row = self._cache.get(key)
+        if row is None:
+            with self._damage_is_unusable():
+                found = self._writer.execute("SELECT lines, bytes, pars, head FROM sessions WHERE key = ?",
+                                             (key,)).fetchone()
+            return Progress(*found) if found else Progress()
+        return Progress(row[1], row[2], row[3], row[4])
+
+    def keys(self) -> list[str]:
+        with self._damage_is_unusable():
+            return [key for (key,) in self._writer.execute("SELECT key FROM sessions")]
+
+    def add_lines(self, session: SessionInfo, first: int, lines: list[bytes]) -> None:
+        row = self._row(session)
+        sid = row[0]
+        if first != row[1]:
+            raise ValueError(f"{session.key}: lines from {first} given, but {row[1]} are indexed")
+        rows, title = [], row[5]
+        for offset, raw in enumerate(lines):
+            for document in line_documents(raw, first + offset):
+                rows.append((document.text, sid, document.line, document.kind, document.timestamp,
+                             document.seconds, None))
+                if title is None and document.opening:
+                    title = document.text.strip().split("\n", 1)[0][:TITLE_CHARS]
+        self._writer.executemany("INSERT INTO docs(body, sid, line, kind, ts, t, par) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                 rows)
+        if first == 0 and lines:
+            row[4] = fingerprint(lines[0])
+        row[1] += len(lines)
+        row[2] += sum(len(raw) + 1 for raw in lines)
+        row[5] = title
+        self._writer.execute("UPDATE sessions SET lines = ?, bytes = ?, head = ?, title = ? WHERE sid = ?",
+                             (row[1], row[2], row[4], title, sid))
+
+    def add_par(self, session: SessionInfo, index: int, par: dict) -> None:
+        row = self._row(session)
+        sid = row[0]
+        document = par_document(par)
+        tags = [str(tag) for tag in par.get("tags") or [] if tag is not None]
+        self._writer.execute("INSERT OR REPLACE INTO pars(sid, par_index, t, tags, par) VALUES (?, ?, ?, ?, ?)",
+                             (sid, index, document.seconds, orjson.dumps(tags).decode(),
+                              orjson.dumps(par, default=str).decode()))
+        self._writer.execute("INSERT INTO docs(body, sid, line, kind, ts, t, par) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (document.text, sid, document.line, "par", document.timestamp, document.seconds,
+                              index))
+        row[3] = max(row[3], index + 1)
+        self._writer.execute("UPDATE sessions SET pars = ? WHERE sid = ?", (row[3], sid))
+
+    def forget(self, key: str) -> None:
+        found = self._writer.execute("SELECT sid FROM sessions WHERE key = ?", (key,)).fetchone()
+        self._cache.pop(key, None)
+        if found is None:
+            return
+        for table in ("docs", "pars", "sessions"):
+            self._writer.execute(f"DELETE FROM {table} WHERE sid = ?", found)
+
+    # -- reading (any thread) ----------------------------------------------------------
+
+    def search(self, terms: list[Term], filters: Filters, limit: int, cursor: str | None) -> Page:
+        where, values = self._session_filters(filters)
+        where.append("docs MATCH ?")
+        values.append(" ".join(term_expression(term) for term in terms))
+        if filters.kinds:
+            where.append(f"d.kind IN ({', '.join('?' * len(filters.kinds))})")
+            values += filters.kinds
+        where, values = self._time_filters(filters, "d.t", where, values)
+        token = self._query_token("search", terms, filters)
+        offset = self._offset(cursor, token)
+        limit = min(limit, MAX_RANKED - offset)
+        if limit <= 0:
+            return Page()
+        matching = f"FROM docs d JOIN sessions s ON s.sid = d.sid WHERE {' AND '.join(where)}"
+        # Ranking scores every candidate: only the MAX_RANKED most recently indexed ones are candidates.
+        sql = ("SELECT s.session_id, s.listing_id, s.title, s.source, s.project, d.line, d.kind, d.ts, d.par, "
+               f"snippet(docs, 0, ?, ?, '…', {SNIPPET_WORDS}) {matching} "
+               f"AND d.rowid >= coalesce((SELECT d.rowid {matching} ORDER BY d.rowid DESC LIMIT 1 OFFSET ?), 0) "
+               "ORDER BY bm25(docs), d.t DESC, d.rowid DESC LIMIT ? OFFSET ?")
+        with self._damage_is_unusable():
+            rows = self._reader().execute(sql, [MARK_OPEN, MARK_CLOSE, *values, *values, MAX_RANKED - 1,
+                                                limit + 1, offset]).fetchall()
+        items = [{"session-id": row[0], "id": row[1], "title": row[2], "source": row[3], "project": row[4],
+                  "line": row[5], "kind": row[6], "timestamp": row[7],
+                  **({"par-index": row[8]} if row[8] is not None else {}), "snippet": snippet_parts(row[9])}
+                 for row in rows[:limit]]
+        return Page(items, self._cursor(offset + limit, token) if len(rows) > limit else None)
+
+    def pars(self, terms: list[Term], filters: Filters, limit: int, cursor: str | None) -> Page:
+        where, values = self._session_filters(filters)
+        if filters.tags:
+            where.append(f"EXISTS (SELECT 1 FROM json_each(p.tags) WHERE value IN "
+                         f"({', '.join('?' * len(filters.tags))}))")
+            values += filters.tags
+        if terms:
+            where.append("(p.sid, p.par_index) IN (SELECT sid, par FROM docs WHERE docs MATCH ? AND par IS NOT NULL)")
+            values.append(" ".join(term_expression(term) for term in terms))
+        where, values = self._time_filters(filters, "p.t", where, values)
+        token = self._query_token("pars", terms, filters)
+        offset = self._offset(cursor, token)
+        sql = ("SELECT s.session_id, s.listing_id, s.title, s.source, s.project, p.par_index, p.par "
+               f"FROM pars p JOIN sessions s ON s.sid = p.sid {'WHERE ' + ' AND '.join(where) if where else ''} "
+               "ORDER BY p.t DESC NULLS LAST, p.rowid DESC LIMIT ? OFFSET ?")
+        with self._damage_is_unusable():
+            rows = self._reader().execute(sql, [*values, limit + 1, offset]).fetchall()
+        items = [{"session-id": row[0], "id": row[1], "title": row[2], "source": row[3], "project": row[4],
+                  "index": row[5], "par": orjson.loads(row[6])} for row in rows[:limit]]
+        return Page(items, self._cursor(offset + limit, token) if len(rows) > limit else None)
+
+    @staticmethod
+    def _session_filters(filters: Filters) -> tuple[list[str], list]:
+        where, values = [], []
+        for column, value in (("s.source", filters.source), ("s.project", filters.project)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                values.append(value)
+        if filters.session is not None:
+            where.append("(s.session_id = ? OR s.listing_id = ?)")
+            values += [filters.session, filters.session]
+        return where, values
+
+    @staticmethod
+    def _time_filters(filters: Filters, column: str, where: list, values: list) -> tuple[list[str], list]:
+        if filters.since is not None:
+            where.append(f"{column} >= ?")
+            values.append(filters.since)
+        if filters.until is not None:
+            where.append(f"{column} < ?")
+            values.append(filters.until)
+        return where, values
+
+    # -- cursors: an offset, bound to the query it pages through ----------------------
+
+    @staticmethod
+    def _query_token(what: str, terms: list[Term], filters: Filters) -> str:
+        return hashlib.sha256(repr((what, terms, filters)).encode()).hexdigest()[:12]
+
+    @staticmethod
+    def _cursor(offset: int, token: str) -> str:
+        return base64.urlsafe_b64encode(orjson.dumps({"o": offset, "q": token})).decode().rstrip("=")
+
+    @staticmethod
+    def _offset(cursor: str | None, token: str) -> int:
+        if cursor is None:
+            return 0
+        try:
+            value = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+            offset = value["o"]
+            ok = value["q"] == token and isinstance(offset, int) and offset >= 0
+        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
+            ok = False
+        if not ok:
+            raise BadCursor("this cursor does not belong to this query: pass back the `cursor` of the previous "
+                            "page, with the same q and filters")
+        return offset

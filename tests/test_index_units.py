@@ -1,0 +1,179 @@
+"""
+The search index in memory and on a real SQLite file, without a daemon: the
+query language, what a line gives to the index, snippets, the feeder's
+fall-back to the file when its queue is full, and rewritten local files.
+"""
+
+import orjson
+import pytest
+from twisted.internet.task import Clock
+
+from fulabd.index import Filters, Term
+from fulabd.index.extract import TOOL_RESULT_CHARS, line_documents
+from fulabd.index.feeder import IndexFeeder, WorkQueue
+from fulabd.index.http import prior_learning
+from fulabd.index.query import BadQuery, parse_query
+from fulabd.index.sqlite import SqliteIndex, snippet_parts
+from fulabd.local import index_file
+
+
+def line(kind: str, content) -> bytes:
+    return orjson.dumps({"type": kind, "timestamp": "2026-01-02T03:04:05Z",
+                         "message": {"role": kind, "content": content}})
+
+
+def test_the_query_language():
+    assert parse_query('store.py "rm -rf" flak* "new sess"*') == [
+        Term(("store", "py")), Term(("rm", "rf")), Term(("flak",), prefix=True), Term(("new", "sess"), prefix=True)]
+    assert parse_query('"NEAR(a b)" "a OR b"') == [Term(("NEAR", "a", "b")), Term(("a", "OR", "b"))]
+    for hostile in ['"open', "x AND y", "NEAR(x y)", "title:x", "*", "a*", "ab*cd", "", "x" * 501]:
+        with pytest.raises(BadQuery):
+            parse_query(hostile)
+
+
+def test_what_a_line_gives_the_index():
+    codex_call = orjson.dumps({"type": "response_item", "timestamp": "2026-01-02T03:04:05Z", "payload": {
+        "type": "function_call", "name": "shell", "arguments": '{"command": ["bash", "-lc", "rm -rf build"]}'}})
+    [call] = line_documents(codex_call, 7)
+    assert (call.line, call.kind, call.text) == (7, "tool", "shell\nbash\n-lc\nrm -rf build")
+    result = line("user", [{"type": "tool_result", "tool_use_id": "t", "content": "y" * 10_000}])
+    assert [(doc.kind, len(doc.text)) for doc in line_documents(result, 0)] == [("tool-result", TOOL_RESULT_CHARS)]
+    [prompt] = line_documents(line("user", "Fix the flaky test"), 1)
+    assert (prompt.kind, prompt.opening, prompt.seconds) == ("user", True, 1767323045.0)
+    assert not line_documents(line("user", "<command-name>/clear</command-name>"), 2)[0].opening
+    assert line_documents(b'{"type":"event_msg","payload":{"type":"token_count"}}', 3) == []
+    assert line_documents(b"not json", 4) == []
+
+
+def test_snippets_are_parts_never_markup():
+    assert snippet_parts("…the \x02<b>needle\x03 in  a\nhay…") == [
+        {"text": "…the "}, {"text": "<b>needle", "match": True}, {"text": " in a hay…"}]
+
+
+def test_the_prior_learning_block_is_the_old_one():
+    block = prior_learning([("s1", {"title": "T", "timestamp": "2026-01-31T20:15:41Z", "tags": ["a", "b"],
+                                    "questions": {"learned": "L"}}), ("s2", {})])
+    assert block == ("# Prior Learning (from 2 PARs)\n\n## T\n*Session: s1 | 2026-01-31T20:15:41Z*\n*Tags: a, b*\n\n"
+                     "**Intention:** \n\n**What happened:** \n\n**Perspectives:** \n\n**Learned:** L\n\n"
+                     "**Forward:** \n\n---\n\n## Session Review\n*Session: s2 | *\n\n**Intention:** \n\n"
+                     "**What happened:** \n\n**Perspectives:** \n\n**Learned:** \n\n**Forward:** \n")
+
+
+def test_the_work_queue_refuses_rather_than_blocks():
+    queue = WorkQueue(max_bytes=100, max_items=10)
+    assert queue.offer("a", 60) and not queue.offer("b", 60) and queue.offer("c", 40)
+    assert queue.take(1000) == ["a", "c"]
+
+
+@pytest.fixture
+def index(tmp_path):
+    opened = SqliteIndex(str(tmp_path / ".index"))
+    yield opened
+    opened.close()
+
+
+def local_session(tmp_path, lines: list[bytes]):
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"".join(raw + b"\n" for raw in lines))
+    return index_file(str(path), "claude")
+
+
+def search(index, word: str) -> list[int]:
+    return [hit["line"] for hit in index.search(parse_query(word), Filters(), 100, None).items]
+
+
+def test_a_full_queue_falls_back_to_the_file(tmp_path, index):
+    lines = [line("user", f"word{i} alpha") for i in range(50)]
+    session = local_session(tmp_path, lines)
+    feeder = IndexFeeder(index, lambda: [session], Clock(), queue_bytes=50)
+    feeder.sweep()
+    feeder._process(feeder._queue.take(1 << 20))
+    assert sorted(search(index, "alpha")) == list(range(50))
+    with open(session.path, "ab") as f:
+        f.write(line("user", "late beta") + b"\n" + line("user", "later gamma") + b"\n")
+    grown = index_file(session.path, "claude")
+    feeder.lines_appended(grown, 50, [line("user", "late beta")])  # too big for the queue: dropped
+    assert feeder._queue.empty() and not feeder.caught_up()
+    feeder.sessions = lambda: [grown]
+    feeder.sweep()  # hands over the file instead
+    feeder._process(feeder._queue.take(1 << 20))
+    assert (search(index, "beta"), search(index, "gamma")) == ([50], [51])
+    assert len(search(index, "alpha")) == 50  # nothing indexed twice
+    assert feeder.caught_up()
+
+
+def test_a_gap_in_the_hubs_lines_is_read_from_the_file(tmp_path, index):
+    lines = [line("user", f"word{i}") for i in range(5)]
+    session = local_session(tmp_path, lines)
+    feeder = IndexFeeder(index, lambda: [session], Clock())
+    with index.batch():
+        index.add_lines(feeder_info(session), 0, lines[:2])
+    feeder._process([("lines", feeder_info(session), 4, lines[4:])])
+    assert [search(index, f"word{i}") for i in range(5)] == [[0], [1], [2], [3], [4]]
+
+
+def feeder_info(session):
+    from fulabd.index.feeder import session_info
+
+    return session_info(session)
+
+
+def test_a_rewritten_local_file_is_indexed_afresh(tmp_path, index):
+    session = local_session(tmp_path, [line("user", "first version"), line("user", "more")])
+    feeder = IndexFeeder(index, lambda: [session], Clock())
+    feeder.sweep()
+    feeder._process(feeder._queue.take(1 << 20))
+    rewritten = local_session(tmp_path, [line("user", "second edition"), line("user", "more"), line("user", "x")])
+    feeder.sessions = lambda: [rewritten]
+    feeder.sweep()
+    feeder._process(feeder._queue.take(1 << 20))
+    assert (search(index, "version"), search(index, "edition"), search(index, "more")) == ([], [0], [1])
+
+
+def test_only_the_most_recently_indexed_matches_are_ranked(tmp_path, index, monkeypatch):
+    from fulabd.index import sqlite
+
+    monkeypatch.setattr(sqlite, "MAX_RANKED", 30)
+    session = local_session(tmp_path, [line("user", f"common word{i}") for i in range(40)])
+    with index.batch():
+        index.add_lines(feeder_info(session), 0, [line("user", f"common word{i}") for i in range(40)])
+    lines, cursor = [], None
+    while True:
+        page = index.search(parse_query("common"), Filters(), 7, cursor)
+        lines += [hit["line"] for hit in page.items]
+        if (cursor := page.cursor) is None:
+            break
+    assert sorted(lines) == list(range(10, 40))
+
+
+def test_a_python_without_fts5_is_refused_with_what_to_do(monkeypatch):
+    """An SQLite built without FTS5 cannot be made here: its refusal to create the table is simulated."""
+    import sqlite3
+
+    from twisted.python import usage
+
+    from fulabd import tap
+    from fulabd.index import sqlite
+
+    real_connect = sqlite3.connect
+
+    class NoFts5:
+        def __init__(self, *args, **kwargs):
+            self.connection = real_connect(*args, **kwargs)
+
+        def execute(self, sql, *args):
+            if "fts5" in sql:
+                raise sqlite3.OperationalError("no such module: fts5")
+            return self.connection.execute(sql, *args)
+
+        def close(self):
+            self.connection.close()
+
+    monkeypatch.setattr(sqlite.sqlite3, "connect", NoFts5)
+    with pytest.raises(sqlite.FTS5Missing, match="--no-index"):
+        sqlite.check_fts5()
+    with pytest.raises(usage.UsageError, match="without FTS5"):
+        tap.Options().parseOptions([])
+    options = tap.Options()
+    options.parseOptions(["--no-index"])
+    assert options["no-index"]
