@@ -26,6 +26,7 @@ INVALID_PATH = "invalid-path"
 STORAGE_FAILED = "storage-failed"
 STORAGE_FULL = "storage-full"
 UNAUTHORIZED = "unauthorized"
+FORBIDDEN = "forbidden"
 
 MAX_SESSION_ID_LENGTH = 1024
 

@@ -38,7 +38,6 @@ class StaticFile(resource.Resource):
     def render_GET(self, request):
         request.setHeader(b"content-type", self.content_type)
         request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-content-type-options", b"nosniff")
         if request.setETag(self.etag):
             return b""
         return self.body
@@ -51,6 +50,11 @@ class Lab(resource.Resource):
         query = request.uri.partition(b"?")[2]
         request.redirect(b"lab/" + (b"?" + query if query else b""))
         return b""
+
+
+def public_paths(prefix: str = "/fulab/lab/") -> frozenset[str]:
+    """The URL paths of the UI's own files: the page shell, which holds no session data."""
+    return frozenset([prefix] + [prefix + name for name in FILES])
 
 
 def mount(lab: resource.Resource) -> None:

@@ -15,7 +15,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from fulabd import messages
-from fulabd.messages import MISSING_SESSION_ID, TOO_LARGE, ProtocolError
+from fulabd.messages import FORBIDDEN, MISSING_SESSION_ID, TOO_LARGE, ProtocolError
+from fulabd.tokens import ADMIN, ANYONE
 
 
 class UploadProtocol(WebSocketServerProtocol):
@@ -30,7 +31,8 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         self._peer = self.factory.admit(request, self)
-        self.uploader = self.factory.uploader_of(request)
+        self.principal = self.factory.principal_of(request)
+        self.uploader = self.principal.name
 
     def onOpen(self):
         self.factory.connections.add(self)
@@ -67,6 +69,7 @@ class UploadProtocol(WebSocketServerProtocol):
         if isinstance(message, messages.Ping):
             return defer.succeed(messages.pong(self.factory.clock.seconds()))
         if isinstance(message, messages.Resume):
+            self._check_owner(message.session_id)
             self._session_id = message.session_id
             return self.factory.store.resume(message.session_id).addCallback(
                 lambda count: messages.ack(message.session_id, count, 0, False) | {"resume": True})
@@ -74,6 +77,7 @@ class UploadProtocol(WebSocketServerProtocol):
         if session_id is None:
             raise ProtocolError(MISSING_SESSION_ID, "no \"session-id\" given and no init on this connection; "
                                                     "send init first or name the session in every message")
+        self._check_owner(session_id)
         if isinstance(message, messages.Append) and message.kind == "init":
             self._session_id = session_id
         self._attach(session_id)
@@ -100,9 +104,23 @@ class UploadProtocol(WebSocketServerProtocol):
             self._log.info("upload of session {session_id} from {peer} started", session_id=session_id,
                            peer=self._peer)
 
+    def _owner(self, session_id: str) -> str | None:
+        session = self.factory.store.get(session_id)
+        return session.meta.get("uploader") if session is not None else None
+
+    def _check_owner(self, session_id: str):
+        """A session belongs to the token that created it: others may not add to it (or learn its count),
+        unless they are `admin`.  Sessions created without a token belong to no one."""
+        owner = self._owner(session_id)
+        if owner is None or owner == self.uploader or self.principal.may(ADMIN):
+            return
+        raise ProtocolError(FORBIDDEN, f"this token may not add to session {session_id!r}: it was created with "
+                                       "another token; upload under a new session id, or ask the operator for "
+                                       "an admin token")
+
     def _record_uploader(self, session_id: str):
-        """Name the token's holder in the session's meta, once something of theirs is stored."""
-        if self.uploader:
+        """Name the token's holder in the session's meta, once something of theirs is stored; never re-attribute."""
+        if self.uploader and self._owner(session_id) is None:
             self.factory.store.update_meta(session_id, uploader=self.uploader)
 
     def _reply(self, result: defer.Deferred):
@@ -146,13 +164,14 @@ class UploadProtocol(WebSocketServerProtocol):
 class UploadFactory(WebSocketServerFactory):
     protocol = UploadProtocol
 
-    def __init__(self, store, clock, max_message_size: int, admit, uploader_of=lambda request: None, **kw):
-        """`admit(request, protocol)` returns the client's address, or raises `ConnectionDeny` to refuse it."""
+    def __init__(self, store, clock, max_message_size: int, admit, principal_of=lambda request: ANYONE, **kw):
+        """`admit(request, protocol)` returns the client's address, or raises `ConnectionDeny` to refuse it;
+        `principal_of(request)` is who the client's token stands for."""
         super().__init__(**kw)
         self.store = store
         self.clock = clock
         self.admit = admit
-        self.uploader_of = uploader_of
+        self.principal_of = principal_of
         self.connections: set = set()
         self.messages_in = 0
         self.bytes_in = 0

@@ -12,17 +12,16 @@ from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.web import resource, server
 
-from fulabd import edn, ui
-from fulabd.messages import INVALID_PATH, UNAUTHORIZED, now_iso
+from fulabd import edn, endpoints, ui
+from fulabd.access import Decision, Gate
+from fulabd.channel import CountedConnection, GatedChannel, GatedRequest, head_of
+from fulabd.endpoints import STREAM_PATH, is_upload_path
+from fulabd.messages import INVALID_PATH, now_iso
+from fulabd.netaddr import host_of
+from fulabd.tokens import ADMIN
 
-UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
-STREAM_PATH = "/fulab/lab/stream/ws"
-OPEN_PATHS = (b"/healthz",)  # answered without a token, for load balancers and service managers
 REFUSED_MESSAGE_LIMIT = 64 * 1024  # a refused client has nothing to say
-
-
-def is_upload_path(path: str) -> bool:
-    return path in UPLOAD_PATHS or path.endswith("/lab/upload/ws")
+STATUS_DETAILS = ("root", "listeners", "tls")  # for `admin` tokens only: where files are, which ports
 
 
 def is_websocket(request) -> bool:
@@ -71,11 +70,8 @@ def invalid_path(path: str) -> dict:
                       f"viewers to {STREAM_PATH}?session=ID or /?path=PATH"}
 
 
-def unauthorized(path: str) -> dict:
-    return {"type": "error", "err": UNAUTHORIZED, "path": path,
-            "detail": "this server needs an access token: send the header `Authorization: Bearer TOKEN` "
-                      "(fulab-upload --token or FULAB_TOKEN) or add ?token=TOKEN to the URL; "
-                      "if yours was refused, ask the operator for a valid one"}
+def refusal(decision: Decision, path: str) -> dict:
+    return {"type": "error", "err": decision.err, "path": path, "detail": decision.detail}
 
 
 class UpgradeRequired(resource.Resource):
@@ -115,9 +111,11 @@ class WebSocketDispatch(resource.Resource):
 
     def websocket_for(self, request):
         path = urlsplit(request.uri.decode("utf-8", "replace")).path
-        if self.stream is not None and (path == STREAM_PATH or b"path" in request.args):
+        params = {name.decode("utf-8", "replace") for name in request.args}
+        endpoint = endpoints.websocket_endpoint(path, params)
+        if endpoint is endpoints.STREAM_SOCKET and self.stream is not None:
             return self.stream
-        if is_upload_path(path):
+        if endpoint is endpoints.UPLOAD_SOCKET:
             return self.upload
         return self.refused
 
@@ -191,7 +189,11 @@ class Status(resource.Resource):
         self.status = status
 
     def render_GET(self, request):
-        return render_data(request, self.status())
+        status = self.status()
+        principal = getattr(request, "principal", None)
+        if principal is not None and not principal.may(ADMIN):
+            status = {key: value for key, value in status.items() if key not in STATUS_DETAILS}
+        return render_data(request, status)
 
 
 def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float, status,
@@ -213,12 +215,32 @@ def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float
     return lab
 
 
-class Unauthorized(resource.Resource):
+class Refused(resource.Resource):
+    """The gate's refusal of a plain HTTP request, as JSON (or EDN)."""
+
     isLeaf = True
 
+    def __init__(self, decision: Decision):
+        super().__init__()
+        self.decision = decision
+
     def render(self, request):
-        request.setHeader(b"www-authenticate", b'Bearer realm="fulab"')
-        return render_data(request, {"ok": False} | unauthorized(request.path.decode("utf-8", "replace")), code=401)
+        decision = self.decision
+        if decision.err == "unauthorized":
+            request.setHeader(b"www-authenticate", b'Bearer realm="fulab"')
+        body = render_data(request, {"ok": False} | refusal(decision, request.path.decode("utf-8", "replace")),
+                           code=decision.code)
+        if decision.code == 503:  # WebSocket clients show only the status line of a refused handshake
+            request.setResponseCode(503, decision.detail.encode("utf-8", "replace"))
+        return body
+
+
+def refused_resource(decision: Decision, websocket: bool) -> resource.Resource:
+    """What answers a refused request: a refused token or scope on a WebSocket is said over the WebSocket."""
+    if websocket and decision.err in ("unauthorized", "forbidden"):
+        reason = decision.err.encode()
+        return WebSocketResource(RefusedFactory(lambda path: refusal(decision, path), reason))
+    return Refused(decision)
 
 
 class Health(resource.Resource):
@@ -242,18 +264,60 @@ class Health(resource.Resource):
 
 
 class LabSite(server.Site):
-    """A Site that does not write an access-log line per request (the UI polls, and URLs may hold
-    `?token=`), and that asks its `gate` (when it has one) before serving anything."""
+    """The daemon's site: every connection counted against the caps, every request head decided by the
+    `gate` before anything else, and no access-log line per request (the UI polls, and URLs may hold
+    `?token=`)."""
 
-    def __init__(self, root, gate=None, **kw):
-        super().__init__(root, **kw)
-        self.gate = gate
-        self.unauthorized_websocket = WebSocketResource(RefusedFactory(unauthorized, b"unauthorized"))
+    protocol = GatedChannel
+
+    def __init__(self, root, gate: Gate | None = None, head_timeout: float | None = None, **kw):
+        super().__init__(root, requestFactory=GatedRequest, **kw)
+        self.gate = gate or Gate()
+        self.head_timeout = head_timeout if head_timeout is not None else kw.get("timeout")
+
+    def buildProtocol(self, addr):
+        return CountedConnection(self, super().buildProtocol(addr))
+
+    def registerProtocol(self, connection: CountedConnection):
+        """A connection was accepted: it may wait for its head, unless too many already do."""
+        limits, peer = self.gate.limits, host_of(connection.getPeer())
+        if not limits.may_wait(peer, per_peer=not self.gate.proxies.trusts(peer)):
+            self.gate.refused["over-limit"] += 1
+            connection.transport.abortConnection()
+            return
+        limits.waiting[peer] += 1
+        connection.waiting_peer = peer
+
+    def unregisterProtocol(self, connection: CountedConnection):
+        self._stop_waiting(connection)
+        if connection.address is not None:
+            self.gate.limits.closed(connection.address)
+
+    def _stop_waiting(self, connection: CountedConnection):
+        peer = getattr(connection, "waiting_peer", None)
+        if peer is not None:
+            connection.waiting_peer = None
+            self.gate.limits.waiting[peer] -= 1
+            if not self.gate.limits.waiting[peer]:
+                del self.gate.limits.waiting[peer]
+
+    def decide(self, channel, request, command: bytes, uri: bytes) -> Decision:
+        """The gate's decision on a head; a connection's first head also counts it against the caps."""
+        decision = self.gate.decide(head_of(channel, request, command, uri))
+        connection = channel.transport
+        if not isinstance(connection, CountedConnection) or getattr(connection, "waiting_peer", None) is None:
+            return decision
+        self._stop_waiting(connection)
+        decision = self.gate.count(decision)
+        if not decision.refused and not self.gate.is_probe(decision.principal):
+            connection.address = decision.address
+        return decision
 
     def getResourceFor(self, request):
-        if self.gate is not None and request.path not in OPEN_PATHS and not self.gate.request_allowed(request):
+        decision = request.decision
+        if decision is not None and decision.refused:
             request.site = self
-            return self.unauthorized_websocket if is_websocket(request) else Unauthorized()
+            return refused_resource(decision, is_websocket(request))
         return super().getResourceFor(request)
 
     def log(self, request):
