@@ -61,7 +61,11 @@ class GatedRequest(server.Request):
     def render(self, resrc):
         """A HEAD is rendered as a GET whose body is dropped, without Twisted's warning (which logs the URI)."""
         if self.method != b"HEAD":
-            return super().render(resrc)
+            channel, transport = self.channel, self.channel.transport  # a finished request forgets its channel
+            super().render(resrc)
+            if transport is not None and channel.transport is None:  # Autobahn took the socket over
+                channel.upgraded(transport)
+            return
         self.method = b"GET"
         try:
             body = resrc.render(self)
@@ -83,14 +87,23 @@ class GatedRequest(server.Request):
 
 
 class GatedChannel(http.HTTPChannel):
-    """An HTTP connection whose every request head goes to the site's gate before anything else."""
+    """An HTTP connection whose every request head goes to the site's gate before anything else.
+
+    The site counts it from accept to close, also once it became a WebSocket: Autobahn's
+    WebSocketResource then takes the socket over, and this channel hears no more of it, so the
+    count is released when the WebSocket protocol closes.
+    """
 
     _log = Logger()
     _head_timer = None
-    _counted = False
+    waiting_peer: str | None = None   # counted as waiting for its first head, from this peer
+    address: str | None = None        # counted as open for this client, once its first head was let through
 
     def connectionMade(self):
         super().connectionMade()
+        if not self.site.accepted(self):
+            self.transport.abortConnection()
+            return
         self._wait_for_head()
 
     def _wait_for_head(self):
@@ -127,21 +140,21 @@ class GatedChannel(http.HTTPChannel):
         if self.persistent and self.transport is not None and not self.transport.disconnecting:
             self._wait_for_head()
 
+    def upgraded(self, transport):
+        """The socket now belongs to a WebSocket protocol: release the count when that one closes."""
+        protocol = transport.wrappedProtocol if isinstance(transport, ProtocolWrapper) else transport.protocol
+        protocol.is_closed.addBoth(self._released)
+
+    def _released(self, result):
+        self.site.released(self)
+        return result
+
     def connectionLost(self, reason):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        self.site.released(self)
         super().connectionLost(reason)
-
-
-class CountedConnection(ProtocolWrapper):
-    """A connection, counted by the site from accept to close, whether it stays HTTP or becomes a WebSocket.
-
-    (Autobahn's WebSocketResource hands the socket to its protocol by replacing this wrapper's
-    `wrappedProtocol`, so the wrapper sees the close either way.)
-    """
-
-    address: str | None = None   # the client it was counted for, once its first head was let through
 
 
 def head_of(channel, request, command: bytes, uri: bytes) -> Head:

@@ -27,6 +27,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._session_id: str | None = None
         self._outbox: deque = deque()
         self._touched: dict[str, int] = {}
+        self._created: set[str] = set()   # sessions this connection's messages created
         self._peer = "?"
 
     def onConnect(self, request):
@@ -104,14 +105,14 @@ class UploadProtocol(WebSocketServerProtocol):
             self._log.info("upload of session {session_id} from {peer} started", session_id=session_id,
                            peer=self._peer)
 
-    def _owner(self, session_id: str) -> str | None:
-        session = self.factory.store.get(session_id)
-        return session.meta.get("uploader") if session is not None else None
-
     def _check_owner(self, session_id: str):
         """A session belongs to the token that created it: others may not add to it (or learn its count),
         unless they are `admin`.  Sessions created without a token belong to no one."""
-        owner = self._owner(session_id)
+        session = self.factory.store.get(session_id)
+        if session is None or not session.stored:
+            self._created.add(session_id)
+            return
+        owner = session.meta.get("uploader")
         if owner is None or owner == self.uploader or self.principal.may(ADMIN):
             return
         raise ProtocolError(FORBIDDEN, f"this token may not add to session {session_id!r}: it was created with "
@@ -119,8 +120,11 @@ class UploadProtocol(WebSocketServerProtocol):
                                        "an admin token")
 
     def _record_uploader(self, session_id: str):
-        """Name the token's holder in the session's meta, once something of theirs is stored; never re-attribute."""
-        if self.uploader and self._owner(session_id) is None:
+        """Name the token's holder in the meta of a session this connection created, once something is stored.
+
+        A session is never re-attributed: one created without a token stays no one's."""
+        session = self.factory.store.get(session_id)
+        if self.uploader and session_id in self._created and session.meta.get("uploader") is None:
             self.factory.store.update_meta(session_id, uploader=self.uploader)
 
     def _reply(self, result: defer.Deferred):

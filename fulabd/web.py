@@ -14,7 +14,7 @@ from twisted.web import resource, server
 
 from fulabd import edn, endpoints, ui
 from fulabd.access import Decision, Gate
-from fulabd.channel import CountedConnection, GatedChannel, GatedRequest, head_of
+from fulabd.channel import GatedChannel, GatedRequest, head_of
 from fulabd.endpoints import STREAM_PATH, is_upload_path
 from fulabd.messages import INVALID_PATH, now_iso
 from fulabd.netaddr import host_of
@@ -60,8 +60,9 @@ class RefusedFactory(WebSocketServerFactory):
         super().__init__()
         self.explain = explain
         self.reason = reason
+        # The gate judged the Origin already; a `null` one (a sandboxed page) is told why like any other.
         self.setProtocolOptions(maxMessagePayloadSize=REFUSED_MESSAGE_LIMIT,
-                                maxFramePayloadSize=REFUSED_MESSAGE_LIMIT)
+                                maxFramePayloadSize=REFUSED_MESSAGE_LIMIT, allowNullOrigin=True)
 
 
 def invalid_path(path: str) -> dict:
@@ -275,42 +276,39 @@ class LabSite(server.Site):
         self.gate = gate or Gate()
         self.head_timeout = head_timeout if head_timeout is not None else kw.get("timeout")
 
-    def buildProtocol(self, addr):
-        return CountedConnection(self, super().buildProtocol(addr))
-
-    def registerProtocol(self, connection: CountedConnection):
+    def accepted(self, channel: GatedChannel) -> bool:
         """A connection was accepted: it may wait for its head, unless too many already do."""
-        limits, peer = self.gate.limits, host_of(connection.getPeer())
+        limits, peer = self.gate.limits, host_of(channel.transport.getPeer())
         if not limits.may_wait(peer, per_peer=not self.gate.proxies.trusts(peer)):
             self.gate.refused["over-limit"] += 1
-            connection.transport.abortConnection()
-            return
+            return False
         limits.waiting[peer] += 1
-        connection.waiting_peer = peer
+        channel.waiting_peer = peer
+        return True
 
-    def unregisterProtocol(self, connection: CountedConnection):
-        self._stop_waiting(connection)
-        if connection.address is not None:
-            self.gate.limits.closed(connection.address)
+    def released(self, channel: GatedChannel):
+        """A connection closed (or its head was decided): it no longer counts."""
+        self._stop_waiting(channel)
+        if channel.address is not None:
+            self.gate.limits.closed(channel.address)
+            channel.address = None
 
-    def _stop_waiting(self, connection: CountedConnection):
-        peer = getattr(connection, "waiting_peer", None)
+    def _stop_waiting(self, channel: GatedChannel):
+        peer, channel.waiting_peer = channel.waiting_peer, None
         if peer is not None:
-            connection.waiting_peer = None
             self.gate.limits.waiting[peer] -= 1
             if not self.gate.limits.waiting[peer]:
                 del self.gate.limits.waiting[peer]
 
-    def decide(self, channel, request, command: bytes, uri: bytes) -> Decision:
+    def decide(self, channel: GatedChannel, request, command: bytes, uri: bytes) -> Decision:
         """The gate's decision on a head; a connection's first head also counts it against the caps."""
         decision = self.gate.decide(head_of(channel, request, command, uri))
-        connection = channel.transport
-        if not isinstance(connection, CountedConnection) or getattr(connection, "waiting_peer", None) is None:
+        if channel.waiting_peer is None:
             return decision
-        self._stop_waiting(connection)
+        self._stop_waiting(channel)
         decision = self.gate.count(decision)
         if not decision.refused and not self.gate.is_probe(decision.principal):
-            connection.address = decision.address
+            channel.address = decision.address
         return decision
 
     def getResourceFor(self, request):
