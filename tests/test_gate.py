@@ -20,7 +20,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from fulabd import endpoints, tap, ui
+from fulabd import admin, endpoints, tap, ui
 from fulabd.store import SessionStore
 from tests.fixtures import Daemon, sample_files, sample_lines
 
@@ -405,3 +405,15 @@ def test_a_request_head_sent_a_byte_at_a_time_is_dropped(tmp_path):
         sock.close()
     finally:
         server.stop()
+
+
+def test_status_and_doctor_say_which_scope_is_missing(guarded, tokens, monkeypatch, capsys):
+    monkeypatch.setenv("FULAB_TOKEN", tokens["reader"])  # doctor reads it, as its message says
+    assert admin.main(["doctor", guarded.url + UPLOAD, "--timeout", "10"]) == 1
+    out = capsys.readouterr().out
+    assert "[FAIL] ping/pong: the daemon accepted the token but refused it here: this token may not send lines" in out
+    assert "'upload' scope" in out
+    monkeypatch.setenv("FULAB_TOKEN", tokens["uploader"])
+    assert admin.main(["status", "--url", guarded.http]) == 1
+    err = capsys.readouterr().err
+    assert "answered 403" in err and "this token may not read listings" in err and "'read' scope" in err

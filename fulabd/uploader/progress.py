@@ -21,12 +21,14 @@ ADVICE = {
     "invalid-path": "the URL is not an upload endpoint; use a URL ending in /fulab/lab/upload/ws",
     "gap": "the server lost track of this session's position; resuming",
     "bad-event": "the server refused a line; report this as a bug with the file",
+    "forbidden": "ask the server's operator for a token with the scope named, or upload under a new session id",
 }
 
 CONNECT_ADVICE = {
     "certificate verify failed": "the server's certificate is not trusted: pass --cafile with the CA that signed it",
     "401": "the server wants a token: pass --token or set FULAB_TOKEN",
-    "403": "the server refused the token: check --token / FULAB_TOKEN",
+    "403": "the server refused this client: the page's Origin, or a token without the upload scope; "
+           "check --token / FULAB_TOKEN",
     "404": "nothing serves that URL path: use a URL ending in /fulab/lab/upload/ws",
     "502": "the proxy in front of the server could not reach it: is the daemon running?",
 }
