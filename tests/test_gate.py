@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 
 from fulabd import admin, endpoints, tap, ui
 from fulabd.store import SessionStore
-from tests.fixtures import Daemon, sample_files, sample_lines
+from tests.fixtures import Daemon, Nginx, sample_files, sample_lines
 
 pytestmark = pytest.mark.slow
 
@@ -417,3 +417,21 @@ def test_status_and_doctor_say_which_scope_is_missing(guarded, tokens, monkeypat
     assert admin.main(["status", "--url", guarded.http]) == 1
     err = capsys.readouterr().err
     assert "answered 403" in err and "this token may not read listings" in err and "'read' scope" in err
+
+
+def test_behind_the_shipped_nginx_the_ui_origin_is_its_own(tmp_path, ca):
+    server = Daemon(tmp_path / "remote", "--trusted-proxy", "127.0.0.1").start()
+    cert, key = ca.issue("nginx")
+    proxy = Nginx(tmp_path / "nginx", server.port, cert, key).start()
+    try:
+        with connect(server.url + UPLOAD) as ws:
+            call(ws, {"type": "init", "session-id": SESSION, "events": ["x"]})
+        stream = proxy.url.replace("127.0.0.1", "localhost") + f"/fulab/lab/stream/ws?session={SESSION}"
+        own = proxy.https.replace("127.0.0.1", "localhost")
+        with connect(stream, ssl=ca.client_context(), origin=own) as ws:
+            assert orjson.loads(ws.recv(timeout=30))["type"] == "init"
+        with connect(stream, ssl=ca.client_context(), origin="https://localhost") as ws:  # the port differs
+            assert orjson.loads(ws.recv(timeout=30))["err"] == "unauthorized"
+    finally:
+        proxy.stop()
+        server.stop()
