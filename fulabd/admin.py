@@ -32,7 +32,7 @@ def status(args) -> int:
         return 1
     except (urllib.error.URLError, OSError) as e:
         print(f"fulab: cannot read {url}: {getattr(e, 'reason', e)}", file=sys.stderr)
-        print("Is the daemon running? Start it with: twistd -n fulab --port 5056", file=sys.stderr)
+        print("Is the daemon running? Start it with: twistd -n --pidfile= fulab --port 5056", file=sys.stderr)
         return 1
     if args.json:
         print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())

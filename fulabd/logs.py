@@ -1,5 +1,5 @@
 """
-Machine-readable logs: `twistd --logger fulabd.logs.json_lines fulab …` writes
+Machine-readable logs: `twistd -n --pidfile= --logger fulabd.logs.json_lines fulab …` writes
 one JSON object per line on stdout: `time`, `level`, `namespace`, `text` (the
 message as the text log shows it) and every structured field of the event
 (`session_id`, `peer`, `err`, …), for log shippers and `jq`.

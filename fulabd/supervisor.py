@@ -1,7 +1,8 @@
 """
 The supervisor owns one listening port: it listens, retries while the port
 cannot be had, and every interval proves the port answers by doing a real
-WebSocket handshake and ping against it, re-listening when it does not.
+WebSocket handshake and ping against it, re-listening when it does not.  A
+probe that passes logs nothing: an idle daemon's log stays quiet.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from twisted.application import service
 from twisted.internet import defer, endpoints, ssl, task
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
+
+from fulabd.web import UI_PATH
 
 PROBE_PATH = "/fulab/lab/upload/ws"
 PROBE_TIMEOUT = 5.0
@@ -85,9 +88,12 @@ class ListenerSupervisor(service.Service):
         self._address = port.getHost()
         if self._ever_listened:
             self.restarts += 1
-        self._ever_listened = True
         self._log.info("listening on {description} ({address})", description=self.description,
                        address=port.getHost())
+        url = ui_url(self.description, self._address)
+        if url is not None and not self._ever_listened:
+            self._log.info("web UI at {url}", url=url)
+        self._ever_listened = True
 
     @defer.inlineCallbacks
     def _probe(self):
@@ -116,16 +122,32 @@ class ListenerSupervisor(service.Service):
                 "failures": self.failures, "probes": self.probes, "last-error": self.last_error}
 
 
+def loopback_host(address) -> str | None:
+    """The host to dial on this machine for a TCP port listening at `address` (None: not TCP)."""
+    if isinstance(address, IPv6Address):
+        return "::1" if address.host in ("::", "") else address.host
+    if isinstance(address, IPv4Address):
+        return "127.0.0.1" if address.host in ("0.0.0.0", "") else address.host
+    return None
+
+
+def ui_url(description: str, address) -> str | None:
+    """The web UI's URL on this machine for a listener, e.g. `http://127.0.0.1:5056/fulab/lab/`."""
+    host = loopback_host(address)
+    if host is None:
+        return None
+    scheme = "https" if description.startswith(("ssl:", "tls:")) else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{address.port}{UI_PATH}"
+
+
 def loopback_endpoint(address, reactor=None):
     """A client endpoint reaching a port listening at `address` from this machine."""
     if reactor is None:
         from twisted.internet import reactor
     if isinstance(address, IPv6Address):
-        host = "::1" if address.host in ("::", "") else address.host
-        return endpoints.TCP6ClientEndpoint(reactor, host, address.port, timeout=PROBE_TIMEOUT)
+        return endpoints.TCP6ClientEndpoint(reactor, loopback_host(address), address.port, timeout=PROBE_TIMEOUT)
     if isinstance(address, IPv4Address):
-        host = "127.0.0.1" if address.host in ("0.0.0.0", "") else address.host
-        return endpoints.TCP4ClientEndpoint(reactor, host, address.port, timeout=PROBE_TIMEOUT)
+        return endpoints.TCP4ClientEndpoint(reactor, loopback_host(address), address.port, timeout=PROBE_TIMEOUT)
     if isinstance(address, UNIXAddress):
         return endpoints.UNIXClientEndpoint(reactor, address.name, timeout=PROBE_TIMEOUT)
     return None

@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from fulabd import messages
+from fulabd.access import SELF_PROBE
 from fulabd.messages import FORBIDDEN, MISSING_SESSION_ID, TOO_LARGE, ProtocolError
 from fulabd.tokens import ADMIN, ANYONE
 
@@ -29,16 +30,19 @@ class UploadProtocol(WebSocketServerProtocol):
         self._touched: dict[str, int] = {}
         self._created: set[str] = set()   # sessions this connection's messages created
         self._peer = "?"
+        self._quiet = False
 
     def onConnect(self, request):
         self._peer = self.factory.admit(request, self)
         self.principal = self.factory.principal_of(request)
         self.uploader = self.principal.name
+        self._quiet = self.uploader == SELF_PROBE  # the listener's self-probe, every few seconds: not logged
 
     def onOpen(self):
         self.factory.connections.add(self)
-        self._log.info("upload connection open from {peer} (uploader {uploader})", peer=self._peer,
-                       uploader=self.uploader)
+        if not self._quiet:
+            self._log.info("upload connection open from {peer} (uploader {uploader})" if self.uploader else
+                           "upload connection open from {peer}", peer=self._peer, uploader=self.uploader)
 
     def onClose(self, wasClean, code, reason):
         if self not in self.factory.connections:
@@ -51,7 +55,8 @@ class UploadProtocol(WebSocketServerProtocol):
             self._log.info("upload of session {session_id} from {peer}: {appended} lines appended, {count} stored",
                            session_id=session_id, peer=self._peer, appended=appended,
                            count=session.count if session else 0)
-        self._log.info("upload connection from {peer} closed (code {code})", peer=self._peer, code=code)
+        if not self._quiet:
+            self._log.info("upload connection from {peer} closed (code {code})", peer=self._peer, code=code)
 
     def onMessage(self, payload, isBinary):
         self.factory.messages_in += 1

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import orjson
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.web import resource, server
+from twisted.web import resource, server, util
 
 from fulabd import edn, endpoints, ui
 from fulabd.access import Decision, Gate
@@ -20,6 +20,7 @@ from fulabd.messages import INVALID_PATH, now_iso
 from fulabd.netaddr import host_of
 from fulabd.tokens import ADMIN
 
+UI_PATH = "/fulab/lab/"
 REFUSED_MESSAGE_LIMIT = 64 * 1024  # a refused client has nothing to say
 STATUS_DETAILS = ("root", "listeners", "tls")  # for `admin` tokens only: where files are, which ports
 
@@ -105,6 +106,8 @@ class WebSocketDispatch(resource.Resource):
     def getChildWithDefault(self, name, request):
         if is_websocket(request):
             return self.websocket_for(request)
+        if request.uri == b"/":  # a browser pointed at the port gets the UI (`/?path=` upgrades are viewers)
+            return util.Redirect(UI_PATH.encode())
         path = urlsplit(request.uri.decode("utf-8", "replace")).path
         if is_upload_path(path) or path == STREAM_PATH:
             return UpgradeRequired()
@@ -124,10 +127,6 @@ class WebSocketDispatch(resource.Resource):
         if is_websocket(request):
             return self.websocket_for(request).render(request)
         return resource.Resource.render(self, request)
-
-    def render_GET(self, request):
-        request.redirect(b"/fulab/lab/")
-        return b""
 
 
 def describe(session, now: float, active_window: float) -> dict:

@@ -1,6 +1,9 @@
+import subprocess
+
 import pytest
 
 from tests.fixtures import CertificateAuthority, Daemon, Nginx, Uploader, chromium_missing, skip_without, start_chromium
+from tests.memory import Lab
 
 
 def failed(request) -> bool:
@@ -16,6 +19,19 @@ def no_uploader_left_running():
         Uploader.running.pop().kill()
 
 
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_process(request, monkeypatch):
+    """The fast tier (`-m "not slow"`) runs in memory: a test that starts a process must be marked slow."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+
+    class Refused(subprocess.Popen):
+        def __init__(self, args, *rest, **options):
+            raise AssertionError(f"{request.node.nodeid} starts a process ({args!r}): mark it @pytest.mark.slow")
+
+    monkeypatch.setattr(subprocess, "Popen", Refused)
+
+
 @pytest.fixture
 def daemon(request, tmp_path):
     """A running daemon with an empty store under the test's temporary folder (its log shown if the test fails)."""
@@ -24,6 +40,14 @@ def daemon(request, tmp_path):
     server.stop()
     if failed(request):
         print("daemon log:\n" + "\n".join(server.log[-80:]))
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """The daemon's site in memory (see tests/memory.py), with an empty store under the test's temporary folder."""
+    site = Lab(tmp_path / "remote")
+    yield site
+    site.close()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -57,8 +57,9 @@ class Daemon:
     """`twistd -n fulab` in a subprocess, on a free loopback port, with its own store."""
 
     def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1", env: dict | None = None,
-                 twistd_args: tuple = ()):
+                 twistd_args: tuple = (), cwd: Path | None = None):
         self.root = Path(root)
+        self.cwd = Path(cwd) if cwd is not None else self.root.parent
         self.args = list(args)
         self.env = env or {}
         self.twistd_args = list(twistd_args)
@@ -75,10 +76,8 @@ class Daemon:
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **self.env)
         self._listening.clear()
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", *self.twistd_args,
-             "fulab", "--port", self.port_description, "--root", str(self.root), *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.root.parent))
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *self.command()],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.cwd))
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         with self._lines:
             self._lines.wait_for(lambda: self._listening.is_set() or self._ended is self.process, timeout)
@@ -86,6 +85,11 @@ class Daemon:
             self.stop()
             raise RuntimeError("daemon did not start listening:\n" + "\n".join(self.log[-40:]))
         return self
+
+    def command(self) -> list[str]:
+        """twistd's arguments."""
+        return ["-n", "--pidfile=", *self.twistd_args, "fulab", "--port", self.port_description,
+                "--root", str(self.root), *self.args]
 
     def _read(self, process):
         for raw in process.stdout:

@@ -84,6 +84,7 @@ def test_a_missing_token_file_is_a_usage_error(tmp_path):
         Options().parseOptions(["--token-file", str(tmp_path / "nothing")])
 
 
+@pytest.mark.slow
 def test_without_a_token_file_nothing_is_asked(daemon):
     status, _, _ = http_get(daemon.http + "/fulab/lab/sessions")
     assert status == 200
@@ -92,6 +93,7 @@ def test_without_a_token_file_nothing_is_asked(daemon):
 
 
 @pytest.mark.parametrize("path", ["/fulab/lab/sessions", "/fulab/lab/status", "/metrics", "/"])
+@pytest.mark.slow
 def test_http_without_the_right_token_is_401(guarded, tokens, path):
     for headers in ({}, {"Authorization": "Bearer " + tokens["alice"] + "x"}, {"Authorization": "Basic Zm9vOmJhcg=="}):
         status, reply_headers, body = http_get(guarded.http + path, headers)
@@ -103,6 +105,7 @@ def test_http_without_the_right_token_is_401(guarded, tokens, path):
     assert status == 401
 
 
+@pytest.mark.slow
 def test_http_with_a_token_in_the_header_or_the_query(guarded, tokens):
     status, _, body = http_get(guarded.http + "/fulab/lab/sessions", {"Authorization": "Bearer " + tokens["alice"]})
     assert status == 200 and orjson.loads(body)["ok"] is True
@@ -112,12 +115,14 @@ def test_http_with_a_token_in_the_header_or_the_query(guarded, tokens):
     assert status == 200
 
 
+@pytest.mark.slow
 def test_healthz_needs_no_token(guarded):
     assert http_get(guarded.http + "/healthz")[:3:2] == (200, b"ok\n")
 
 
 @pytest.mark.parametrize("path", [UPLOAD, "/upload/ws", "/fulab/lab/stream/ws?session=x", "/?path=/etc/passwd",
                                   "/no/such/endpoint"])
+@pytest.mark.slow
 def test_websocket_without_the_right_token_gets_unauthorized_then_1008(guarded, tokens, path):
     for headers in ({}, {"Authorization": "Bearer not-" + tokens["alice"]}):
         with connect(guarded.url + path, additional_headers=headers) as ws:
@@ -130,6 +135,7 @@ def test_websocket_without_the_right_token_gets_unauthorized_then_1008(guarded, 
     assert not list(guarded.root.iterdir())
 
 
+@pytest.mark.slow
 def test_the_token_name_is_recorded_as_the_uploader(guarded, tokens):
     K = edn_format.Keyword
     sample = sample_files()[0]
@@ -155,6 +161,7 @@ def test_the_token_name_is_recorded_as_the_uploader(guarded, tokens):
         assert token not in log
 
 
+@pytest.mark.slow
 def test_refusals_are_logged_without_the_token(guarded, tokens):
     wrong = "not-" + tokens["alice"]
     http_get(guarded.http + "/fulab/lab/sessions?token=" + wrong)
@@ -186,6 +193,7 @@ def test_a_bad_trusted_proxy_is_a_usage_error():
 
 
 @pytest.mark.parametrize("trusted", [True, False])
+@pytest.mark.slow
 def test_forwarded_for_names_the_client_only_behind_a_trusted_proxy(tmp_path, trusted):
     args = ["--trusted-proxy", "127.0.0.1"] if trusted else []
     server = Daemon(tmp_path / "remote", *args).start()
@@ -202,6 +210,7 @@ def test_forwarded_for_names_the_client_only_behind_a_trusted_proxy(tmp_path, tr
         server.stop()
 
 
+@pytest.mark.slow
 def test_fulab_status_sends_the_token_and_says_when_one_is_needed(guarded, tokens):
     def fulab_status(*args, token=None):
         env = {k: v for k, v in os.environ.items() if k != "FULAB_TOKEN"} | ({"FULAB_TOKEN": token} if token else {})
@@ -215,6 +224,7 @@ def test_fulab_status_sends_the_token_and_says_when_one_is_needed(guarded, token
     assert fulab_status("--token", tokens["unnamed"]).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_token_file_others_can_read_is_warned_about(tmp_path, tokens):
     token_file = tmp_path / "tokens"
     token_file.write_text(tokens["alice"] + "\n")

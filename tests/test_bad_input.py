@@ -3,9 +3,9 @@ Hostile and broken clients against the real daemon: random and malformed
 messages (Hypothesis), invalid UTF-8, oversize and garbage frames, half-open
 and slow handshakes, thousands of connections opening and closing.
 
-Afterwards the daemon still answers, every refusal was a documented error,
-nothing was written outside its root, every sidecar parses, and its memory
-stayed bounded.
+After every attack (checked after each test, so in any order) the daemon
+still answers, nothing was written outside its root, every sidecar parses,
+and its memory stayed bounded; every refusal was a documented error.
 """
 
 import json
@@ -24,6 +24,8 @@ from websockets.sync.client import connect
 from fulabd import edn, messages
 from tests.fixtures import Daemon, close_code, frame, handshake_request, open_raw, read_frames
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 EXAMPLES = int(os.environ.get("FULAB_FUZZ_EXAMPLES", "300"))
 CONNECTIONS = int(os.environ.get("FULAB_FUZZ_CONNECTIONS", "2000"))
 MAX_MESSAGE = 1 << 20
@@ -35,11 +37,37 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*\.(jsonl|meta\.edn|par\.ed
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    """One daemon for the whole module: every attack lands on the same process."""
+    """One daemon for the whole module: every attack lands on the same process.  Once they all
+    ran (whichever ran), it stops and leaves only well-formed files in its root."""
     home = tmp_path_factory.mktemp("bad-input")
     server = Daemon(home / "remote", "--max-message-size", str(MAX_MESSAGE), "--handshake-timeout", "2").start()
     yield server
     server.stop()
+    check_files(server, while_running=False)
+
+
+@pytest.fixture(autouse=True)
+def unharmed(daemon):
+    """After each attack, in whatever order they run: the daemon still answers, its memory stayed
+    bounded, and it wrote only inside its root."""
+    yield
+    assert ping(daemon)["type"] == "pong"
+    rss = daemon.rss()
+    assert rss < RSS_BOUND, f"daemon RSS {rss >> 20} MB after the attacks"
+    check_files(daemon, while_running=True)
+
+
+def check_files(daemon, while_running: bool):
+    """Only session files directly in the root, with safe names, and every sidecar parses.  While the
+    daemon runs, a sidecar may be mid-rewrite (`<name>.tmp`, renamed over it at once)."""
+    home = daemon.root.parent
+    assert [path.name for path in home.iterdir()] == ["remote"]
+    for path in daemon.root.rglob("*"):
+        assert path.parent == daemon.root and path.is_file(), path
+        name = path.name[:-len(".tmp")] if while_running and path.name.endswith(".edn.tmp") else path.name
+        assert SAFE_NAME.match(name) and len(path.name) < 200, path.name
+        if path.name.endswith(".edn"):
+            edn_format.loads(path.read_text("utf-8"))
 
 
 def ping(daemon) -> dict:
@@ -200,18 +228,3 @@ def test_thousands_of_connections_opening_and_closing(daemon):
         count = orjson.loads(ws.recv(timeout=30))["count"]
     stored = (daemon.root / "churn.jsonl").read_bytes()
     assert stored == b"".join(b"%d\n" % n for n in range(count))
-
-
-def test_afterwards_the_daemon_is_up_bounded_and_wrote_only_inside_its_root(daemon):
-    """Runs last in this module: the state after every attack above."""
-    assert ping(daemon)["type"] == "pong"
-    rss = daemon.rss()
-    assert rss < RSS_BOUND, f"daemon RSS {rss >> 20} MB after the attacks"
-    home = daemon.root.parent
-    assert [path.name for path in home.iterdir()] == ["remote"]
-    daemon.stop()
-    for path in daemon.root.rglob("*"):
-        assert path.parent == daemon.root and path.is_file(), path
-        assert SAFE_NAME.match(path.name) and len(path.name) < 200, path.name
-        if path.name.endswith(".edn"):
-            edn_format.loads(path.read_text("utf-8"))

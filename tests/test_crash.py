@@ -56,8 +56,9 @@ def test_torn_multi_megabyte_last_line_recovers_across_read_chunks(tmp_path):
     source = derived_session(tmp_path / "source.jsonl", 4 << 20, seed=7, big_lines=1, big_line_size=3 << 20)
     data = source.read_bytes()
     # The derived session ends with a big line: cut the file right after it.
-    big_end = max(range(len(data.split(b"\n")) - 1), key=lambda i: len(data.split(b"\n")[i]))
-    data = b"\n".join(data.split(b"\n")[:big_end + 1]) + b"\n"
+    lines = data.split(b"\n")
+    big_end = max(range(len(lines) - 1), key=lambda i: len(lines[i]))
+    data = b"\n".join(lines[:big_end + 1]) + b"\n"
     whole = data[:data.rstrip(b"\n").rfind(b"\n") + 1]
     last = len(data) - len(whole)
     assert last > READ_CHUNK + 2
@@ -70,6 +71,7 @@ def test_torn_multi_megabyte_last_line_recovers_across_read_chunks(tmp_path):
         assert recovered(tmp_path, "s") == (whole.count(b"\n"), whole), cut
 
 
+@pytest.mark.slow
 def test_daemon_restarted_on_a_torn_file_resumes_and_the_resend_completes_it(tmp_path):
     sample = max(real_sample_files(), key=lambda path: path.stat().st_size)
     lines = sample_lines(sample)
@@ -99,6 +101,7 @@ def test_daemon_restarted_on_a_torn_file_resumes_and_the_resend_completes_it(tmp
         daemon.stop()
 
 
+@pytest.mark.slow
 def test_sidecars_are_read_back_after_a_crash(daemon):
     """After SIGKILL and restart the daemon knows the session's metadata and PARs as they were."""
     par = {"id": "par-1", "title": "t", "tags": ["a", "b"]}
@@ -161,6 +164,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_meta_written_while_the_writer_is_killed_is_always_old_or_new(tmp_path):
     """SIGKILL a process rewriting a sidecar in a loop, at random moments: the sidecar always parses."""
     path = tmp_path / "s.meta.edn"

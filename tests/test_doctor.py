@@ -38,6 +38,7 @@ def tls_daemon_with(tmp_path, ca, **issue) -> Daemon:
                   "--tls-cert", str(cert), "--tls-key", str(key)).start()
 
 
+@pytest.mark.slow
 def test_all_green_over_plain_ws(daemon, capsys):
     code, lines = doctor(capsys, daemon.url + "/fulab/lab/upload/ws")
     assert code == 0, lines
@@ -46,6 +47,7 @@ def test_all_green_over_plain_ws(daemon, capsys):
         "[ok] upload path /upload/ws", "[ok] listings", "[ok] status", "all checks passed"]
 
 
+@pytest.mark.slow
 def test_all_green_over_direct_tls(tls_daemon, ca, capsys):
     code, lines = doctor(capsys, f"wss://localhost:{tls_daemon.tls_port}/fulab/lab/upload/ws",
                          "--cafile", str(ca.root_path))
@@ -56,6 +58,7 @@ def test_all_green_over_direct_tls(tls_daemon, ca, capsys):
     assert any(line.startswith("[ok] status:") and "tls:0:interface=127.0.0.1" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_all_green_through_nginx(nginx, ca, capsys):
     code, lines = doctor(capsys, nginx.url + "/fulab/lab/upload/ws", "--cafile", str(ca.root_path))
     assert code == 0, lines
@@ -63,6 +66,7 @@ def test_all_green_through_nginx(nginx, ca, capsys):
     assert "[ok] upload path /upload/ws: accepts uploads" in "\n".join(lines)
 
 
+@pytest.mark.slow
 def test_daemon_down(tmp_path, capsys):
     server = Daemon(tmp_path / "remote").start()
     server.stop()
@@ -72,6 +76,7 @@ def test_daemon_down(tmp_path, capsys):
                                      "nothing listens there. Start the daemon (systemctl start fulabd)")
 
 
+@pytest.mark.slow
 def test_wrong_path_at_the_daemon(daemon, capsys):
     code, lines = doctor(capsys, daemon.url + "/fulab/upload/ws")
     assert code == 1
@@ -79,6 +84,7 @@ def test_wrong_path_at_the_daemon(daemon, capsys):
                               "uploads go to /fulab/lab/upload/ws")
 
 
+@pytest.mark.slow
 def test_wrong_path_through_nginx_is_a_404(nginx, ca, capsys):
     code, lines = doctor(capsys, nginx.url + "/lab/upload/ws", "--cafile", str(ca.root_path))
     assert code == 1
@@ -86,6 +92,7 @@ def test_wrong_path_through_nginx_is_a_404(nginx, ca, capsys):
                                      "/lab/upload/ws on this host")
 
 
+@pytest.mark.slow
 def test_nginx_without_the_old_paths_warns_about_upload_ws(tmp_path, daemon, ca, capsys):
     cert, key = ca.issue("nginx")
     proxy = Nginx(tmp_path / "nginx-plain", daemon.port, cert, key).start()
@@ -98,6 +105,7 @@ def test_nginx_without_the_old_paths_warns_about_upload_ws(tmp_path, daemon, ca,
             in "\n".join(lines))
 
 
+@pytest.mark.slow
 def test_nginx_dropping_the_upgrade_headers(tmp_path, daemon, ca, capsys):
     """The usual nginx mistake: no Upgrade/Connection headers, so the daemon sees a plain GET."""
     cert, key = ca.issue("nginx")
@@ -111,6 +119,7 @@ def test_nginx_dropping_the_upgrade_headers(tmp_path, daemon, ca, capsys):
                                      "request without its Upgrade header: a proxy in between drops it. nginx needs")
 
 
+@pytest.mark.slow
 def test_nginx_up_backend_down_is_a_502(nginx, daemon, ca, capsys):
     daemon.stop()
     code, lines = doctor(capsys, nginx.url + "/fulab/lab/upload/ws", "--cafile", str(ca.root_path))
@@ -119,6 +128,7 @@ def test_nginx_up_backend_down_is_a_502(nginx, daemon, ca, capsys):
                                      "the daemon behind it is not answering: start it (systemctl start fulabd)")
 
 
+@pytest.mark.slow
 def test_expired_certificate(tmp_path, ca, capsys):
     server = tls_daemon_with(tmp_path, ca, days=-3, start_days=-60)
     try:
@@ -131,6 +141,7 @@ def test_expired_certificate(tmp_path, ca, capsys):
                     r"\(\S+\): renew it \(certbot renew\)", failure(lines)), lines
 
 
+@pytest.mark.slow
 def test_certificate_for_another_host(tmp_path, ca, capsys):
     server = tls_daemon_with(tmp_path, ca, names=("lab.example.org",))
     try:
@@ -142,12 +153,14 @@ def test_certificate_for_another_host(tmp_path, ca, capsys):
                               "URL with one of those names, or get a certificate for localhost")
 
 
+@pytest.mark.slow
 def test_untrusted_chain_says_to_pass_the_ca(tls_daemon, capsys):
     code, lines = doctor(capsys, f"wss://localhost:{tls_daemon.tls_port}/")
     assert code == 1
     assert "served chain of 2" in failure(lines) and "--cafile" in failure(lines)
 
 
+@pytest.mark.slow
 def test_plain_ws_to_the_tls_port(tls_daemon, capsys):
     code, lines = doctor(capsys, f"ws://127.0.0.1:{tls_daemon.tls_port}/")
     assert code == 1
@@ -160,6 +173,7 @@ def test_unresolvable_name(capsys):
     assert failure(lines).startswith("[FAIL] name resolution: cannot resolve fulab-doctor-test.invalid")
 
 
+@pytest.mark.slow
 def test_leaf_without_its_chain_says_to_serve_fullchain(tmp_path, ca, capsys):
     """`cert.pem` (the leaf alone) instead of `fullchain.pem`: clients cannot reach the trusted root."""
     cert, key = ca.issue("leaf-only")
@@ -185,6 +199,7 @@ def test_not_a_websocket_url(capsys):
     assert failure(lines) == "[FAIL] URL: wss://lab.example.org:port/ has no valid port number (1-65535)"
 
 
+@pytest.mark.slow
 def test_token(tmp_path, capsys):
     token = "doctor-test-token-0123456789"
     (tmp_path / "tokens").write_text(f"{token} laptop\n")
@@ -202,6 +217,7 @@ def test_token(tmp_path, capsys):
     assert right[0] == 0, right[1]
 
 
+@pytest.mark.slow
 def test_token_passes_through_nginx(tmp_path, ca, capsys):
     token = "doctor-test-token-0123456789"
     (tmp_path / "tokens").write_text(f"{token} laptop\n")

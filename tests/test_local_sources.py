@@ -11,6 +11,8 @@ import pytest
 from tests.fixtures import SAMPLES, Daemon, get_json, sample_files
 from tests.test_stream_e2e import line_indexes, read_history, receive, refusal, store, viewer
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 CODEX_ID = "019e9625-802f-7e91-840a-cfe88d14117a"
 
 

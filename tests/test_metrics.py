@@ -37,6 +37,7 @@ def quiet(tmp_path):
     server.stop()
 
 
+@pytest.mark.slow
 def test_metrics_follow_an_upload(quiet):
     sample = sample_files()[0]
     lines = sample_lines(sample)
@@ -69,12 +70,14 @@ def test_metrics_follow_an_upload(quiet):
     assert after["fulab_upload_connections"] == 0 and after["fulab_websocket_connections"] == 0
 
 
+@pytest.mark.slow
 def test_healthz_says_ok_while_serving(daemon):
     with urllib.request.urlopen(daemon.http + "/healthz", timeout=30) as response:
         assert response.status == 200 and response.read() == b"ok\n"
         assert response.headers["content-type"].startswith("text/plain")
 
 
+@pytest.mark.slow
 def test_json_logs_carry_the_session_id_as_a_field(tmp_path):
     server = Daemon(tmp_path / "remote", twistd_args=("--logger", "fulabd.logs.json_lines")).start()
     try:

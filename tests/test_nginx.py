@@ -12,6 +12,8 @@ from websockets.sync.client import connect
 
 from tests.fixtures import get_json, sample_files, sample_lines
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 
 def upload_through(nginx, ca, path: str, session_id: str, sample) -> dict:
     with connect(nginx.url + path, ssl=ca.client_context(), max_size=None) as ws:

@@ -1,11 +1,15 @@
 """
-The listener supervisor: real ports, a controlled clock.
+The listener supervisor: real ports, a controlled clock; and, in memory, what
+an idle daemon's supervisor logs.
 """
 
 import socket
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer, endpoints, reactor, task
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.web import resource, server
 
 from fulabd import supervisor
@@ -89,3 +93,62 @@ async def test_self_probe_pings_the_real_port_and_relistens_when_it_does_not_ans
         assert listener.restarts == 1
     finally:
         await defer.maybeDeferred(listener.stopService)
+
+
+def in_memory_listener(lab, probe_endpoint) -> supervisor.ListenerSupervisor:
+    """A supervisor of the in-memory site, on a port of a memory reactor, on the site's clock."""
+    return supervisor.ListenerSupervisor(
+        "tcp:5056:interface=127.0.0.1", endpoints.TCP4ServerEndpoint(MemoryReactor(), 5056, interface="127.0.0.1"),
+        lab.site, lab.clock, interval=10, probe_endpoint=probe_endpoint, probe_headers=lab.gate.probe_headers)
+
+
+def lines_at(events, level: LogLevel) -> list[str]:
+    return [formatEvent(event) for event in events if event["log_level"] >= level]
+
+
+def test_an_idle_daemon_says_where_its_ui_is_then_logs_nothing_while_its_probes_pass(lab):
+    listener = in_memory_listener(lab, lambda address: lab.client_endpoint())
+    with capturedLogs() as starting:
+        listener.startService()
+    assert lines_at(starting, LogLevel.info) == [
+        "listening on tcp:5056:interface=127.0.0.1 (IPv4Address(type='TCP', host='0.0.0.0', port=5056))",
+        "web UI at http://127.0.0.1:5056/fulab/lab/"]
+    with capturedLogs() as idle:
+        for _ in range(60):
+            lab.clock.advance(1)
+            lab.flush()
+    assert (listener.probes, listener.failures) == (6, 0)
+    assert lines_at(idle, LogLevel.debug) == []  # twistd writes debug lines too
+    listener.stopService()
+
+
+def test_a_probe_that_gets_no_answer_is_logged_and_the_port_listened_again(lab):
+    class Unanswered:
+        def connect(self, factory):
+            return defer.Deferred()  # a port that takes the connection and never answers
+
+    listener = in_memory_listener(lab, lambda address: Unanswered())
+    listener.startService()
+    with capturedLogs() as probing:
+        lab.clock.advance(10)
+        lab.clock.advance(supervisor.PROBE_TIMEOUT)
+    assert listener.failures == 1 and listener.port is not None
+    problems = lines_at(probing, LogLevel.warn)
+    assert len(problems) == 1 and "did not answer a WebSocket ping" in problems[0] and "listening again" in problems[0]
+    assert "web UI at" not in " ".join(lines_at(probing, LogLevel.info))  # said once, at start-up
+    listener.stopService()
+
+
+@pytest.mark.parametrize("description, address, url", [
+    ("tcp:5056", ("IPv4", "0.0.0.0", 5056), "http://127.0.0.1:5056/fulab/lab/"),
+    ("tcp6:5056:interface=\\:\\:", ("IPv6", "::", 5056), "http://[::1]:5056/fulab/lab/"),
+    ("tls:5057:interface=0.0.0.0", ("IPv4", "10.0.0.5", 5057), "https://10.0.0.5:5057/fulab/lab/"),
+    ("unix:/run/fulab.sock", ("UNIX", "/run/fulab.sock", None), None),
+])
+def test_the_ui_url_of_each_kind_of_listener(description, address, url):
+    from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+    kind, host, port = address
+    made = {"IPv4": lambda: IPv4Address("TCP", host, port), "IPv6": lambda: IPv6Address("TCP", host, port),
+            "UNIX": lambda: UNIXAddress(host)}[kind]()
+    assert supervisor.ui_url(description, made) == url

@@ -47,12 +47,14 @@ def test_bad_values_are_usage_errors(argv):
         parse(*argv)
 
 
+@pytest.mark.slow
 def test_twistd_lists_the_plugin():
     result = subprocess.run([sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--help"],
                             capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO)})
     assert "fulab" in result.stdout
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_plugin_and_the_ui_but_no_plugin_cache(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                     "-w", str(tmp_path), str(REPO)], check=True, capture_output=True)
@@ -64,6 +66,7 @@ def test_wheel_ships_the_plugin_and_the_ui_but_no_plugin_cache(tmp_path):
     assert "fulabd/store.py" in names
 
 
+@pytest.mark.slow
 def test_status_command_prints_the_running_daemon(daemon, capsys):
     assert admin.main(["status", "--url", daemon.http]) == 0
     out = capsys.readouterr().out
@@ -72,4 +75,4 @@ def test_status_command_prints_the_running_daemon(daemon, capsys):
 
 def test_status_command_says_what_to_do_when_nothing_answers(capsys):
     assert admin.main(["status", "--url", "http://127.0.0.1:9", "--timeout", "5"]) == 1
-    assert "twistd -n fulab" in capsys.readouterr().err
+    assert "twistd -n --pidfile= fulab" in capsys.readouterr().err

@@ -55,6 +55,7 @@ def replace_certificate(ca, live, name: str):
     os.replace(live / "fullchain.pem.new", live / "fullchain.pem")
 
 
+@pytest.mark.slow
 def test_upload_over_wss_with_the_chain_served(daemon_tls, ca):
     sample = sample_files()[0]
     url = f"wss://localhost:{daemon_tls.tls_port}/fulab/lab/upload/ws"
@@ -67,6 +68,7 @@ def test_upload_over_wss_with_the_chain_served(daemon_tls, ca):
     assert [entry["id"] for entry in listing["sessions"]] == ["tls"]
 
 
+@pytest.mark.slow
 def test_status_lists_every_listener_and_the_certificate(daemon_tls):
     status = get_json(daemon_tls.http + "/fulab/lab/status")
     endpoints = [listener["endpoint"] for listener in status["listeners"]]
@@ -75,6 +77,7 @@ def test_status_lists_every_listener_and_the_certificate(daemon_tls):
     assert (status["tls"]["subject"], status["tls"]["chain"]) == ("localhost", 2)
 
 
+@pytest.mark.slow
 def test_status_command_shows_the_certificate(daemon_tls, capsys):
     assert admin.main(["status", "--url", daemon_tls.http]) == 0
     out = capsys.readouterr().out
@@ -104,6 +107,7 @@ def ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.slow
 def test_tls_on_ipv6(tmp_path, ca):
     cert, key = ca.issue("v6", names=("localhost", "::1"))
     server = Daemon(tmp_path / "remote", "--tls-port", "0", "--tls-interface", "::1",
@@ -115,6 +119,7 @@ def test_tls_on_ipv6(tmp_path, ca):
         server.stop()
 
 
+@pytest.mark.slow
 def test_supervisor_self_probe_passes_on_the_tls_port(daemon_tls):
     """The probe speaks TLS to the TLS port: it succeeds and never re-listens."""
     for _ in range(100):  # a successful probe leaves no event but its count: poll, bounded
@@ -127,6 +132,7 @@ def test_supervisor_self_probe_passes_on_the_tls_port(daemon_tls):
     assert (tls_listener["failures"], tls_listener["restarts"]) == (0, 0)
 
 
+@pytest.mark.slow
 def test_listen_adds_any_endpoint(tmp_path):
     socket_path = tmp_path / "fulab.sock"
     server = Daemon(tmp_path / "remote", "--listen", f"unix:{socket_path}").start()
@@ -144,6 +150,7 @@ def test_listen_adds_any_endpoint(tmp_path):
 
 
 @pytest.mark.parametrize("trigger", ["SIGHUP", "file change"])
+@pytest.mark.slow
 def test_certificate_reload_keeps_open_connections(tmp_path, ca, trigger):
     server = tls_daemon(tmp_path, ca, "--tls-check-interval", "0.2" if trigger == "file change" else "0")
     try:
@@ -165,6 +172,7 @@ def test_certificate_reload_keeps_open_connections(tmp_path, ca, trigger):
         print("\n".join(server.log))  # shown by pytest only when the test failed
 
 
+@pytest.mark.slow
 def test_a_broken_renewal_keeps_the_old_certificate(tmp_path, ca):
     server = tls_daemon(tmp_path, ca, "--tls-check-interval", "0")
     try:
@@ -177,6 +185,7 @@ def test_a_broken_renewal_keeps_the_old_certificate(tmp_path, ca):
         server.stop()
 
 
+@pytest.mark.slow
 def test_bad_tls_options_are_refused_with_a_clear_message(tmp_path, ca):
     cert, _ = ca.issue("live")
     other_cert, other_key = ca.issue("other")

@@ -15,6 +15,8 @@ from websockets.sync.client import connect
 
 from tests.fixtures import get_json, sample_files, sample_lines
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 QUESTIONS = {"intention": "Scaffold the TODO app", "happening": "Sub-agents wrote the files",
              "perspectives": "The reviewer wanted fewer reads", "learned": "Narrow briefs help",
              "forward": "List the files first"}

@@ -1,6 +1,7 @@
 """
-The web UI's HTTP side on a real daemon: its static files, and PARs written with
-`POST /fulab/lab/sessions/<id>/pars`, read back from the `.par.edn` sidecar.
+The web UI's HTTP side on a real daemon: where a browser pointed at the port goes,
+its static files, and PARs written with `POST /fulab/lab/sessions/<id>/pars`,
+read back from the `.par.edn` sidecar.
 """
 
 import re
@@ -14,6 +15,8 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.fixtures import get_json, sample_files, sample_lines
+
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
 
 QUESTIONS = {"intention": "Find why resumes stalled", "happening": "The ack came before fsync",
              "perspectives": "The operator saw gaps", "learned": "Ack only when durable",
@@ -55,6 +58,24 @@ def claude_session(daemon):
     entry = get_json(daemon.http + "/fulab/lab/sessions")["sessions"][0]
     assert entry["session-id"] == "team/alpha:1" and entry["id"] != "team/alpha:1"
     return entry
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def test_the_port_itself_redirects_to_the_ui_whose_url_the_daemon_logged(daemon):
+    with pytest.raises(urllib.error.HTTPError) as redirected:
+        urllib.request.build_opener(NoRedirects).open(daemon.http + "/", timeout=30)
+    assert redirected.value.code == 302 and redirected.value.headers["location"] == "/fulab/lab/"
+    status, headers, body = fetch(daemon.http + "/")
+    assert status == 200 and headers["content-type"].startswith("text/html") and b"<html" in body.lower()
+    with pytest.raises(urllib.error.HTTPError) as other:
+        fetch(daemon.http + "/?x=1")  # only the bare port redirects; `/?path=` is the old viewers' WebSocket
+    assert other.value.code == 404
+    logged = daemon.wait_for_log(r"web UI at ")
+    assert logged.endswith(f"web UI at http://127.0.0.1:{daemon.port}/fulab/lab/")
 
 
 def test_ui_files_are_served_under_the_prefix_without_external_references(daemon):

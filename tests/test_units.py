@@ -19,6 +19,7 @@ INSTALLED = {"fulabd.service": "/opt/fulabd/bin/twistd",
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("unit", sorted(INSTALLED))
+@pytest.mark.slow
 def test_unit_verifies(tmp_path, unit):
     text = (REPO / "etc" / "systemd" / unit).read_text()
     assert INSTALLED[unit] in text

@@ -19,6 +19,8 @@ from fulabd.store import safe_id
 from fulabd.uploader.identity import identify
 from tests.fixtures import SAMPLES, CuttableProxy, Daemon, Uploader, sample_files
 
+pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
+
 UPLOAD = "/fulab/lab/upload/ws"
 
 

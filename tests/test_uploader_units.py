@@ -1,6 +1,6 @@
 """
-The uploader's parts in memory: tailing files, telling sessions apart, and one
-session's sender against a scripted server (a deterministic Clock, no network).
+The uploader's parts in memory: tailing files, telling sessions apart, and what a
+sender sends a server too old to know `resume` (a deterministic Clock, no network).
 """
 
 import os
@@ -9,7 +9,7 @@ import orjson
 from twisted.internet.task import Clock
 
 from fulabd.uploader.identity import NotReady, identify
-from fulabd.uploader.sender import BLOCKED, STREAMING, Budget, Sender
+from fulabd.uploader.sender import Budget, Sender
 from fulabd.uploader.tail import LineReader, Replaced
 from tests.fixtures import SAMPLES, sample_files
 
@@ -131,45 +131,18 @@ def test_generations_are_named_and_point_at_the_first():
     assert second.meta["parent-session-id"] == "fe5e1c67-53e7-4862-81ae-d0e013e3270b"
 
 
-# One session's sender against a scripted server.
+# What a sender sends an old server (the Clojure lab-ws, which cannot run here); the rest of the
+# sender's behaviour is tested against the real server in test_uploader_protocol.py.
 
-class ScriptedServer:
-    """Holds lines like the real server (by index), and answers only when told to."""
+class OldServer:
+    """Takes messages and answers none of them by itself (the test answers for it)."""
 
-    legacy = False
-
-    def __init__(self, lines=()):
-        self.lines = list(lines)
+    def __init__(self, legacy=False):
+        self.legacy = legacy
         self.pending = []
-        self.sent_bytes = []
 
     def send(self, payload, on_reply):
-        self.sent_bytes.append(len(payload))
         self.pending.append((orjson.loads(payload), on_reply))
-
-    def answer(self, limit=None):
-        answered = 0
-        while self.pending and (limit is None or answered < limit):
-            message, on_reply = self.pending.pop(0)
-            on_reply(self.reply(message))
-            answered += 1
-        return answered
-
-    def reply(self, message):
-        session = message["session-id"]
-        if message["type"] == "resume":
-            return {"type": "ack", "session-id": session, "count": len(self.lines), "resume": True}
-        seq = message.get("seq", 0)
-        events = message["events"]
-        if seq > len(self.lines):
-            return {"type": "error", "err": "gap", "expected": len(self.lines)}
-        for index, event in enumerate(events[:len(self.lines) - seq]):
-            if self.lines[seq + index] != event:
-                return {"type": "error", "err": "conflict", "line": seq + index, "detail": "differs"}
-        new = events[len(self.lines) - seq:]
-        self.lines.extend(new)
-        return {"type": "ack", "session-id": session, "count": len(self.lines), "appended": len(new),
-                "dedup": not new}
 
 
 class Events:
@@ -193,88 +166,10 @@ def write_lines(path, count, start=0):
             out.write(orjson.dumps({"line": index, "pad": "p" * 80}) + b"\n")
 
 
-def test_window_bounds_what_is_in_flight_however_big_the_file(tmp_path):
-    path = tmp_path / "s.jsonl"
-    write_lines(path, 5000)
-    server = ScriptedServer()
-    sender, _ = make_sender(path, Budget(max_bytes=10_000, max_batches=4), frame=2000)
-    sender.attach(server)
-    server.answer(1)
-    most = 0
-    while server.pending:
-        most = max(most, len(server.pending), sum(batch.size for batch in sender.inflight))
-        assert len(server.pending) <= 4 and sum(batch.size for batch in sender.inflight) < 10_000 + 2000
-        server.answer(1)
-    assert server.lines == path.read_bytes().decode().split("\n")[:-1]
-    assert max(server.sent_bytes) < 2000 * 1.1 + 200
-    assert sender.caught_up and sender.state == STREAMING
-
-
-def test_reconnect_resumes_from_the_server_count_with_checks(tmp_path):
-    path = tmp_path / "s.jsonl"
-    write_lines(path, 50)
-    lines = path.read_bytes().decode().split("\n")[:-1]
-    server = ScriptedServer(lines[:30])
-    sender, _ = make_sender(path)
-    sender.attach(server)
-    server.answer(1)
-    checks = [message for message, _ in server.pending]
-    assert [(check["seq"], check["events"]) for check in checks] == [(i, [lines[i]]) for i in (0, 3, 7, 11, 15, 18, 22, 26)]
-    server.answer(8)  # nothing new is sent before every check is acknowledged
-    overlap = server.pending[0][0]
-    assert overlap["seq"] == 29 and overlap["events"][0] == lines[29]
-    server.answer()
-    assert server.lines == lines
-    server.lines = server.lines[:45]
-    sender.detach()
-    sender.attach(server)
-    server.answer(1)
-    assert [message["seq"] for message, _ in server.pending] == [0]
-    server.answer(1)
-    assert [message["seq"] for message, _ in server.pending] == [44]
-    server.answer()
-    assert server.lines == lines
-
-
-@pytest.mark.parametrize("file_lines, server_holds", [
-    (50, lambda lines: lines[:20] + ["changed"] + lines[21:40]),  # rewritten between the first and last stored
-    (20, lambda lines: ["something else"] * 10),                   # another file's lines
-    (5, lambda lines: lines + ['{"line": 5}']),                    # more lines than the file has
-], ids=["rewritten-in-the-middle", "other-lines", "more-lines-than-the-file"])
-def test_a_server_copy_that_disagrees_is_a_conflict_not_a_splice(tmp_path, file_lines, server_holds):
-    path = tmp_path / "s.jsonl"
-    write_lines(path, file_lines)
-    held = server_holds(path.read_bytes().decode().split("\n")[:-1])
-    server = ScriptedServer(list(held))
-    sender, events = make_sender(path)
-    sender.attach(server)
-    server.answer()
-    assert sender.state == BLOCKED
-    assert [event[0] for event in events.seen if event[0] != "idle"] == ["conflict"]
-    assert server.lines == held
-
-
-def test_a_refused_batch_is_resent_after_a_fresh_resume(tmp_path):
-    path = tmp_path / "s.jsonl"
-    write_lines(path, 40)
-    server = ScriptedServer()
-    sender, events = make_sender(path, frame=500)
-    sender.attach(server)
-    server.answer(1)
-    message, on_reply = server.pending.pop(0)
-    on_reply({"type": "error", "err": "storage-failed", "detail": "disk"})
-    server.answer()
-    assert ("error", {"type": "error", "err": "storage-failed", "detail": "disk"}, False) in events.seen
-    sender.clock.advance(5)
-    server.answer()
-    server.answer()
-    assert server.lines == path.read_bytes().decode().split("\n")[:-1]
-
-
 def test_an_old_server_without_resume_gets_init_and_events(tmp_path):
     path = tmp_path / "s.jsonl"
     write_lines(path, 3)
-    server = ScriptedServer()
+    server = OldServer()
     sender, _ = make_sender(path, frame=100)
     sender.attach(server)
     message, on_reply = server.pending.pop(0)
@@ -282,35 +177,6 @@ def test_an_old_server_without_resume_gets_init_and_events(tmp_path):
     kinds = [message["type"] for message, _ in server.pending]
     assert kinds[0] == "init" and set(kinds[1:]) == {"event"}
     assert [m.get("seq") for m, _ in server.pending[1:]] == [1, 2]
-
-
-def test_stop_waits_for_the_acks_in_flight_and_sends_nothing_new(tmp_path):
-    from fulabd.uploader.uploads import STOP_TIMEOUT, Uploads
-
-    path = tmp_path / "s.jsonl"
-    write_lines(path, 200)
-    clock = Clock()
-    uploads = Uploads(clock, Events(), source="codex", budget=Budget(max_batches=2), max_frame_bytes=1000)
-    server = ScriptedServer()
-    uploads.track(path)
-    uploads.connected(server)
-    server.answer(1)
-    assert len(server.pending) == 2
-    stopped = uploads.stop()
-    assert not stopped.called
-    server.answer()
-    assert stopped.result is True
-    assert 0 < len(server.lines) < 200 and not server.pending
-
-    uploads = Uploads(clock, Events(), source="codex", max_frame_bytes=1000)
-    uploads.track(path)
-    silent = ScriptedServer()
-    uploads.connected(silent)
-    silent.answer(1)
-    stopped = uploads.stop()
-    assert not stopped.called
-    clock.advance(STOP_TIMEOUT)
-    assert stopped.result is False
 
 
 def test_a_server_that_ignores_resume_is_told_by_the_pong_of_a_probe():
@@ -338,8 +204,7 @@ def test_a_server_that_ignores_resume_is_told_by_the_pong_of_a_probe():
 def test_on_a_legacy_connection_a_session_goes_from_its_start_without_resume(tmp_path):
     path = tmp_path / "s.jsonl"
     write_lines(path, 3)
-    server = ScriptedServer()
-    server.legacy = True
+    server = OldServer(legacy=True)
     sender, events = make_sender(path, frame=100)
     sender.attach(server)
     assert [message["type"] for message, _ in server.pending] == ["init", "event", "event"]
