@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from fulabd import endpoints
 from fulabd.netaddr import TrustedProxies, host_of
 from fulabd.origins import Origins
-from fulabd.tokens import ANYONE, Principal, Tokens, presented_token, refusal_detail
+from fulabd.tokens import ANYONE, UPLOAD, Principal, Tokens, presented_token, refusal_detail
 
 SELF_PROBE = "self-probe"
 UNAUTHORIZED_DETAIL = ("this server needs an access token: send the header `Authorization: Bearer TOKEN` "
@@ -122,7 +122,7 @@ class Gate:
         self.websockets_open = 0
         self._ignored_proxies: set[str] = set()
         secret = secrets.token_urlsafe(32)
-        self._probe = Principal(SELF_PROBE, frozenset({endpoints.UPLOAD}))
+        self._probe = Principal(SELF_PROBE, frozenset({UPLOAD}))
         self._probe_tokens = Tokens({secret: self._probe})
         self.probe_headers = {"Authorization": f"Bearer {secret}"}
 

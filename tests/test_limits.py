@@ -3,6 +3,8 @@ The daemon's limits, on a real daemon: connection caps, handshake and ping
 timeouts, the free-disk floor, and the self-probe getting through all of them.
 """
 
+import contextlib
+import http.client
 import os
 import secrets
 import socket
@@ -13,7 +15,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.fixtures import Daemon, frame, get_json, open_raw, read_frames, sample_files, sample_lines
+from tests.fixtures import Daemon, frame, open_raw, read_frames, sample_files, sample_lines
 
 pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
 
@@ -72,15 +74,22 @@ def test_the_self_probe_gets_through_tokens_and_full_caps(tmp_path):
     server = Daemon(tmp_path / "remote", "--token-file", str(tmp_path / "tokens"), "--max-connections", "1",
                     "--restart-interval", "0.2").start()
     try:
-        with connect(server.url + UPLOAD + "?token=" + token):
+        # The one connection allowed: a keep-alive HTTP connection (they count too), asking the status on it.
+        with contextlib.closing(http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)) as held:
+            def read_status() -> dict:
+                held.request("GET", "/fulab/lab/status?token=" + token)
+                return orjson.loads(held.getresponse().read())
+
             def probes() -> int:  # passing probes log nothing: the status counts them
-                return get_json(server.http + "/fulab/lab/status?token=" + token)["listeners"][0]["probes"]
+                return read_status()["listeners"][0]["probes"]
 
             wanted, deadline = probes() + 3, time.monotonic() + 60
+            with pytest.raises(InvalidStatus):
+                connect(server.url + UPLOAD + "?token=" + token)  # the caps are full
             while probes() < wanted:
                 assert time.monotonic() < deadline, "the self-probe did not pass three times in 60 s"
                 time.sleep(0.1)
-        status = get_json(server.http + "/fulab/lab/status?token=" + token)
+            status = read_status()
         assert status["restarts"] == 0 and all(port["failures"] == 0 for port in status["listeners"])
         assert not any("did not answer" in line or "Bearer" in line for line in server.log)
     finally:
