@@ -14,6 +14,9 @@ from twisted.web import resource
 
 from fulabd import endpoints, tokens, web
 from fulabd.access import ConnectionLimits, Gate, Head
+from fulabd.catalog import NotInside, open_inside
+from fulabd.hub import Hub
+from fulabd.local import LocalSources, index_file
 from fulabd.netaddr import TrustedProxies, parse_network
 from fulabd.origins import Origins, normalize
 
@@ -168,3 +171,32 @@ def test_waiting_connections_are_capped_and_released():
     assert third.disconnected and lab.gate.refused["over-limit"] == 1 and sum(limits.waiting.values()) == 2
     first.connectionLost(Failure(ConnectionDone()))
     assert sum(limits.waiting.values()) == 1
+
+
+# -- the viewer serves the file it checked ------------------------------------------------------
+
+def test_open_inside_checks_the_file_opened_not_the_name(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "secret.jsonl"
+    root.mkdir()
+    outside.write_bytes(b'{"secret":1}\n')
+    (root / "real.jsonl").write_bytes(b"{}\n")
+    (root / "inner.jsonl").symlink_to(root / "real.jsonl")
+    (root / "escape.jsonl").symlink_to(outside)
+    with open_inside(str(root / "inner.jsonl"), [str(root)]) as f:
+        assert f.read() == b"{}\n"
+    with pytest.raises(NotInside):
+        open_inside(str(root / "escape.jsonl"), [str(root)])
+
+
+def test_a_local_session_swapped_for_a_symlink_after_indexing_serves_nothing(tmp_path):
+    root, outside = tmp_path / "codex", tmp_path / "secret.jsonl"
+    root.mkdir()
+    path = root / "rollout.jsonl"
+    path.write_bytes(b'{"type":"session_meta"}\n{"n":1}\n')
+    outside.write_bytes(b'{"secret":"a"}\n{"secret":"b"}\n')
+    sources = LocalSources([("codex", str(root))], Hub(), Clock())
+    session = index_file(str(path), "codex")
+    assert sources.read_lines(session, 0) == [b'{"type":"session_meta"}', b'{"n":1}']
+    path.unlink()
+    path.symlink_to(outside)  # the swap, after the catalog's check of the name
+    assert sources.read_lines(session, 0) == []
