@@ -60,6 +60,7 @@ class Decision:
     code: int = 0
     err: str = ""
     detail: str = ""
+    own_origin: str | None = None   # the daemon's origin as this client reached it (for the UI's CSP)
 
     @property
     def refused(self) -> bool:
@@ -153,12 +154,13 @@ class Gate:
         params = head.params
         endpoint = endpoints.classify(head.method.upper(), head.path, params, head.upgrade, self.ui_files)
         principal = self.principal(head.headers.get("authorization"), (params.get("token") or [None])[-1])
+        own = self.origins.own(head)
 
         def refuse(code: int, err: str, detail: str, why: str) -> Decision:
             self.refused[err] += 1
             self._log.info("refused {method} {path} from {peer}: {why}", method=head.method.decode("latin-1"),
                            path=head.path, peer=address, why=why)
-            return Decision(principal, address, endpoint, code, err, detail)
+            return Decision(principal, address, endpoint, code, err, detail, own)
 
         public = endpoint in (endpoints.HEALTH, endpoints.UI_FILE)
         if principal is None and not public:
@@ -178,7 +180,7 @@ class Gate:
         if principal is not None and endpoint.scope is not None and not principal.may(endpoint.scope):
             return refuse(403, "forbidden", refusal_detail(endpoint.scope),
                           f"{principal.name} lacks the {endpoint.scope} scope")
-        return Decision(principal or ANYONE_PUBLIC, address, endpoint)
+        return Decision(principal or ANYONE_PUBLIC, address, endpoint, own_origin=own)
 
     def count(self, decision: Decision) -> Decision:
         """A connection's first head let through: count it against the caps (not the self-probe), or 503."""

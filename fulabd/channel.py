@@ -31,9 +31,11 @@ SECURITY_HEADERS = {
 }
 
 
-def content_security_policy(host: bytes) -> bytes:
-    """The UI's CSP: itself only; WebSockets to the same host (`connect-src 'self'` does not cover ws: everywhere)."""
-    sockets = b"" if not host or any(c in host for c in b" ;,'\"") else b" ws://" + host + b" wss://" + host
+def content_security_policy(origin: str | None) -> bytes:
+    """The UI's CSP: itself only; WebSockets to the daemon's own host (older browsers' `connect-src 'self'`
+    does not cover ws:), as the client reached it (behind a trusted proxy, its X-Forwarded-Host)."""
+    host = origin.partition("://")[2].encode() if origin else b""
+    sockets = b" ws://" + host + b" wss://" + host if host else b""
     return (b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             b"connect-src 'self'" + sockets + b"; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
@@ -55,7 +57,7 @@ class GatedRequest(server.Request):
     def process(self):
         for name, value in SECURITY_HEADERS.items():
             self.setHeader(name, value)
-        self.setHeader(b"content-security-policy", content_security_policy(self.getHeader(b"host") or b""))
+        self.setHeader(b"content-security-policy", content_security_policy(self.decision.own_origin))
         super().process()
 
     def render(self, resrc):

@@ -8,15 +8,18 @@ is not a browser page's and is not judged here.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"http": "80", "https": "443"}
+HOST = re.compile(r"[a-z0-9.-]+|[0-9a-f:.]+")  # a name or an address (IPv6 without its brackets)
 
 
 def normalize(origin: str) -> str | None:
     """`scheme://host[:port]` lower-cased, the scheme's default port dropped; None if it is not one."""
     parts = urlsplit(origin.strip().lower())
-    if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path or parts.query:
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path or parts.query or \
+            not HOST.fullmatch(parts.hostname):
         return None
     try:
         port = parts.port

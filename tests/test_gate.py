@@ -11,6 +11,7 @@ import secrets
 import shutil
 import socket
 import threading
+import urllib.request
 from urllib.parse import quote
 
 import orjson
@@ -432,6 +433,9 @@ def test_behind_the_shipped_nginx_the_ui_origin_is_its_own(tmp_path, ca):
             assert orjson.loads(ws.recv(timeout=30))["type"] == "init"
         with connect(stream, ssl=ca.client_context(), origin="https://localhost") as ws:  # the port differs
             assert orjson.loads(ws.recv(timeout=30))["err"] == "unauthorized"
+        with urllib.request.urlopen(own + "/fulab/lab/", context=ca.client_context(), timeout=30) as page:
+            host = own.partition("://")[2]
+            assert f"connect-src 'self' ws://{host} wss://{host};" in page.headers["content-security-policy"]
     finally:
         proxy.stop()
         server.stop()

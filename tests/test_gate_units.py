@@ -15,6 +15,7 @@ from twisted.web import resource
 from fulabd import endpoints, tokens, web
 from fulabd.access import ConnectionLimits, Gate, Head
 from fulabd.catalog import NotInside, open_inside
+from fulabd.channel import content_security_policy
 from fulabd.hub import Hub
 from fulabd.local import LocalSources, index_file
 from fulabd.netaddr import TrustedProxies, parse_network
@@ -109,6 +110,13 @@ def test_normalize_drops_default_ports_and_refuses_non_origins():
     assert normalize("HTTPS://Lab.Example.org:443") == "https://lab.example.org"
     assert normalize("http://[::1]:80") == "http://[::1]"
     assert normalize("https://lab.example.org/path") is None and normalize("file://x") is None
+    assert normalize("http://a; script-src *") is None  # a Host header cannot write into the CSP
+
+
+def test_the_csp_names_the_host_the_client_used_or_none():
+    assert b"connect-src 'self' ws://127.0.0.1:5056 wss://127.0.0.1:5056;" in content_security_policy(
+        "http://127.0.0.1:5056")
+    assert b"connect-src 'self';" in content_security_policy(None)
 
 
 # -- the site over an in-memory transport -------------------------------------------------------
