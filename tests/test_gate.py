@@ -439,3 +439,21 @@ def test_behind_the_shipped_nginx_the_ui_origin_is_its_own(tmp_path, ca):
     finally:
         proxy.stop()
         server.stop()
+
+
+def test_the_healthz_bypass_is_closed_on_the_tls_port_too(tmp_path, ca, tokens):
+    cert, key = ca.issue("live")
+    server = Daemon(tmp_path / "remote", "--token-file", token_file(tmp_path, tokens), "--tls-port", "0",
+                    "--tls-interface", "127.0.0.1", "--tls-cert", str(cert), "--tls-key", str(key)).start()
+    try:
+        with connect(server.url + UPLOAD, additional_headers=bearer(tokens["uploader"])) as ws:
+            call(ws, {"type": "init", "session-id": SESSION, "events": ["x"]})
+        stored = quote(str(server.root / f"{SESSION}.jsonl"))
+        for query in (f"?path={stored}", f"?session={SESSION}"):
+            with connect(f"wss://localhost:{server.tls_port}/healthz{query}", ssl=ca.client_context()) as ws:
+                assert orjson.loads(ws.recv(timeout=30))["err"] == "unauthorized"
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=30)
+                assert closed.value.rcvd.code == 1008
+    finally:
+        server.stop()

@@ -9,6 +9,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web import resource
 
@@ -20,6 +21,7 @@ from fulabd.hub import Hub
 from fulabd.local import LocalSources, index_file
 from fulabd.netaddr import TrustedProxies, parse_network
 from fulabd.origins import Origins, normalize
+from fulabd.tap import Options
 
 ALICE, READER = "a" * 20, "r" * 20
 
@@ -208,3 +210,11 @@ def test_a_local_session_swapped_for_a_symlink_after_indexing_serves_nothing(tmp
     path.unlink()
     path.symlink_to(outside)  # the swap, after the catalog's check of the name
     assert sources.read_lines(session, 0) == []
+
+
+def test_a_bad_allowed_origin_is_a_usage_error():
+    with pytest.raises(usage.UsageError, match="is not an origin"):
+        Options().parseOptions(["--allowed-origin", "lab.example.org"])
+    options = Options()
+    options.parseOptions(["--allowed-origin", "https://lab.example.org", "--allowed-origin", "http://b:8080"])
+    assert options["allowed-origins"] == ["https://lab.example.org", "http://b:8080"]
