@@ -6,6 +6,7 @@ bypass, work before the gate (a 2 GB POST), the token in the log from a HEAD,
 cross-site requests, missing browser hardening, equal tokens.
 """
 
+import contextlib
 import http.client
 import secrets
 import shutil
@@ -249,14 +250,26 @@ def test_security_headers_on_every_response(guarded, tokens):
 
 # -- Origin ---------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def stopping(process):
+    """A started `Daemon` or `Nginx`, stopped when the `with` block ends."""
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def running(*args, **kw):
+    return stopping(Daemon(*args, **kw).start())
+
+
 def par_post(server, headers: dict, title: str = "from a page"):
     return request(server, "POST", f"/fulab/lab/sessions/{SESSION}/pars",
                    {"Content-Type": "application/json"} | headers, orjson.dumps({"title": title}))
 
 
 def test_pages_of_other_origins_are_refused_and_clients_without_origin_are_not(tmp_path):
-    server = Daemon(tmp_path / "remote", "--allowed-origin", "https://lab.example.org").start()
-    try:
+    with running(tmp_path / "remote", "--allowed-origin", "https://lab.example.org") as server:
         own = f"http://127.0.0.1:{server.port}"
         with connect(server.url + UPLOAD) as ws:  # no Origin: the uploader, curl, Emacs
             assert call(ws, {"type": "init", "session-id": SESSION, "events": ["x"]})["count"] == 1
@@ -281,20 +294,15 @@ def test_pages_of_other_origins_are_refused_and_clients_without_origin_are_not(t
         assert request(server, "GET", "/fulab/lab/sessions", {"Origin": "http://evil.example"})[0] == 200
         pars = orjson.loads(request(server, "GET", f"/fulab/lab/sessions/{SESSION}/pars")[2])["pars"]
         assert [par["title"] for par in pars] == ["own page", "allowed page", "curl"]
-    finally:
-        server.stop()
 
 
 def test_behind_a_trusted_proxy_the_forwarded_host_and_scheme_are_the_origin(tmp_path):
-    server = Daemon(tmp_path / "remote", "--trusted-proxy", "127.0.0.1").start()
-    try:
+    with running(tmp_path / "remote", "--trusted-proxy", "127.0.0.1") as server:
         with connect(server.url + UPLOAD) as ws:
             call(ws, {"type": "init", "session-id": SESSION, "events": ["x"]})
         proxied = {"X-Forwarded-Host": "lab.example.org", "X-Forwarded-Proto": "https"}
         assert par_post(server, proxied | {"Origin": "https://lab.example.org"})[0] == 201
         assert par_post(server, proxied | {"Origin": f"http://127.0.0.1:{server.port}"})[0] == 403
-    finally:
-        server.stop()
 
 
 # -- scopes and ownership -------------------------------------------------------------------------
@@ -327,8 +335,7 @@ def test_an_upload_token_adds_only_to_its_own_sessions(tmp_path, tokens):
     with connect(open_server.url + UPLOAD) as ws:
         assert call(ws, {"type": "init", "session-id": "nobodys", "events": ["a"]})["count"] == 1
     open_server.stop()
-    server = Daemon(root, "--token-file", token_file(tmp_path, tokens)).start()
-    try:
+    with running(root, "--token-file", token_file(tmp_path, tokens)) as server:
         with connect(server.url + UPLOAD, additional_headers=bearer(tokens["uploader"])) as ws:
             assert call(ws, {"type": "init", "session-id": "mine", "events": ["a"]})["count"] == 1
         with connect(server.url + UPLOAD, additional_headers=bearer(tokens["bob"])) as ws:
@@ -346,15 +353,12 @@ def test_an_upload_token_adds_only_to_its_own_sessions(tmp_path, tokens):
         owners = {entry["session-id"]: entry.get("uploader") for entry in listing["sessions"]}
         assert owners == {"mine": "uploader", "bobs": "bob", "nobodys": None}  # adding to it did not squat it
         assert (root / "mine.jsonl").read_bytes() == b"a\nb\n"
-    finally:
-        server.stop()
 
 
 # -- connections ----------------------------------------------------------------------------------
 
 def test_http_connections_count_against_the_caps(tmp_path):
-    server = Daemon(tmp_path / "remote", "--max-connections-per-ip", "2", "--restart-interval", "600").start()
-    try:
+    with running(tmp_path / "remote", "--max-connections-per-ip", "2", "--restart-interval", "600") as server:
         held = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=30) for _ in range(2)]
         for connection in held:  # keep-alive: each stays open after its answer
             connection.request("GET", "/fulab/lab/sessions")
@@ -368,8 +372,6 @@ def test_http_connections_count_against_the_caps(tmp_path):
         held.pop().close()
         with connect_when_free(server) as ws:
             assert call(ws, {"type": "ping"})["type"] == "pong"
-    finally:
-        server.stop()
 
 
 def connect_when_free(server, attempts: int = 200):
@@ -383,8 +385,7 @@ def connect_when_free(server, attempts: int = 200):
 
 
 def test_a_request_head_sent_a_byte_at_a_time_is_dropped(tmp_path):
-    server = Daemon(tmp_path / "remote", "--handshake-timeout", "1").start()
-    try:
+    with running(tmp_path / "remote", "--handshake-timeout", "1") as server:
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
         closed = threading.Event()
 
@@ -404,8 +405,6 @@ def test_a_request_head_sent_a_byte_at_a_time_is_dropped(tmp_path):
         sender.join()
         server.wait_for_log(r"dropped a connection from 127\.0\.0\.1: no complete request head within 1(\.0)? s")
         sock.close()
-    finally:
-        server.stop()
 
 
 def test_status_and_doctor_say_which_scope_is_missing(guarded, tokens, monkeypatch, capsys):
@@ -421,10 +420,9 @@ def test_status_and_doctor_say_which_scope_is_missing(guarded, tokens, monkeypat
 
 
 def test_behind_the_shipped_nginx_the_ui_origin_is_its_own(tmp_path, ca):
-    server = Daemon(tmp_path / "remote", "--trusted-proxy", "127.0.0.1").start()
     cert, key = ca.issue("nginx")
-    proxy = Nginx(tmp_path / "nginx", server.port, cert, key).start()
-    try:
+    with running(tmp_path / "remote", "--trusted-proxy", "127.0.0.1") as server, \
+            stopping(Nginx(tmp_path / "nginx", server.port, cert, key).start()) as proxy:
         with connect(server.url + UPLOAD) as ws:
             call(ws, {"type": "init", "session-id": SESSION, "events": ["x"]})
         stream = proxy.url.replace("127.0.0.1", "localhost") + f"/fulab/lab/stream/ws?session={SESSION}"
@@ -436,16 +434,12 @@ def test_behind_the_shipped_nginx_the_ui_origin_is_its_own(tmp_path, ca):
         with urllib.request.urlopen(own + "/fulab/lab/", context=ca.client_context(), timeout=30) as page:
             host = own.partition("://")[2]
             assert f"connect-src 'self' ws://{host} wss://{host};" in page.headers["content-security-policy"]
-    finally:
-        proxy.stop()
-        server.stop()
 
 
 def test_the_healthz_bypass_is_closed_on_the_tls_port_too(tmp_path, ca, tokens):
     cert, key = ca.issue("live")
-    server = Daemon(tmp_path / "remote", "--token-file", token_file(tmp_path, tokens), "--tls-port", "0",
-                    "--tls-interface", "127.0.0.1", "--tls-cert", str(cert), "--tls-key", str(key)).start()
-    try:
+    with running(tmp_path / "remote", "--token-file", token_file(tmp_path, tokens), "--tls-port", "0",
+                 "--tls-interface", "127.0.0.1", "--tls-cert", str(cert), "--tls-key", str(key)) as server:
         with connect(server.url + UPLOAD, additional_headers=bearer(tokens["uploader"])) as ws:
             call(ws, {"type": "init", "session-id": SESSION, "events": ["x"]})
         stored = quote(str(server.root / f"{SESSION}.jsonl"))
@@ -455,5 +449,3 @@ def test_the_healthz_bypass_is_closed_on_the_tls_port_too(tmp_path, ca, tokens):
                 with pytest.raises(ConnectionClosed) as closed:
                     ws.recv(timeout=30)
                 assert closed.value.rcvd.code == 1008
-    finally:
-        server.stop()
