@@ -16,10 +16,10 @@ from pathlib import Path
 
 import orjson
 
-from bench import bulk, connections, e2e, history, live
+from bench import bulk, connections, e2e, history, link, live, startup
 from bench.common import client_cpu, pin
 
-SCENARIOS = {"1": bulk, "2": live, "3": e2e, "4": history, "5": connections}
+SCENARIOS = {"1": bulk, "2": live, "3": e2e, "4": history, "5": connections, "6": link, "7": startup}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

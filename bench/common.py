@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tests.fixtures import Daemon, derived_session
+from tests.fixtures import Daemon, derived_session, real_sample_files
 
 MB = 1 << 20
 DAEMON_CPU = 0
@@ -92,3 +92,55 @@ def session_file(folder: Path, size: int, seed: int = 0) -> Path:
 
 def read_lines(path: Path) -> list[str]:
     return path.read_bytes().decode("utf-8").split("\n")[:-1]
+
+
+def varied_session(folder: Path, size: int, seed: int = 0) -> Path:
+    """A session of about `size` bytes that compresses like a real one: the real samples' lines, each with the
+    words of its text (strings of 40 characters or more) replaced by random words of the samples' vocabulary;
+    keys, types, ids and structure are kept.
+
+    `session_file` repeats whole sample sessions verbatim, which a compressor with a long window reduces to
+    almost nothing; real transcripts repeat their keys and structure, not their text.
+    """
+    import random
+
+    import orjson
+
+    path = folder / f"varied-{size // MB}MB-{seed}.jsonl"
+    if path.exists():
+        return path
+    rng = random.Random(seed)
+    lines = [orjson.loads(line) for sample in real_sample_files() for line in sample.read_bytes().split(b"\n")
+             if line]
+    vocabulary = sorted({word for line in lines for text in _texts(line) for word in WORD.findall(text)})
+
+    def vary(value):
+        if isinstance(value, dict):
+            return {key: vary(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [vary(item) for item in value]
+        if isinstance(value, str) and len(value) >= 40:
+            return WORD.sub(lambda _: rng.choice(vocabulary), value)
+        return value
+
+    written = 0
+    with open(path, "wb") as out:
+        while written < size:
+            line = orjson.dumps(vary(rng.choice(lines))) + b"\n"
+            out.write(line)
+            written += len(line)
+    return path
+
+
+def _texts(value):
+    """The strings of 40 characters or more in a decoded JSON value."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            yield from _texts(item)
+    elif isinstance(value, str) and len(value) >= 40:
+        yield value
+
+
+WORD = re.compile(r"\b[a-z]{3,12}\b")  # a lowercase word of text

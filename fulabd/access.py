@@ -146,6 +146,11 @@ class Gate:
     def is_probe(self, principal: Principal | None) -> bool:
         return principal is self._probe
 
+    def requester_of(self, request) -> str | None:
+        """The name of the token an HTTP request carries (e.g. a PAR's `:author`), as the gate decided."""
+        decision = getattr(request, "decision", None)
+        return decision.principal.name if decision is not None else None
+
     # -- the decision on a request head ----------------------------------------
 
     def decide(self, head: Head) -> Decision:

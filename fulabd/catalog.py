@@ -12,7 +12,30 @@ swapped in after the check serves nothing.
 from __future__ import annotations
 
 import os
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+
+
+class SessionSource(Protocol):
+    """What the catalog, the listings and the viewer ask of a source of sessions.
+
+    A session is any object with `path`, `session_id`, `safe_id`, `meta` (a dict), `count` (lines),
+    `size` (bytes), `modified` (epoch seconds), `par_count`, `uploaders` and `stored`.
+    """
+
+    @property
+    def roots(self) -> list[str]:
+        """The folders its sessions' files lie in; a session outside them is never served."""
+
+    def sessions(self) -> list: ...
+
+    def lookup(self, ident: str):
+        """The session with this safe id or session id, or None."""
+
+    def read_lines(self, session, start: int, max_lines: int | None = None,
+                   max_bytes: int | None = None) -> list[bytes]:
+        """Lines from `start` (at most `max_lines`; past the first, at most `max_bytes`), without newlines."""
+
+    def pars(self, session) -> list[dict]: ...
 
 
 class StoreSource:
@@ -72,9 +95,9 @@ def open_inside(path: str, roots) -> BinaryIO:
 
 
 class Catalog:
-    """The sources in lookup order (the store first); each source has the same duck-typed interface."""
+    """The sources in lookup order (the store first)."""
 
-    def __init__(self, sources: list):
+    def __init__(self, sources: list[SessionSource]):
         self.sources = sources
 
     def _served(self, source, session) -> bool:

@@ -191,11 +191,19 @@ def _answer(value) -> str:
 
 
 def par_event(par: dict, index: int) -> dict:
-    """The viewer event of the sidecar PAR at position `index`."""
+    """The viewer event of the sidecar PAR at position `index`; one of the wrong shape (a hand-edited or old
+    sidecar) is a `raw` event, so that it never stops the stream.  A PAR with a `text` and no `questions`
+    (an archive's, already rendered) keeps its text."""
+    tags = par.get("tags") if isinstance(par, dict) else None
+    if not isinstance(par, dict) or not isinstance(tags, (list, type(None))) or not isinstance(
+            par.get("title"), (str, type(None))):
+        return bounded({"type": "raw", "line": None, "par-index": index, "timestamp": None, "kind": "par",
+                        "data": par})
+    text = par["text"] if isinstance(par.get("text"), str) and not par.get("questions") else render_par(par)
     return bounded({"type": "par", "line": None, "par-index": index, "timestamp": par.get("timestamp"),
                     "par-id": par.get("id", par.get("par-id")), "title": par.get("title"),
-                    "tags": [str(tag) for tag in par.get("tags") or []],
-                    "questions": par.get("questions"), "text": render_par(par)})
+                    "tags": [str(tag) for tag in tags or []], "lines": par.get("lines"),
+                    "questions": par.get("questions"), "text": text})
 
 
 def par_line(line: dict) -> dict:

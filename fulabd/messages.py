@@ -27,6 +27,8 @@ STORAGE_FAILED = "storage-failed"
 STORAGE_FULL = "storage-full"
 UNAUTHORIZED = "unauthorized"
 FORBIDDEN = "forbidden"
+BAD_PAR = "bad-par"
+UNKNOWN_SESSION = "unknown-session"
 
 MAX_SESSION_ID_LENGTH = 1024
 
@@ -122,7 +124,7 @@ def parse(payload: bytes | str):
     if kind == "par":
         par = message.get("par")
         if not isinstance(par, dict):
-            raise ProtocolError(BAD_EVENT, "\"par\" must be a JSON object")
+            raise ProtocolError(BAD_PAR, "\"par\" must be a JSON object", field="par")
         return Par(session_id_of(message), par)
     if kind is None:
         raise ProtocolError(UNKNOWN_TYPE, "message has no \"type\"; expected init, event, events, par, resume or ping")

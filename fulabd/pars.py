@@ -1,9 +1,10 @@
 """
 PARs written over HTTP: `POST /fulab/lab/sessions/<id>/pars` (the web UI's form).
 
-The body is checked here; storing it (durably, in the `.par.edn` sidecar) and
-telling every viewer is the store's and the hub's business, exactly as for a
-PAR that arrives over the upload WebSocket.
+The body is decoded here; its fields are checked by the store (`par_schema`,
+the same check for every route), which stores it durably in the `.par.edn`
+sidecar, and the hub tells every viewer, exactly as for a PAR that arrives
+over the upload WebSocket.
 """
 
 from __future__ import annotations
@@ -12,81 +13,25 @@ import orjson
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from fulabd.messages import ProtocolError
+from fulabd.messages import BAD_PAR, UNKNOWN_SESSION, ProtocolError
 from fulabd.web import render_data
 
-QUESTIONS = ("intention", "happening", "perspectives", "learned", "forward")
 MAX_BODY = 256 * 1024
-MAX_TITLE = 500
-MAX_TAGS = 50
-
-
-class BadPar(ValueError):
-    """A PAR body that cannot be stored; the message says what to fix."""
 
 
 def par_from_body(body: bytes) -> dict:
-    """The PAR to store, from a JSON body `{title, tags, questions: {intention, …}, id?}`."""
+    """The PAR object of a JSON body; its fields are checked by the store (`par_schema`), as on every route."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise BadPar(f"the body is not valid JSON ({e}); send a JSON object") from None
+        raise ProtocolError(BAD_PAR, f"the body is not valid JSON ({e}); send a JSON object", field="par") from None
     if not isinstance(data, dict):
-        raise BadPar("the body must be a JSON object with a \"title\"")
-    title = data.get("title")
-    if not isinstance(title, str) or not title.strip():
-        raise BadPar("a PAR needs a non-empty \"title\"")
-    if len(title) > MAX_TITLE:
-        raise BadPar(f"the title is {len(title)} characters; at most {MAX_TITLE} are accepted")
-    par = {"title": title.strip(), "tags": tags_of(data.get("tags")), "questions": questions_of(data.get("questions"))}
-    if "id" in data:
-        if not isinstance(data["id"], str) or not data["id"].strip():
-            raise BadPar("\"id\", when given, must be a non-empty string")
-        par["id"] = data["id"].strip()
-    return par
+        raise ProtocolError(BAD_PAR, "the body must be a JSON object with a \"title\"", field="par")
+    return data
 
 
-def tags_of(tags) -> list[str]:
-    if tags is None:
-        return []
-    if isinstance(tags, str):
-        tags = tags.replace(",", " ").split()
-    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
-        raise BadPar("\"tags\" must be a list of strings or one comma-separated string")
-    cleaned = []
-    for tag in tags:
-        tag = tag.strip().lstrip(":")
-        if any(c.isspace() for c in tag):
-            raise BadPar(f"tag {tag!r} contains a space; separate tags with commas")
-        if tag and tag not in cleaned:
-            cleaned.append(tag)
-    if len(cleaned) > MAX_TAGS:
-        raise BadPar(f"{len(cleaned)} tags given; at most {MAX_TAGS} are accepted")
-    return cleaned
-
-
-def questions_of(questions) -> dict:
-    if questions is None:
-        return {}
-    if not isinstance(questions, dict):
-        raise BadPar(f"\"questions\" must be an object with the keys {', '.join(QUESTIONS)}")
-    unknown = sorted(set(questions) - set(QUESTIONS))
-    if unknown:
-        raise BadPar(f"unknown question(s) {', '.join(unknown)}; the questions are {', '.join(QUESTIONS)}")
-    answers = {}
-    for key in QUESTIONS:
-        value = questions.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise BadPar(f"the answer to {key!r} must be a string")
-        if value.strip():
-            answers[key] = value.strip()
-    return answers
-
-
-def error(request, code: int, err: str, detail: str) -> bytes:
-    return render_data(request, {"ok": False, "err": err, "detail": detail}, code)
+def error(request, code: int, err: str, detail: str, **extra) -> bytes:
+    return render_data(request, {"ok": False, "err": err, "detail": detail, **extra}, code)
 
 
 class UnknownSession(resource.Resource):
@@ -99,7 +44,7 @@ class UnknownSession(resource.Resource):
         self.name = name
 
     def render(self, request):
-        return error(request, 404, "unknown-session",
+        return error(request, 404, UNKNOWN_SESSION,
                      f"no uploaded session {self.name!r} is stored (PARs are written only to uploaded "
                      "sessions); see /fulab/lab/sessions for the ids")
 
@@ -110,10 +55,12 @@ class SessionPars(resource.Resource):
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, store, session):
+    def __init__(self, store, session, author_of=lambda request: None):
+        """`author_of(request)` is the token name recorded as the PAR's author."""
         super().__init__()
         self.store = store
         self.session = session
+        self.author_of = author_of
 
     def render_GET(self, request):
         return render_data(request, {"ok": True, "session-id": self.session.session_id,
@@ -128,11 +75,11 @@ class SessionPars(resource.Resource):
             return error(request, 413, "too-large", f"the body is over {MAX_BODY} bytes; shorten the answers")
         try:
             par = par_from_body(body)
-        except BadPar as e:
-            return error(request, 400, "bad-par", str(e))
+        except ProtocolError as e:
+            return error(request, 400, e.code, e.detail, **e.extra)
         gone = []
         request.notifyFinish().addErrback(gone.append)
-        self.store.add_par(self.session.session_id, par).addCallbacks(
+        self.store.add_par(self.session.session_id, par, author=self.author_of(request)).addCallbacks(
             self._stored, self._failed, callbackArgs=(request, gone), errbackArgs=(request, gone))
         return server.NOT_DONE_YET
 
@@ -145,7 +92,9 @@ class SessionPars(resource.Resource):
 
     def _failed(self, failure, request, gone):
         if failure.check(ProtocolError):
-            self._finish(request, gone, 503, {"ok": False, "err": failure.value.code, "detail": failure.value.detail})
+            error = failure.value
+            code = {BAD_PAR: 400, UNKNOWN_SESSION: 404}.get(error.code, 503)
+            self._finish(request, gone, code, {"ok": False, "err": error.code, "detail": error.detail, **error.extra})
             return
         self._log.failure("storing a PAR failed", failure)
         self._finish(request, gone, 500, {"ok": False, "err": "storage-failed",
@@ -162,15 +111,15 @@ class SessionPars(resource.Resource):
 class SessionResource(resource.Resource):
     """`/fulab/lab/sessions/<id>/…`: what belongs to one stored session."""
 
-    def __init__(self, store, session):
+    def __init__(self, store, session, author_of=lambda request: None):
         super().__init__()
-        self.putChild(b"pars", SessionPars(store, session))
+        self.putChild(b"pars", SessionPars(store, session, author_of))
 
 
-def session_child(store, name: bytes) -> resource.Resource:
+def session_child(store, name: bytes, author_of=lambda request: None) -> resource.Resource:
     """The resource for `/fulab/lab/sessions/<name>`, where name is a session id or a listing's `id`."""
     raw = name.decode("utf-8", "replace")
     session = store.by_safe_id(raw) or store.get(raw)
     if session is None or not session.stored:
         return UnknownSession(raw)
-    return SessionResource(store, session)
+    return SessionResource(store, session, author_of)

@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from fulabd import events, messages
+from fulabd import deflate, events, messages
 from fulabd.messages import INVALID_PATH
 
 FIRST_FRAME_BYTES = 1024 * 1024   # events in the init/delta frame, about
@@ -263,4 +263,5 @@ class StreamFactory(WebSocketServerFactory):
         self.hub = hub
         self.clock = clock
         self.viewers: set = set()
-        self.setProtocolOptions(failByDrop=False)  # say why (close code) when refusing a viewer's message
+        self.setProtocolOptions(failByDrop=False,  # say why (close code) when refusing a viewer's message
+                                perMessageCompressionAccept=deflate.accepting(VIEWER_MESSAGE_LIMIT))

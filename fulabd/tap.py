@@ -12,9 +12,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 import fulabd
-from fulabd import access, netaddr, origins, pars, supervisor, tls, tokens, ui, web
+from fulabd import access, netaddr, origins, pars, remote, supervisor, tls, tokens, ui, web
+from fulabd.archive import ArchivedListing, ArchiveSource
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
+from fulabd.listing import Listing
 from fulabd.local import LocalSources
 from fulabd.metrics import Metrics, MetricsResource
 from fulabd.store import SessionStore
@@ -54,10 +56,16 @@ class Options(usage.Options):
         ["max-connections", None, 512, "Most connections (HTTP and WebSocket) open at once (0: no cap).", int],
         ["max-connections-per-ip", None, 64, "Most connections open from one client address (0: no cap).", int],
         ["min-free-mb", None, 64, "Refuse uploads (storage-full) that would leave less free disk than this.", int],
+        ["max-open-files", None, 256, "Most session files the store keeps open at once (least recently used "
+                                      "closed first).", int],
         ["tls-port", None, None, "Also serve wss:// and https:// on this port (needs --tls-cert and --tls-key).", int],
         ["tls-interface", None, "0.0.0.0", "Interface --tls-port listens on (`::` for IPv6 and IPv4)."],
         ["tls-cert", None, None, "PEM certificate chain, leaf first (a Let's Encrypt fullchain.pem)."],
         ["tls-key", None, None, "PEM private key of the first certificate of --tls-cert."],
+        ["remote-timeout", None, remote.DEFAULT_TIMEOUT, "Seconds another lab (--remote-source) has to answer.",
+         float],
+        ["remote-cache", None, remote.CACHE_SECONDS, "Seconds another lab's answer is reused (0: ask every time).",
+         float],
         ["tls-check-interval", None, 60.0, "Seconds between checks of the TLS files for changes (0: SIGHUP only).",
          float],
     ]
@@ -67,6 +75,9 @@ class Options(usage.Options):
         self["trusted-proxies"] = []
         self["listen"] = []
         self["allowed-origins"] = []
+        self["archive-dirs"] = []
+        self["remote-sources"] = []
+        self["remote-token-files"] = []
 
     def opt_trusted_proxy(self, value):
         """Take the client's address from X-Forwarded-For when the peer is this address or network (repeatable)."""
@@ -82,6 +93,18 @@ class Options(usage.Options):
                                    "e.g. https://lab.example.org")
         self["allowed-origins"].append(value)
 
+    def opt_archive_dir(self, folder):
+        """List and stream the futon3 lab's archived sessions, the *.json files in this folder (repeatable)."""
+        self["archive-dirs"].append(folder)
+
+    def opt_remote_source(self, value):
+        """NAME=URL: also list the active sessions of the lab at URL (repeatable) [default: $LAB_REMOTE_SOURCES]"""
+        self["remote-sources"].append(value)
+
+    def opt_remote_token_file(self, value):
+        """NAME=FILE: send the token in FILE to the remote source NAME (repeatable)."""
+        self["remote-token-files"].append(value)
+
     def opt_listen(self, description):
         """Also listen on this Twisted endpoint string (repeatable), e.g. unix:/run/fulab.sock"""
         self["listen"].append(description)
@@ -89,7 +112,7 @@ class Options(usage.Options):
     def postOptions(self):
         if self["root"] is None:
             self["root"] = os.environ.get("LAB_UPLOAD_ROOT") or "lab/remote"
-        for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout"):
+        for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout", "max-open-files"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         for name in ("max-connections", "max-connections-per-ip", "min-free-mb"):
@@ -98,6 +121,13 @@ class Options(usage.Options):
         try:
             self["tokens"] = tokens.load_tokens(self["token-file"]) if self["token-file"] else None
         except tokens.TokenFileError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["remote-timeout"] <= 0 or self["remote-cache"] < 0:
+            raise usage.UsageError("--remote-timeout must be positive and --remote-cache 0 or more")
+        try:
+            self["remote-labs"] = remote.configured_labs(self["remote-sources"], self["remote-token-files"],
+                                                         os.environ.get(remote.ENVIRONMENT))
+        except remote.BadRemote as e:
             raise usage.UsageError(str(e)) from None
         self["endpoints"] = [endpoint_description(self["port"], self["interface"])] + self["listen"]
         if len({self[name] is None for name in ("tls-port", "tls-cert", "tls-key")}) > 1:
@@ -137,15 +167,22 @@ def makeService(config, reactor=None) -> service.MultiService:
 
     hub = Hub()
     store = SessionStore(config["root"], clock=reactor, hub=hub, min_free_bytes=config["min-free-mb"] * MiB,
-                         observe_fsync=metrics.observe_fsync)
+                         observe_fsync=metrics.observe_fsync, max_open_files=config["max-open-files"])
     store.setServiceParent(parent)
 
     sources = [StoreSource(store)]
+    listing = Listing(store)
     folders = [(source, config[f"{source}-dir"]) for source in ("codex", "claude") if config[f"{source}-dir"]]
     if folders:
         local = LocalSources(folders, hub, reactor)
         local.setServiceParent(parent)
         sources.append(local)
+    archives = None
+    if config["archive-dirs"]:
+        archives = ArchiveSource(config["archive-dirs"], reactor)
+        archives.setServiceParent(parent)
+        sources.append(archives)
+    listing.local = Catalog(sources[1:]).sessions  # the sessions that are not the store's
     catalog = Catalog(sources)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
@@ -188,10 +225,16 @@ def makeService(config, reactor=None) -> service.MultiService:
                 "root": store.root, "listeners": ports,
                 **({"tls": certificate.describe()} if certificate is not None else {})}
 
-    web.build_tree(dispatch, catalog.sessions, reactor, config["active-window"], status,
-                   session_child=lambda name: pars.session_child(store, name))
+    labs = None
+    if config["remote-labs"]:
+        labs = remote.RemoteLabs(config["remote-labs"], remote.HttpFetcher(reactor).get, reactor,
+                                 timeout=config["remote-timeout"], cache_seconds=config["remote-cache"])
+    web.build_tree(dispatch, listing, reactor, config["active-window"], status,
+                   session_child=lambda name: pars.session_child(store, name, gate.requester_of),
+                   merge=labs.merge if labs is not None else None,
+                   sessions_children={b"archived": ArchivedListing(archives)})
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
-    dispatch.putChild(b"healthz", web.Health(lambda: None if store.running and status()["running"]
-                                             else "the store is not open or no port is listening"))
+    dispatch.putChild(b"healthz", web.Health(lambda: store.problem() or (
+        None if status()["running"] else "no port is listening")))
     return parent

@@ -14,10 +14,12 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from fulabd import messages
+from fulabd import messages, packed
 from fulabd.access import SELF_PROBE
 from fulabd.messages import FORBIDDEN, MISSING_SESSION_ID, TOO_LARGE, ProtocolError
 from fulabd.tokens import ADMIN, ANYONE
+
+UNBOUNDED_PACKED = 1 << 30  # what packed lines may inflate to when --max-message-size is 0 (no limit)
 
 
 class UploadProtocol(WebSocketServerProtocol):
@@ -31,12 +33,15 @@ class UploadProtocol(WebSocketServerProtocol):
         self._created: set[str] = set()   # sessions this connection's messages created
         self._peer = "?"
         self._quiet = False
+        self.packed = False
 
     def onConnect(self, request):
         self._peer = self.factory.admit(request, self)
         self.principal = self.factory.principal_of(request)
         self.uploader = self.principal.name
         self._quiet = self.uploader == SELF_PROBE  # the listener's self-probe, every few seconds: not logged
+        self.packed = packed.offered(request.headers.get(packed.HEADER.lower()))
+        return (None, {packed.HEADER: packed.ENCODING}) if self.packed else None
 
     def onOpen(self):
         self.factory.connections.add(self)
@@ -49,9 +54,8 @@ class UploadProtocol(WebSocketServerProtocol):
             return
         self.factory.connections.discard(self)
         for session_id, appended in self._touched.items():
+            self.factory.store.detach(session_id)
             session = self.factory.store.get(session_id)
-            if session is not None:
-                session.uploaders -= 1
             self._log.info("upload of session {session_id} from {peer}: {appended} lines appended, {count} stored",
                            session_id=session_id, peer=self._peer, appended=appended,
                            count=session.count if session else 0)
@@ -61,38 +65,46 @@ class UploadProtocol(WebSocketServerProtocol):
     def onMessage(self, payload, isBinary):
         self.factory.messages_in += 1
         self.factory.bytes_in += len(payload)
-        if isBinary:
-            self._reply(defer.fail(ProtocolError(messages.BAD_JSON, "binary frames are not accepted; "
-                                                                    "send JSON text frames")))
+        if isBinary and not self.packed:
+            self._reply(defer.fail(ProtocolError(messages.BAD_JSON, "binary frames are accepted only after a "
+                                                                    f"{packed.HEADER} handshake; send JSON text frames")))
             return
         try:
-            message = messages.parse(payload)
-            self._reply(self._handle(message))
+            message = packed.decode(payload, self.maxMessagePayloadSize or UNBOUNDED_PACKED) if isBinary \
+                else messages.parse(payload)
         except ProtocolError as e:
-            self._reply(defer.fail(e))
+            if e.code == TOO_LARGE:
+                self._max_message_size_exceeded(f"more than {e.extra['limit']}", e.extra["limit"], e.detail)
+            else:
+                self._reply(defer.fail(e))
+            return
+        self._reply(defer.maybeDeferred(self._handle, message))
 
     def _handle(self, message) -> defer.Deferred:
         if isinstance(message, messages.Ping):
             return defer.succeed(messages.pong(self.factory.clock.seconds()))
         if isinstance(message, messages.Resume):
-            self._check_owner(message.session_id)
             self._session_id = message.session_id
-            return self.factory.store.resume(message.session_id).addCallback(
+            return self._owned(message.session_id).addCallback(lambda _: self.factory.store.resume(
+                message.session_id)).addCallback(
                 lambda count: messages.ack(message.session_id, count, 0, False) | {"resume": True})
         session_id = message.session_id or self._session_id
         if session_id is None:
             raise ProtocolError(MISSING_SESSION_ID, "no \"session-id\" given and no init on this connection; "
                                                     "send init first or name the session in every message")
-        self._check_owner(session_id)
         if isinstance(message, messages.Append) and message.kind == "init":
             self._session_id = session_id
-        self._attach(session_id)
+        store = self.factory.store
         if isinstance(message, messages.Par):
-            return self.factory.store.add_par(session_id, message.par).addCallback(self._par_added, session_id)
-        return self.factory.store.append(session_id, message.seq, message.lines, message.meta).addCallback(
+            return self._owned(session_id).addCallback(
+                lambda _: store.add_par(session_id, message.par, author=self.uploader)).addCallback(
+                self._par_added, session_id)
+        return self._owned(session_id).addCallback(
+            lambda _: store.append(session_id, message.seq, message.lines, message.meta)).addCallback(
             self._appended, session_id)
 
     def _appended(self, result, session_id: str) -> dict:
+        self._attach(session_id)
         self._touched[session_id] += result.appended
         self.factory.lines_in += result.appended
         self._record_uploader(session_id)
@@ -100,15 +112,29 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def _par_added(self, result, session_id: str) -> dict:
         index, par, added = result
+        self._attach(session_id)
         self._record_uploader(session_id)
         return {"type": "ack", "session-id": session_id, "par-id": par["id"], "pars": index + 1, "dedup": not added}
 
     def _attach(self, session_id: str):
+        """Count this connection as the session's uploader once something of it is stored (ids that store
+        nothing leave nothing behind)."""
         if session_id not in self._touched:
             self._touched[session_id] = 0
-            self.factory.store.session(session_id).uploaders += 1
+            self.factory.store.attach(session_id)
             self._log.info("upload of session {session_id} from {peer} started", session_id=session_id,
                            peer=self._peer)
+
+    def _owned(self, session_id: str) -> defer.Deferred:
+        """Fires when this connection may send to the session, else fails `forbidden`.
+
+        A session the store does not know may just not be loaded yet (at start-up): then the check waits
+        for the load, as the store's own calls do (`resume` of an unknown session waits for nothing else),
+        so messages keep their order."""
+        store = self.factory.store
+        if store.get(session_id) is not None or store.problem() is None:
+            return defer.maybeDeferred(self._check_owner, session_id)
+        return store.resume(session_id).addCallback(lambda _: self._check_owner(session_id))
 
     def _check_owner(self, session_id: str):
         """A session belongs to the token that created it: others may not add to it (or learn its count),

@@ -10,12 +10,14 @@ from urllib.parse import urlsplit
 import orjson
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.logger import Logger
 from twisted.web import resource, server, util
 
 from fulabd import edn, endpoints, ui
 from fulabd.access import Decision, Gate
 from fulabd.channel import GatedChannel, GatedRequest, head_of
 from fulabd.endpoints import STREAM_PATH, is_upload_path
+from fulabd.listing import BadListingRequest, parse_query
 from fulabd.messages import INVALID_PATH, now_iso
 from fulabd.netaddr import host_of
 from fulabd.tokens import ADMIN
@@ -23,6 +25,8 @@ from fulabd.tokens import ADMIN
 UI_PATH = "/fulab/lab/"
 REFUSED_MESSAGE_LIMIT = 64 * 1024  # a refused client has nothing to say
 STATUS_DETAILS = ("root", "listeners", "tls")  # for `admin` tokens only: where files are, which ports
+
+_log = Logger()
 
 
 def is_websocket(request) -> bool:
@@ -139,7 +143,7 @@ def describe(session, now: float, active_window: float) -> dict:
         "path": session.path,
         "modified": now_iso(session.modified),
         "size-kb": session.size // 1024,
-        "active": now - session.modified <= active_window,
+        "active": now - session.modified <= active_window and not meta.get("archived"),
         "source": meta.get("source"),
         "originator": meta.get("originator"),
         "cwd": meta.get("cwd"),
@@ -147,24 +151,33 @@ def describe(session, now: float, active_window: float) -> dict:
         "pars": session.par_count,
         "uploading": session.uploaders > 0,
     }
-    for key in ("created-at", "remote-source", "uploader", "parent-session-id"):
+    for key in ("created-at", "remote-source", "uploader", "parent-session-id", "archived", "error"):
         if meta.get(key) is not None:
             entry[key] = meta[key]
     return entry
 
 
 class Sessions(resource.Resource):
-    """`GET /fulab/lab/sessions[/active]`: the listings, from memory, newest first."""
+    """`GET /fulab/lab/sessions[/active]`: the listings, from memory.
+
+    Without parameters, every session, newest write first (the old shape, plus `token`); with `limit`
+    (and `cursor`), a page, latest change first, and `next`; with `since=TOKEN`, only the sessions that
+    changed since that token. See docs/protocol.md.
+    """
 
     isLeaf = False
 
-    def __init__(self, catalog, clock, active_window: float, active_only: bool = False, session_child=None):
+    def __init__(self, listing, clock, active_window: float, active_only: bool = False, session_child=None,
+                 merge=None):
+        """`merge(request, body)`, when given, returns a Deferred of the body to send instead (other labs'
+        sessions added); it is applied to every answer but a later page (`cursor`)."""
         super().__init__()
-        self.catalog = catalog
+        self.listing = listing
         self.clock = clock
         self.active_window = active_window
         self.active_only = active_only
         self.session_child = session_child
+        self.merge = merge
 
     def getChild(self, name, request):
         """`sessions/<id>/…`, when the tree was built with a `session_child` factory."""
@@ -173,12 +186,48 @@ class Sessions(resource.Resource):
         return self.session_child(name)
 
     def render_GET(self, request):
+        try:
+            limit, cursor, since = parse_query(request.args)
+        except BadListingRequest as e:
+            return render_data(request, {"ok": False, "err": "bad-request", "detail": str(e)}, 400)
+        token = self.listing.token
+        reply = {"ok": True}
+        if since is not None:
+            sessions = self.listing.since(since)
+            reply["since"] = since
+            if sessions is None:
+                sessions, reply["reset"] = self._newest_first(self.listing.everything()), True
+        elif limit is not None:
+            sessions, reply["next"] = self.listing.page(limit, cursor)
+        else:
+            sessions = self._newest_first(self.listing.everything())
         now = self.clock.seconds()
-        sessions = sorted(self.catalog(), key=lambda session: session.modified, reverse=True)
         entries = [describe(session, now, self.active_window) for session in sessions]
         if self.active_only:
             entries = [entry for entry in entries if entry["active"]]
-        return render_data(request, {"ok": True, "sessions": entries})
+        body = reply | {"sessions": entries, "token": token}
+        if self.merge is None or cursor is not None:
+            return render_data(request, body)
+        return render_later(request, self.merge(request, body))
+
+    @staticmethod
+    def _newest_first(sessions: list) -> list:
+        return sorted(sessions, key=lambda session: session.modified, reverse=True)
+
+
+def render_later(request, deferred) -> int:
+    """Answer `request` with the data `deferred` fires with (unless the client has gone by then)."""
+    gone = []
+    request.notifyFinish().addErrback(gone.append)
+
+    def write(data: dict):
+        if not gone:
+            request.write(render_data(request, data))
+            request.finish()
+
+    deferred.addCallback(write).addErrback(
+        lambda failure: _log.failure("could not answer {path}", failure, path=request.path.decode("utf-8", "replace")))
+    return server.NOT_DONE_YET
 
 
 class Status(resource.Resource):
@@ -196,18 +245,22 @@ class Status(resource.Resource):
         return render_data(request, status)
 
 
-def build_tree(dispatch: WebSocketDispatch, catalog, clock, active_window: float, status,
-               session_child=None) -> resource.Resource:
+def build_tree(dispatch: WebSocketDispatch, listing, clock, active_window: float, status,
+               session_child=None, merge=None, sessions_children=None) -> resource.Resource:
     """Mount the web UI and the HTTP resources under `/fulab/lab/` of the dispatching root.
 
-    `session_child(name)` gives the resource for `sessions/<name>` (e.g. its PARs).
+    `listing` is a `fulabd.listing.Listing`; `session_child(name)` gives the resource for
+    `sessions/<name>` (e.g. its PARs); `merge` is the listings' hook (see `Sessions`);
+    `sessions_children` are more resources under `sessions/`.
     """
     fulab = resource.Resource()
     lab = ui.Lab()
     ui.mount(lab)
-    sessions = Sessions(catalog, clock, active_window, session_child=session_child)
-    sessions.putChild(b"active", Sessions(catalog, clock, active_window, active_only=True))
+    sessions = Sessions(listing, clock, active_window, session_child=session_child, merge=merge)
+    sessions.putChild(b"active", Sessions(listing, clock, active_window, active_only=True, merge=merge))
     sessions.putChild(b"", sessions)
+    for name, child in (sessions_children or {}).items():
+        sessions.putChild(name, child)
     lab.putChild(b"sessions", sessions)
     lab.putChild(b"status", Status(status))
     fulab.putChild(b"lab", lab)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -53,13 +54,18 @@ def stop_process(process: subprocess.Popen | None):
             kill_process(process)
 
 
+STORE_LOADED = re.compile(r"store at .* holds \d+ sessions")
+
+
 class Daemon:
     """`twistd -n fulab` in a subprocess, on a free loopback port, with its own store."""
 
     def __init__(self, root: Path, *args: str, port: str = "tcp:0:interface=127.0.0.1", env: dict | None = None,
-                 twistd_args: tuple = (), cwd: Path | None = None):
+                 twistd_args: tuple = (), cwd: Path | None = None, max_open_files: int | None = None):
+        """`max_open_files`: the daemon process's RLIMIT_NOFILE (soft and hard)."""
         self.root = Path(root)
         self.cwd = Path(cwd) if cwd is not None else self.root.parent
+        self.max_open_files = max_open_files
         self.args = list(args)
         self.env = env or {}
         self.twistd_args = list(twistd_args)
@@ -72,24 +78,32 @@ class Daemon:
         self._lines = threading.Condition()
         self._ended: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> "Daemon":
+    def start(self, timeout: float = 30, loaded: bool = True) -> "Daemon":
+        """Start and wait until it listens and (with `loaded`) its store is loaded (it listens before that)."""
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **self.env)
+        loads_before = sum(1 for line in self.log if STORE_LOADED.search(line))
         self._listening.clear()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *self.command()],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.cwd))
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(self.cwd),
+            preexec_fn=self._limit_files if self.max_open_files else None)
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         with self._lines:
             self._lines.wait_for(lambda: self._listening.is_set() or self._ended is self.process, timeout)
         if not self._listening.is_set():
             self.stop()
             raise RuntimeError("daemon did not start listening:\n" + "\n".join(self.log[-40:]))
+        if loaded:
+            self.wait_for_log(STORE_LOADED.pattern, timeout, count=loads_before + 1)
         return self
 
     def command(self) -> list[str]:
         """twistd's arguments."""
         return ["-n", "--pidfile=", *self.twistd_args, "fulab", "--port", self.port_description,
                 "--root", str(self.root), *self.args]
+
+    def _limit_files(self):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_open_files, self.max_open_files))
 
     def _read(self, process):
         for raw in process.stdout:

@@ -153,6 +153,7 @@ class Lab:
         self.hub = Hub()
         self.store = SessionStore(str(root), clock=self.clock, hub=self.hub, run_in_thread=self.commits)
         self.store.startService()
+        self.commits.run()  # the store's start-up load, which runs as a thread job too
         self.gate = Gate()
         self.catalog = Catalog([StoreSource(self.store)])
         self.uploads = UploadFactory(self.store, clock=self.clock, max_message_size=max_message_size,

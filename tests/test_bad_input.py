@@ -122,14 +122,14 @@ def test_random_messages_each_get_one_documented_reply(daemon, batch):
 def test_odd_keys_and_tags_are_stored_in_sidecars_that_read_back(daemon):
     odd = {"a b": 1, "": 2, "x/": 3, "é": 4, ":k": 5, "6": 6}
     with connect(daemon.url + UPLOAD) as ws:
-        ws.send(orjson.dumps({"type": "init", "session-id": "odd", "cwd": odd, "events": []}).decode())
+        ws.send(orjson.dumps({"type": "init", "session-id": "odd", "cwd": odd, "events": ["{}"]}).decode())
         ws.send(orjson.dumps({"type": "par", "session-id": "odd",
-                              "par": odd | {"id": "p", "tags": ["two words", "", "ok", ":colon"]}}).decode())
+                              "par": odd | {"id": "p", "title": "t", "tags": ["", "ok", ":colon"]}}).decode())
         assert [orjson.loads(ws.recv(timeout=30))["type"] for _ in range(2)] == ["ack", "ack"]
     meta = edn.loads((daemon.root / "odd.meta.edn").read_bytes())
     [par] = edn.loads((daemon.root / "odd.par.edn").read_bytes())
     assert meta["cwd"] == {"a b": 1, "": 2, "x/": 3, "é": 4, "k": 5, "6": 6}
-    assert par["tags"] == ["two words", "", "ok", "colon"] and par["a b"] == 1
+    assert par["tags"] == ["ok", "colon"] and par["a b"] == 1
 
 
 @pytest.mark.parametrize("payload", [b'{"type":"ping","x":"\xff"}', b"\xc3\x28", b'{"type":"init","session-id":"\xed\xa0\x80"}'])

@@ -13,6 +13,7 @@ import os
 import random
 
 import pytest
+import zstandard
 
 from fulabd import edn
 from tests.fixtures import CuttableProxy, Daemon, Uploader, derived_session
@@ -38,8 +39,10 @@ def source(tmp_path_factory):
 def test_upload_survives_kills_and_cuts_at_random_moments(tmp_path, source, trial):
     rng = random.Random(SEED * 1000 + trial)
     faults = rng.sample(FAULTS, len(FAULTS))
-    # Each fault fires at a random byte of the stream (which is longer than the file: JSON framing, resends).
-    moments = sorted(rng.randrange(1, source.stat().st_size) for _ in faults)
+    # Each fault fires at a random byte of the stream, whose packed frames hold the file compressed by batches
+    # (so at least its size compressed whole; framing and resends only add to it).
+    stream = len(zstandard.ZstdCompressor(level=3).compress(source.read_bytes()))
+    moments = sorted(rng.randrange(1, stream) for _ in faults)
     daemon = Daemon(tmp_path / "remote").start()
     proxy = CuttableProxy(daemon.port)
     upload = ("--url", proxy.url + "/fulab/lab/upload/ws", "--path", str(source), "--once", "--quiet")

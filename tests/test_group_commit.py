@@ -8,8 +8,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from fulabd import store
-from fulabd.store import CommitJob, Session, run_commit_jobs
+from fulabd import edn, store
+from fulabd.store import CommitJob, Root, Session, run_commit_jobs
 
 
 def test_one_commits_sessions_are_synced_at_the_same_time(tmp_path, monkeypatch):
@@ -22,16 +22,19 @@ def test_one_commits_sessions_are_synced_at_the_same_time(tmp_path, monkeypatch)
         together.wait()
         real(fd)
 
-    monkeypatch.setattr(store.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    root = Root(str(tmp_path))
+    root.open_folder()
     jobs = []
     for number in range(sessions):
         session = Session(str(tmp_path), f"s{number}", f"s{number}")
         fd = os.open(session.jsonl_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.write(fd, b"line\n")
-        jobs.append(CommitJob(session=session, fd=fd, pars=None, meta=b"{:event-count 1}", lines=1, size=5,
+        jobs.append(CommitJob(root=root, session=session, fd=fd, pars=None, meta={"event-count": 1}, lines=1, size=5,
                               published_lines=[], published_pars=[], waiters=[]))
     with ThreadPoolExecutor(store.SYNC_THREADS) as syncers:
         assert run_commit_jobs(jobs, syncers) == [None] * sessions
     for job in jobs:
         os.close(job.fd)
-        assert open(job.session.meta_path, "rb").read() == b"{:event-count 1}"
+        assert edn.loads(open(job.session.meta_path, "rb").read()) == {"event-count": 1}
+    root.close_folder()

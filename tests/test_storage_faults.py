@@ -37,7 +37,7 @@ class Fault:
         self.short_write = short_write
         self.times = 0
         self.failed = 0
-        monkeypatch.setattr(f"fulabd.store.os.{name}", self)
+        monkeypatch.setattr(os, name, self)
 
     def __call__(self, fd, *args):
         if self.times and os.readlink(f"/proc/self/fd/{fd}").endswith(self.suffix):

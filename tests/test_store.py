@@ -41,12 +41,14 @@ class Recorder:
         self.pars.append((session.session_id, index, par["id"]))
 
 
-def make_store(root, thread=None, hub=None):
+def make_store(root, thread=None, hub=None, **options):
     clock = task.Clock()
     clock.advance(1_800_000_000)
     store = SessionStore(str(root), clock=clock, hub=hub,
-                         run_in_thread=thread or (lambda f, *a: defer.maybeDeferred(f, *a)))
+                         run_in_thread=thread or (lambda f, *a: defer.maybeDeferred(f, *a)), **options)
     store.startService()
+    if isinstance(thread, ManualThread):
+        thread.run_all()  # the start-up load
     return store, clock
 
 
@@ -126,7 +128,7 @@ def test_failed_fdatasync_acks_nothing_and_rolls_back_to_the_durable_size(tmp_pa
     def failing(fd):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("fulabd.store.os.fdatasync", failing)
+    monkeypatch.setattr(os, "fdatasync", failing)
     with pytest.raises(ProtocolError) as failed:
         result_of(store.append("s", 1, [b"lost"]))
     assert failed.value.code == "storage-failed"
@@ -171,6 +173,7 @@ def test_meta_is_written_at_most_once_a_second_while_lines_stream(tmp_path):
 def test_pars_are_deduplicated_by_id_and_published(tmp_path):
     hub = Recorder()
     store, _ = make_store(tmp_path, hub=hub)
+    result_of(store.append("s", 0, [b"x"]))
     index, par, added = result_of(store.add_par("s", {"id": "p1", "title": "T", "tags": "a, b"}))
     assert (index, added, par["tags"]) == (0, True, ["a", "b"])
     assert result_of(store.add_par("s", {"id": "p1", "title": "T"}))[2] is False

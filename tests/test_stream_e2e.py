@@ -110,3 +110,26 @@ def test_pars_and_metadata_survive_a_restart(daemon):
     assert [event["par-id"] for event in history if event["type"] == "par"] == ["par-a"]
     with uploader(daemon) as up:
         assert call(up, {"type": "par", "session-id": "kept", "par": PAR_B})["pars"] == 2
+
+
+def test_a_viewer_that_offers_deflate_gets_the_same_events_compressed(daemon):
+    lines = sample_lines(sample("fe5e1c67"))
+    store(daemon, "deflated", lines)
+    with viewer(daemon, "/fulab/lab/stream/ws", session="deflated") as compressed, \
+            connect(daemon.url + "/fulab/lab/stream/ws?session=deflated", max_size=None, compression=None) as plain:
+        assert "permessage-deflate" in compressed.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert "Sec-WebSocket-Extensions" not in plain.response.headers
+        assert read_history(compressed)[1] == read_history(plain)[1]
+
+
+def test_a_viewer_sending_a_deflate_bomb_is_closed_before_it_inflates(daemon):
+    listed = store(daemon, "bombed", ['{"type":"user"}'])
+    with viewer(daemon, path=listed) as ws:
+        read_history(ws)
+        before = daemon.rss()
+        ws.send("x" * (256 << 20))  # deflates to about 256 KB; the daemon inflates at most 64 KiB of it
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1009
+        assert daemon.rss() - before < 64 << 20

@@ -63,7 +63,7 @@ def test_wheel_ships_the_plugin_and_the_ui_but_no_plugin_cache(tmp_path):
     assert "twisted/plugins/fulab_plugin.py" in names
     assert not any(name.endswith("dropin.cache") for name in names)
     assert not any(name.startswith("twisted/__init__") or name == "twisted/plugins/__init__.py" for name in names)
-    assert "fulabd/store.py" in names
+    assert "fulabd/store/store.py" in names
 
 
 @pytest.mark.slow

@@ -104,7 +104,7 @@ def test_event_after_init_may_omit_the_session_id(lab):
     ('{"type": "events", "session-id": "a", "events": ["x"]}', "bad-event"),
     ('{"type": "events", "session-id": "a", "seq": -1, "events": ["x"]}', "bad-event"),
     ('{"type": "event", "session-id": "a"}', "bad-event"),
-    ('{"type": "par", "session-id": "a", "par": "text"}', "bad-event"),
+    ('{"type": "par", "session-id": "a", "par": "text"}', "bad-par"),
 ])
 def test_every_bad_message_gets_its_error_and_the_connection_stays_open(lab, message, code):
     client = lab.client()
@@ -222,6 +222,7 @@ def test_par_round_trip_through_the_sidecar(lab):
     par = {"id": "par-1", "title": "What we learned", "tags": ["stack-hud", "par"],
            "questions": {"intention": "i", "happening": "h", "perspectives": "p", "learned": "l", "forward": "f"},
            "extra": 7}
+    upload(lab, {"type": "init", "session-id": "p", "events": ["{}"]})  # a PAR is about a session with lines
     first = upload(lab, {"type": "par", "session-id": "p", "par": par})
     again = upload(lab, {"type": "par", "session-id": "p", "par": par})
     generated = upload(lab, {"type": "par", "session-id": "p", "par": {"title": "no id"}})
@@ -232,7 +233,7 @@ def test_par_round_trip_through_the_sidecar(lab):
     assert list(stored[0][K("tags")]) == [K("stack-hud"), K("par")]
     assert stored[0][K("questions")][K("learned")] == "l"
     assert stored[0][K("extra")] == 7 and stored[0][K("title")] == "What we learned"
-    assert (lab.root / "p.jsonl").read_bytes() == b""
+    assert (lab.root / "p.jsonl").read_bytes() == b"{}\n"
 
 
 def test_meta_records_the_session_and_keeps_created_at(lab):

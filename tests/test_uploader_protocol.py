@@ -11,7 +11,7 @@ import os
 import orjson
 import pytest
 
-from fulabd import store
+from fulabd import packed, store
 from fulabd.uploader.connection import UploadClientFactory, UploadClientProtocol
 from fulabd.uploader.sender import BLOCKED, STREAMING, Budget
 from fulabd.uploader.uploads import STOP_TIMEOUT, Uploads
@@ -26,13 +26,20 @@ class RecordingClient(UploadClientProtocol):
         super().__init__()
         self.traffic: list[tuple[str, dict]] = []
 
-    def send(self, payload, on_reply):
-        self.traffic.append(("sent", orjson.loads(payload)))
-        super().send(payload, on_reply)
+    def send(self, payload, on_reply, binary=False):
+        self.traffic.append(("sent", as_text_message(payload) if binary else orjson.loads(payload)))
+        super().send(payload, on_reply, binary)
 
     def onMessage(self, payload, isBinary):
         self.traffic.append(("got", orjson.loads(payload)))
         super().onMessage(payload, isBinary)
+
+
+def as_text_message(payload: bytes) -> dict:
+    """A packed frame as the JSON message it stands for (the tests read both alike)."""
+    header, _, _ = payload.partition(b"\n")
+    message = packed.decode(payload, 1 << 30)
+    return dict(orjson.loads(header), events=[line.decode() for line in message.lines])
 
 
 def connect(lab, uploads) -> RecordingClient:
@@ -159,7 +166,7 @@ def test_a_refused_batch_is_resent_after_a_fresh_resume(lab, tmp_path, monkeypat
             raise OSError(errno.EIO, "Input/output error")
         real_fdatasync(fd)
 
-    monkeypatch.setattr(store.os, "fdatasync", fails_once)
+    monkeypatch.setattr(os, "fdatasync", fails_once)
     uploads, events = uploads_of(lab, max_frame_bytes=500)
     sender = uploads.track(path)
     connect(lab, uploads)

@@ -137,11 +137,13 @@ def test_generations_are_named_and_point_at_the_first():
 class OldServer:
     """Takes messages and answers none of them by itself (the test answers for it)."""
 
+    packer = None  # speaks JSON text frames only
+
     def __init__(self, legacy=False):
         self.legacy = legacy
         self.pending = []
 
-    def send(self, payload, on_reply):
+    def send(self, payload, on_reply, binary=False):
         self.pending.append((orjson.loads(payload), on_reply))
 
 

@@ -6,6 +6,7 @@
 const PAGE = 300;            // events rendered per page of the timeline
 const FOLD_CHARS = 1500;     // longer texts are folded
 const LIST_REFRESH_MS = 3000;
+const LIST_FULL_MS = 60000;
 const LOADING_RENDER_MS = 400;
 const QUESTIONS = [
   ["intention", "Intention"], ["happening", "What happened"], ["perspectives", "Perspectives"],
@@ -130,7 +131,7 @@ function details(summaryParts, content) {
 
 // -- session list ------------------------------------------------------------
 
-const list = { sessions: [], timer: null };
+const list = { sessions: [], timer: null, token: null, fullAt: 0 };
 
 function showList() {
   $("list-view").hidden = false;
@@ -142,12 +143,23 @@ function showList() {
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshList(); });
 }
 
+// The whole listing once a minute (sessions go inactive without changing), in between only what changed
+// since the last answer's token (`?since=`).
 async function refreshList() {
   clearTimeout(list.timer);
+  if (Date.now() - (list.fullAt || 0) > LIST_FULL_MS) list.token = null;
   try {
-    const response = await fetch(apiUrl("sessions"), { cache: "no-store" });
+    const response = await fetch(apiUrl("sessions", list.token ? { since: list.token } : {}), { cache: "no-store" });
     if (!response.ok) throw new Error(`the server answered ${response.status}`);
-    list.sessions = (await response.json()).sessions || [];
+    const reply = await response.json();
+    if (list.token && !reply.reset) {
+      const changed = new Map((reply.sessions || []).map((s) => [s.id, s]));
+      list.sessions = [...changed.values(), ...list.sessions.filter((s) => !changed.has(s.id))];
+    } else {
+      list.sessions = reply.sessions || [];
+      list.fullAt = Date.now();
+    }
+    list.token = reply.token || null;
     $("list-error").hidden = true;
     renderList();
   } catch (error) {
@@ -172,11 +184,12 @@ function renderList() {
   const shown = list.sessions
     .filter((s) => !source || s.source === source)
     .filter((s) => {
-      const haystack = [s.id, s["session-id"], s.project, s.originator, s.cwd, s.source, s.uploader]
+      const haystack = [s.id, s["session-id"], s.project, s.originator, s.cwd, s.source, s.uploader, s["remote-source"]]
         .filter(Boolean).join(" ").toLowerCase();
       return words.every((word) => haystack.includes(word));
     })
-    .sort((a, b) => (b.active - a.active) || (b.uploading - a.uploading) || b.modified.localeCompare(a.modified));
+    .sort((a, b) => (b.active - a.active) || (b.uploading - a.uploading)
+      || (b.modified || "").localeCompare(a.modified || ""));
   $("sessions").tBodies[0].replaceChildren(...shown.map(sessionRow));
   $("list-empty").hidden = shown.length > 0;
   $("list-empty").textContent = list.sessions.length
@@ -190,8 +203,12 @@ function sessionRow(s) {
   row.dataset.id = s.id;
   const name = el("td", "name");
   const link = el("a", null, s.project ? s.project.split("/").filter(Boolean).pop() || s.project : s["session-id"]);
-  link.href = pageUrl({ session: s.id });
+  link.href = s["viewer-url"] || pageUrl({ session: s.id });  // another lab's session opens in its own UI
   name.append(link);
+  if (s["remote-source"]) {
+    name.append(el("span", "badge lab", s["remote-source"]));
+    name.lastChild.title = `on the lab ${s["remote-url"]}`;
+  }
   if (s.uploading) name.append(el("span", "badge live", "live"));
   else if (s.active) name.append(el("span", "badge active", "active"));
   name.append(el("div", "sub", s["session-id"]));

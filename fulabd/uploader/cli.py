@@ -62,6 +62,8 @@ def upload_parser() -> argparse.ArgumentParser:
                         help="upload the complete lines there are, wait for the server's ack, exit")
     parser.add_argument("--quiet", action="store_true", help="print only problems")
     parser.add_argument("--poll", action="store_true", help="poll files instead of using file events")
+    parser.add_argument("--no-compress", dest="compress", action="store_false",
+                        help="send lines as JSON text frames, not zstd-compressed packed frames")
     parser.add_argument("--ping-interval", type=float, default=PING_INTERVAL,
                         help="seconds between keepalive pings; a link silent for twice this is dropped and "
                              "reconnected (default %(default)s)")
@@ -111,7 +113,7 @@ def upload(args) -> int:
     uploads = Uploads(reactor, reporter, source=args.source, overrides=overrides)
     try:
         service = connection_service(reactor, args.url, uploads, token=args.token, cafile=args.cafile,
-                                     ping_interval=args.ping_interval)
+                                     ping_interval=args.ping_interval, compress=args.compress)
     except (OSError, ValueError) as e:
         print(f"fulab-upload: {e}", file=sys.stderr)
         return 1

@@ -20,6 +20,8 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 
+from fulabd import packed
+
 PING_INTERVAL = 20
 HANDSHAKE_TIMEOUT = 15
 
@@ -75,6 +77,11 @@ class UploadClientProtocol(WebSocketClientProtocol):
         super().__init__()
         self._replies = Replies()
         self.opened = False
+        self.packer = None  # set when the server agreed to packed frames (fulabd.packed)
+
+    def onConnect(self, response):
+        if self.factory.compress and packed.offered(response.headers.get(packed.HEADER.lower())):
+            self.packer = packed.Packer()
 
     @property
     def legacy(self) -> bool:
@@ -88,10 +95,10 @@ class UploadClientProtocol(WebSocketClientProtocol):
         self._replies.probe()
         self.sendMessage(PROBE)
 
-    def send(self, payload: bytes, on_reply):
+    def send(self, payload: bytes, on_reply, binary: bool = False):
         """Send one encoded message; `on_reply` gets the server's reply to it."""
         self._replies.expect(on_reply)
-        self.sendMessage(payload)
+        self.sendMessage(payload, isBinary=binary)
 
     def onMessage(self, payload, isBinary):
         try:
@@ -126,10 +133,14 @@ class UploadClientProtocol(WebSocketClientProtocol):
 class UploadClientFactory(WebSocketClientFactory):
     protocol = UploadClientProtocol
 
-    def __init__(self, url: str, uploads, token: str | None = None, ping_interval: float = PING_INTERVAL, **kw):
+    def __init__(self, url: str, uploads, token: str | None = None, ping_interval: float = PING_INTERVAL,
+                 compress: bool = True, **kw):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if compress:
+            headers[packed.HEADER] = packed.ENCODING
         super().__init__(url, headers=headers, **kw)
         self.uploads = uploads
+        self.compress = compress
         self.refused_handshakes = 0
         self.setProtocolOptions(autoPingInterval=ping_interval, autoPingTimeout=ping_interval,
                                 openHandshakeTimeout=HANDSHAKE_TIMEOUT, closeHandshakeTimeout=5,
@@ -160,9 +171,11 @@ def endpoint_for(reactor, url: str, cafile: str | None = None):
 
 
 def connection_service(reactor, url: str, uploads, token: str | None = None, cafile: str | None = None,
-                       max_delay: float = 30, ping_interval: float = PING_INTERVAL) -> ClientService:
+                       max_delay: float = 30, ping_interval: float = PING_INTERVAL,
+                       compress: bool = True) -> ClientService:
     """A service that keeps one upload connection open, reconnecting with backoff and jitter."""
-    factory = UploadClientFactory(url, uploads, token=token, ping_interval=ping_interval, reactor=reactor)
+    factory = UploadClientFactory(url, uploads, token=token, ping_interval=ping_interval, compress=compress,
+                                  reactor=reactor)
     policy = backoffPolicy(initialDelay=0.5, maxDelay=max_delay, factor=2, jitter=random.random)
 
     def retry_delay(failed_attempts: int) -> float:

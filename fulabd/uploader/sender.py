@@ -208,6 +208,12 @@ class Sender:
 
     def _send_lines(self, seq: int, lines: list[bytes], end: Position):
         self.idle = False
+        packer = self.channel.packer
+        if packer is not None and not self.legacy:
+            header = {"type": "init", "session-id": self.session_id, **self.identity.meta} if seq == 0 \
+                else {"type": "events", "session-id": self.session_id, "seq": seq}
+            self._send_batch(seq, lines, end, [packer.encode(header, lines)], binary=True)
+            return
         events = []
         for offset, line in enumerate(lines):
             try:
@@ -216,16 +222,19 @@ class Sender:
                 self.reporter.warning(self, f"line {seq + offset} is not valid UTF-8; it is sent with "
                                             "replacement characters and will not be byte-identical")
                 events.append(line.decode("utf-8", "replace"))
-        size = sum(len(line) + 1 for line in lines)
         if self.legacy:
             messages = self._legacy_messages(seq, events)
         elif seq == 0:
             messages = [{"type": "init", "session-id": self.session_id, **self.identity.meta, "events": events}]
         else:
             messages = [{"type": "events", "session-id": self.session_id, "seq": seq, "events": events}]
-        payloads = [orjson.dumps(message) for message in messages]
+        self._send_batch(seq, lines, end, [orjson.dumps(message) for message in messages])
+
+    def _send_batch(self, seq: int, lines: list[bytes], end: Position, payloads: list[bytes], binary: bool = False):
+        """Send one batch's messages (several only for an old server); the last one's ack covers the batch."""
+        size = sum(len(line) + 1 for line in lines)
         limit = self.budget.server_limit
-        if limit is not None and max(map(len, payloads)) > limit:
+        if limit is not None and (size if binary else max(map(len, payloads))) > limit:
             self.state = BLOCKED
             self.reporter.error(self, {"err": "too-large", "detail": f"line {seq} is {size - 1} bytes, over the "
                                                                      f"server's message limit of {limit} bytes"},
@@ -236,7 +245,7 @@ class Sender:
         self.budget.take(size)
         for payload in payloads[:-1]:
             self.channel.send(payload, self._legacy_step)
-        self.channel.send(payloads[-1], lambda reply: self._acked(batch, reply))
+        self.channel.send(payloads[-1], lambda reply: self._acked(batch, reply), binary=binary)
 
     def _frame_bytes(self) -> int:
         """Lines per batch: ours, or less once the server said its limit (JSON escaping can double a line)."""

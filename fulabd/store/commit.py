@@ -1,0 +1,75 @@
+"""
+The group commit's thread side: one job per session written since the last
+commit, each making that session's lines and sidecars durable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from fulabd import edn
+from fulabd.store.layout import Root
+from fulabd.store.session import Session
+
+SYNC_THREADS = 16
+PAR_KEYWORD_VALUES = frozenset({"tags", "participants"})
+
+
+@dataclass
+class CommitJob:
+    """What one session needs made durable, encoded in the thread (not the reactor).
+
+    `pars` is the session's PAR list, of which the first `par_count` are
+    written (the list only grows meanwhile, so it is not copied); `meta` is a
+    copy of the metadata, with the counts that are durable once the job is done.
+    """
+
+    root: Root
+    session: Session
+    fd: int | None
+    pars: list | None
+    meta: dict | None
+    lines: int
+    size: int
+    published_lines: list
+    published_pars: list
+    waiters: list
+    par_count: int = 0
+    par_bytes: int | None = None
+    fsync_seconds: float = 0.0
+
+
+def run_commit_jobs(batch: list[CommitJob], syncers: ThreadPoolExecutor | None = None) -> list:
+    """In a thread: make each job durable; one error per job (None when it worked).
+
+    The jobs run concurrently on `syncers`: a journaling file system (ext4,
+    XFS) folds concurrent fsyncs into one journal commit, so a commit of 50
+    sessions costs about one fsync instead of 50 in a row (measured here:
+    50 fdatasyncs take 100-600 ms in a row, 10-30 ms from 16 threads).
+    """
+    if syncers is None or len(batch) == 1:
+        return [run_commit_job(job) for job in batch]
+    return list(syncers.map(run_commit_job, batch))
+
+
+def run_commit_job(job: CommitJob) -> Exception | None:
+    """Any exception, not only OSError, is the job's error: a commit must never leave its waiters hanging."""
+    try:
+        if job.fd is not None:
+            started = time.perf_counter()
+            os.fdatasync(job.fd)
+            job.fsync_seconds = time.perf_counter() - started
+        if job.pars is not None:
+            data = edn.dumps(job.pars[:job.par_count], PAR_KEYWORD_VALUES)
+            job.root.write_atomically(job.session.par_name, data)
+            job.par_bytes = len(data)
+            if job.meta is not None:
+                job.meta["par-bytes"] = job.par_bytes
+        if job.meta is not None:
+            job.root.write_atomically(job.session.meta_name, edn.dumps(job.meta))
+    except Exception as e:
+        return e
+    return None

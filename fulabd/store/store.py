@@ -1,0 +1,627 @@
+"""
+The session store: `<root>/<safe-id>.jsonl` plus `.meta.edn` and `.par.edn` sidecars.
+
+Lines are written in the reactor thread as they arrive (so one session's
+writes are serialized whatever connection they come from) and made durable by
+a group commit: one thread job fdatasyncs every session written since the last
+job, writes the PAR and meta sidecars that changed, and only then are the
+waiting acks fired and the new lines published to viewers.
+
+The store knows nothing of WebSockets: callers get a Deferred that fires once
+what they asked for is on disk, or fails with a `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from array import array
+from concurrent.futures import ThreadPoolExecutor
+
+from twisted.application import service
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+
+from fulabd import edn
+from fulabd.messages import CONFLICT, GAP, STORAGE_FAILED, STORAGE_FULL, UNKNOWN_SESSION, ProtocolError, now_iso
+from fulabd.par_schema import MAX_PARS_PER_SESSION, bad, checked_par
+from fulabd.store.commit import SYNC_THREADS, CommitJob, run_commit_jobs
+from fulabd.store.files import DEFAULT_MAX_OPEN_FILES, OpenFiles
+from fulabd.store.index import ChangeIndex
+from fulabd.store.interface import StoreError
+from fulabd.store.layout import Root, line_ends, safe_id
+from fulabd.store.recovery import Loaded, load_root, read_sidecar
+from fulabd.store.session import AppendResult, Session
+
+META_INTERVAL = 1.0
+IDLE_CLOSE_SECONDS = 60.0
+COMMIT_STUCK_SECONDS = 30.0
+
+
+class SessionStore(service.Service):
+    """Durable, deduplicating storage of session lines and PARs under one root folder (see `interface.Store`)."""
+
+    _log = Logger()
+
+    def __init__(self, root: str, clock=None, hub=None, run_in_thread=None, min_free_bytes: int = 0,
+                 observe_fsync=None, max_open_files: int = DEFAULT_MAX_OPEN_FILES):
+        """`observe_fsync(seconds)` is told how long each fdatasync took (for metrics)."""
+        from twisted.internet import reactor
+
+        self._root = Root(root)
+        self.root = self._root.path
+        self.clock = clock or reactor
+        self.hub = hub
+        self.min_free_bytes = min_free_bytes
+        self.observe_fsync = observe_fsync
+        self._run_in_thread = run_in_thread or threads.deferToThread
+        self._syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fulabd-sync")
+        self._files = OpenFiles(self._root, self.clock, max_open_files)
+        self._sessions: dict[str, Session] = {}
+        self.index = ChangeIndex()
+        self._loading: Loaded | None = None
+        self._load_waiters: list[defer.Deferred] | None = None
+        self._broken: str | None = None
+        self._dirty: set[Session] = set()
+        self._committing_since: float | None = None
+        self._fenced: set[Session] = set()
+        self._housekeeping = None
+        self._meta_writes = defer.succeed(None)
+        self._free_checked_at = float("-inf")
+        self._free_bytes = None
+
+    # -- service ---------------------------------------------------------
+
+    def startService(self):
+        """Open the root and load it in a thread: the daemon listens (and answers /healthz) meanwhile, and
+        what is asked of the store waits until the load is done."""
+        super().startService()
+        self._root.open_folder()
+        self._loading = Loaded()
+        self._load_waiters = []
+        self._run_in_thread(load_root, self._root, self.clock.seconds(), self._loading).addBoth(self._loaded)
+
+    def _loaded(self, result):
+        waiters, self._load_waiters = self._load_waiters, None
+        self._loading = None
+        if isinstance(result, defer.Failure):
+            # Writing now could append to files whose counts are unknown: take no work until a restart.
+            self._broken = f"the store could not be loaded ({result.getErrorMessage()}); fix it and restart"
+            self._log.failure("could not load the store at {root}", result, root=self.root)
+            for waiter in waiters:
+                waiter.callback(None)
+            return
+        self._adopt(result)
+        for waiter in waiters:
+            waiter.callback(None)
+        self._housekeeping = task.LoopingCall(self._tidy)
+        self._housekeeping.clock = self.clock
+        self._housekeeping.start(META_INTERVAL, now=False).addErrback(
+            lambda f: self._log.failure("store housekeeping stopped", f))
+
+    def _when_loaded(self, call, *args, **kwargs) -> defer.Deferred:
+        """`call(*args)` now, or once the start-up load is done."""
+        if self._broken:
+            return defer.fail(StoreError(STORAGE_FAILED, self._broken))
+        if self._load_waiters is None:
+            return call(*args, **kwargs)
+        waiter = defer.Deferred()
+        self._load_waiters.append(waiter)
+        return waiter.addCallback(lambda _: self._when_loaded(call, *args, **kwargs))
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        if self._load_waiters is not None:
+            waiter = defer.Deferred()
+            self._load_waiters.append(waiter)
+            yield waiter
+        if self._housekeeping is not None and self._housekeeping.running:
+            self._housekeeping.stop()
+        yield self._meta_writes
+        for session in self._sessions.values():
+            if session.meta_dirty:
+                session.meta_due = True
+                self._dirty.add(session)
+        yield self.flush()
+        self._files.close_all()
+        self._syncers.shutdown(wait=False)
+        self._root.close_folder()
+        yield super().stopService()
+
+    def load(self):
+        """Read what is on disk: cut torn tails, count lines where the meta does not say, read sidecars."""
+        if self._root.fd is None:
+            self._root.open_folder()
+        self._adopt(load_root(self._root, self.clock.seconds()))
+
+    def _adopt(self, loaded: Loaded) -> None:
+        for level, text, fields in loaded.notes:
+            getattr(self._log, level)(text, **fields)
+        for session in sorted(loaded.sessions, key=lambda session: session.modified):
+            self._sessions[session.safe_id] = session
+            self.index.touch(session)
+        self._log.info("store at {root} holds {sessions} sessions", root=self.root, sessions=len(self._sessions))
+
+    def _note(self, level: str, text: str, **fields):
+        getattr(self._log, level)(text, **fields)
+
+    # -- lookups ---------------------------------------------------------
+
+    def sessions(self) -> list[Session]:
+        """Every session that has files on disk."""
+        return [session for session in self._sessions.values() if session.stored]
+
+    def get(self, session_id: str) -> Session | None:
+        """The session with this raw id, if it has been stored."""
+        return self._sessions.get(safe_id(session_id))
+
+    def by_safe_id(self, safe: str) -> Session | None:
+        return self._sessions.get(safe)
+
+    def _session(self, session_id: str) -> Session:
+        """The session with this raw id; a new one is kept only once something of it is written."""
+        safe = safe_id(session_id)
+        session = self._sessions.get(safe)
+        if session is None:
+            return Session(self.root, session_id, safe)
+        if "session-id" not in session.meta:
+            session.session_id = session_id
+        elif session.meta["session-id"] != session_id:
+            raise ProtocolError(CONFLICT, f"session id {session_id!r} maps to the files of another session "
+                                          f"({session.session_id!r}); choose another id")
+        return session
+
+    def _keep(self, session: Session) -> None:
+        if session.safe_id not in self._sessions:
+            self._sessions[session.safe_id] = session
+            self.index.touch(session)
+
+    def attach(self, session_id: str) -> None:
+        session = self.get(session_id)
+        if session is not None:
+            session.uploaders += 1
+            self.index.touch(session)
+
+    def detach(self, session_id: str) -> None:
+        session = self.get(session_id)
+        if session is not None and session.uploaders > 0:
+            session.uploaders -= 1
+            self.index.touch(session)
+
+    def resume(self, session_id: str) -> defer.Deferred:
+        """The durable line count, once everything written so far is durable."""
+        return self._when_loaded(self._resume, session_id)
+
+    def _resume(self, session_id: str) -> defer.Deferred:
+        session = self.get(session_id)
+        if session is None:
+            return defer.succeed(0)
+        return self._durable(session).addCallback(lambda _: session.count)
+
+    # -- appending lines -------------------------------------------------
+
+    def append(self, session_id: str, seq: int | None, lines: list[bytes], meta: dict | None = None) -> defer.Deferred:
+        """Store `lines` as lines `seq`, `seq+1`, ... of the session.
+
+        Lines already stored are checked and skipped; lines past the end are a
+        `gap`.  Fires with an `AppendResult` once the lines are durable.
+        """
+        return self._when_loaded(self._append, session_id, seq, lines, meta)
+
+    def _append(self, session_id: str, seq: int | None, lines: list[bytes], meta: dict | None) -> defer.Deferred:
+        try:
+            session = self._session(session_id)
+            result = self._append_now(session, seq, lines, meta)
+        except ProtocolError as e:
+            return defer.fail(e)
+        return self._durable(session).addCallback(
+            lambda _: AppendResult(count=session.count, appended=result, dedup=result == 0))
+
+    def _append_now(self, session: Session, seq: int | None, lines: list[bytes], meta: dict | None) -> int:
+        if session.fenced:
+            raise StoreError(STORAGE_FAILED, f"the server cannot write to this session until it is restarted: "
+                                             f"{session.fenced}; ask the operator to check the disk and restart")
+        if seq is None:
+            seq = session.written
+        if seq > session.written:
+            raise ProtocolError(GAP, f"lines from {seq} were sent but the server has {session.written}; "
+                                     f"resend from line {session.written}", expected=session.written)
+        overlap = min(session.written - seq, len(lines))
+        if overlap:
+            differs = self._first_difference(session, seq, lines[:overlap])
+            if differs is not None:
+                raise ProtocolError(CONFLICT, f"line {differs} differs from the stored line {differs}; "
+                                              "the session file was rewritten: upload it as a new session",
+                                    line=differs, count=session.written)
+        new = lines[overlap:]
+        if new:
+            self._check_space(sum(len(line) + 1 for line in new))
+            self._write(session, new)
+        elif not session.stored and meta is not None:
+            self._files.get(session)
+            self._keep(session)
+        if meta is not None:
+            self._update_meta(session, meta, init_count=len(lines))
+        return len(new)
+
+    def _first_difference(self, session: Session, seq: int, lines: list[bytes]) -> int | None:
+        if self._read_span(session, seq, seq + len(lines)) == b"\n".join(lines) + b"\n":
+            return None
+        stored = self.read_written(session, seq, seq + len(lines))
+        for index, (old, new) in enumerate(zip(stored, lines)):
+            if old != new:
+                return seq + index
+        return seq + min(len(stored), len(lines))
+
+    def _write(self, session: Session, lines: list[bytes]):
+        ends = self._ends(session)
+        data = b"\n".join(lines) + b"\n"
+        fd = self._files.get(session)
+        self._keep(session)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            self._log.error("session {safe_id}: write failed: {error}", safe_id=session.safe_id, error=e)
+            self._cut_back(session, fd, session.written_size, f"a write failed ({e.strerror})")
+            code = STORAGE_FULL if e.errno == errno.ENOSPC else STORAGE_FAILED
+            raise StoreError(code, f"the server could not write the lines ({e.strerror}); "
+                                   "nothing was stored, retry later") from None
+        position = session.written_size
+        for line in lines:
+            position += len(line) + 1
+            ends.append(position)
+        session.written += len(lines)
+        session.written_size = position
+        session.pending_lines.extend(lines)
+        session.sync_lines = True
+        self._dirty.add(session)
+        session.modified = self.clock.seconds()
+
+    def _cut_back(self, session: Session, fd: int, size: int, why: str) -> None:
+        """Truncate the file to `size`; if even that fails, fence the session (never splice)."""
+        try:
+            os.ftruncate(fd, size)
+        except OSError as e:
+            self._fence(session, f"{why}, and cutting the file back failed too ({e.strerror})")
+
+    def _fence(self, session: Session, reason: str) -> None:
+        session.fenced = reason
+        self._fenced.add(session)
+        self._log.critical("session {safe_id}: {reason}; appends are refused until a restart recovers it",
+                           safe_id=session.safe_id, reason=reason)
+
+    def _check_space(self, needed: int):
+        if not self.min_free_bytes:
+            return
+        now = self.clock.seconds()
+        if now - self._free_checked_at >= 1.0 or self._free_bytes is None:
+            stat = os.statvfs(self.root)
+            self._free_bytes = stat.f_bavail * stat.f_frsize
+            self._free_checked_at = now
+        if self._free_bytes - needed < self.min_free_bytes:
+            raise StoreError(STORAGE_FULL, f"the server's disk has less than "
+                                           f"{self.min_free_bytes // (1024 * 1024)} MB free; nothing was stored. "
+                                           "The operator must free space; the upload resumes after that")
+        self._free_bytes -= needed
+
+    def _update_meta(self, session: Session, meta: dict, init_count: int):
+        now = now_iso(self.clock.seconds())
+        session.meta.setdefault("created-at", now)
+        session.meta.update(meta)
+        session.meta["session-id"] = session.session_id
+        session.meta["init/complete"] = True
+        session.meta["init/event-count"] = init_count
+        session.meta_due = True
+        self._meta_changed(session)
+
+    def update_meta(self, session_id: str, **values) -> None:
+        """Record extra metadata (e.g. the uploader's name) of a stored session with the next commit."""
+        session = self.get(session_id)
+        if session is None:
+            return
+        changed = {key: value for key, value in values.items() if session.meta.get(key) != value}
+        if changed:
+            session.meta.update(changed)
+            session.meta_due = True
+            self._meta_changed(session)
+
+    def _meta_changed(self, session: Session):
+        """The metadata must be rewritten: with the next commit if it was never written, else within a second."""
+        if not session.meta_dirty:
+            session.meta.setdefault("session-id", session.session_id)
+            session.meta.setdefault("created-at", now_iso(self.clock.seconds()))
+            for key, value in (("event-count", session.count), ("jsonl-bytes", session.size),
+                               ("par-count", session.par_count)):
+                session.meta.setdefault(key, value)
+            if session.meta_written_at == float("-inf") and not self._root.exists(session.meta_name):
+                session.meta_due = True
+            session.meta_dirty = True
+        if session.meta_due:
+            self._dirty.add(session)
+
+    # -- PARs --------------------------------------------------------------
+
+    def pars(self, session: Session) -> list[dict]:
+        if session.pars is None:
+            session.pars = read_sidecar(self._root, session.par_name, list, self.clock.seconds(), self._note) or []
+            session.par_ids = {par.get("id") for par in session.pars if isinstance(par, dict)}
+            session.par_count = len(session.pars)
+        return session.pars
+
+    def add_par(self, session_id: str, par: dict, author: str | None = None) -> defer.Deferred:
+        """Check a PAR and append it to the session's sidecar; fires with (index, par, added) once durable.
+
+        A PAR whose id is already stored is not added again.
+        """
+        return self._when_loaded(self._add_par, session_id, par, author)
+
+    def _add_par(self, session_id: str, par: dict, author: str | None) -> defer.Deferred:
+        try:
+            par = checked_par(par, author)
+            session = self._session(session_id)
+            if not session.stored or session.written == 0:
+                raise ProtocolError(UNKNOWN_SESSION, f"no session {session_id!r} with lines is stored; "
+                                                     "upload its lines before its PARs")
+            pars = self.pars(session)
+            if par["id"] in session.par_ids:
+                index = next(i for i, existing in enumerate(pars) if existing.get("id") == par["id"])
+                return self._durable(session).addCallback(lambda _: (index, pars[index], False))
+            if len(pars) >= MAX_PARS_PER_SESSION:
+                raise bad("par", f"the session has {len(pars)} PARs, the most one session may have")
+        except ProtocolError as e:
+            return defer.fail(e)
+        par.setdefault("timestamp", now_iso(self.clock.seconds()))
+        pars.append(par)
+        session.par_ids.add(par["id"])
+        index = len(pars) - 1
+        session.par_count = len(pars)
+        session.pending_pars.append((index, par))
+        session.write_pars = True
+        self._dirty.add(session)
+        self._meta_changed(session)
+        return self._durable(session).addCallback(lambda _: (index, par, True))
+
+    # -- group commit ----------------------------------------------------
+
+    def _durable(self, session: Session) -> defer.Deferred:
+        """Fires once everything done to `session` so far is on disk."""
+        if session not in self._dirty and not session.waiters and self._committing_since is None:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        session.waiters.append(waiter)
+        self._dirty.add(session)
+        self._kick()
+        return waiter
+
+    def _kick(self):
+        if self._committing_since is None and self._dirty:
+            self._commit()
+
+    def flush(self) -> defer.Deferred:
+        """Fires once every change made so far is on disk."""
+        waiters = [self._durable(session) for session in list(self._dirty)]
+        return defer.DeferredList(waiters, consumeErrors=True)
+
+    def _commit(self):
+        now = self.clock.seconds()
+        batch = []
+        for session in list(self._dirty):
+            meta_due = session.meta_due and not session.meta_writing
+            if not (session.sync_lines or session.write_pars or meta_due or session.waiters):
+                continue
+            self._dirty.discard(session)
+            job = CommitJob(
+                root=self._root, session=session,
+                fd=self._files.pin(session) if session.sync_lines else None,
+                pars=session.pars if session.write_pars else None, par_count=session.par_count,
+                meta=self._meta_taken(session, now, durable_after=True) if meta_due else None,
+                lines=session.written, size=session.written_size,
+                published_lines=session.pending_lines, published_pars=session.pending_pars,
+                waiters=session.waiters)
+            session.pending_lines, session.pending_pars, session.waiters = [], [], []
+            session.sync_lines = session.write_pars = False
+            batch.append(job)
+        if not batch:
+            return
+        self._committing_since = now
+        self._run_in_thread(run_commit_jobs, batch, self._syncers).addCallbacks(
+            self._committed, self._commit_crashed, callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _commit_crashed(self, failure, batch: list):
+        """The thread itself failed (not one job): every job of the batch failed with it."""
+        self._log.failure("a group commit failed as a whole", failure)
+        self._committed([failure.value] * len(batch), batch)
+
+    def _committed(self, errors: list, batch: list):
+        try:
+            for job, error in zip(batch, errors):
+                try:
+                    self._settle(job, error)
+                except Exception:
+                    self._log.failure("session {safe_id}: settling a commit failed", safe_id=job.session.safe_id)
+                    self._fail_waiters(job, RuntimeError("the commit could not be settled"))
+        finally:
+            self._committing_since = None
+            self._kick()
+
+    def _settle(self, job: CommitJob, error: Exception | None):
+        session = job.session
+        if job.fd is not None:
+            self._files.unpin(session)
+        if job.meta is not None:
+            session.meta_writing = False
+        if error is not None:
+            self._log.error("session {safe_id}: could not make writes durable: {error}",
+                            safe_id=session.safe_id, error=error)
+            self._rollback(session, job)
+            self._fail_waiters(job, error)
+            return
+        if job.fd is not None and self.observe_fsync is not None:
+            self.observe_fsync(job.fsync_seconds)
+        first = session.count
+        session.count, session.size = job.lines, job.size
+        recorded = {"event-count": session.count, "jsonl-bytes": session.size}
+        if job.pars is not None:
+            recorded |= {"par-count": job.par_count, "par-bytes": job.par_bytes}
+        if any(session.meta.get(key) != value for key, value in recorded.items()):
+            session.meta.update(recorded)
+            self._meta_changed(session)
+        self.index.touch(session)
+        self._publish(session, first, job)
+        for waiter in job.waiters:
+            waiter.callback(None)
+
+    def _fail_waiters(self, job: CommitJob, error: Exception):
+        session = job.session
+        failure = StoreError(STORAGE_FAILED, f"the server could not store the lines durably "
+                                             f"({error}); nothing was acknowledged, resume and resend")
+        waiters, session.waiters = job.waiters + session.waiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+
+    def _publish(self, session: Session, first: int, job: CommitJob):
+        if self.hub is None:
+            return
+        if job.published_lines:
+            self.hub.lines_appended(session, first, job.published_lines)
+        for index, par in job.published_pars:
+            self.hub.par_added(session, index, par)
+
+    def _rollback(self, session: Session, job: CommitJob):
+        """Forget every write that is not durable: the file goes back to its durable size."""
+        if session.written_size != session.size:
+            try:
+                fd = self._files.get(session)
+            except StoreError as e:
+                self._fence(session, f"a commit failed, and the file could not be reopened to cut it back "
+                                     f"({e.extra['reason']})")
+            else:
+                self._cut_back(session, fd, session.size, "a commit failed")
+            self._files.close(session)
+        session.written, session.written_size = session.count, session.size
+        session.ends = None
+        session.pending_lines = []
+        session.sync_lines = False
+        if job.pars is not None or session.write_pars:
+            session.pars = None
+            session.pending_pars = []
+            session.write_pars = False
+            self.pars(session)
+
+    # -- metadata and housekeeping -----------------------------------------
+
+    def _meta_taken(self, session: Session, now: float, durable_after: bool = False) -> dict:
+        """The metadata to write now (a copy); the session's meta is clean until it changes again.
+
+        `durable_after`: written by a commit job after its lines are synced, so it can record them.
+        """
+        session.meta["updated-at"] = now_iso(now)
+        session.meta_dirty = session.meta_due = False
+        session.meta_written_at = now
+        session.meta_writing = True
+        meta = dict(session.meta)
+        if durable_after:
+            meta["event-count"], meta["jsonl-bytes"] = session.written, session.written_size
+            if session.write_pars:
+                meta["par-count"] = session.par_count
+        return meta
+
+    def _tidy(self):
+        """Refresh metadata that changed (at most once a second each, off the ack path); close idle files."""
+        try:
+            self._tidy_now()
+        except Exception:
+            self._log.failure("store housekeeping failed; trying again in {interval} s", interval=META_INTERVAL)
+
+    def _tidy_now(self):
+        now = self.clock.seconds()
+        due = [session for session in self._sessions.values()
+               if session.meta_dirty and not session.meta_writing and now - session.meta_written_at >= META_INTERVAL]
+        self._files.close_idle(IDLE_CLOSE_SECONDS, lambda session: session in self._dirty or session.uploaders > 0)
+        if due:
+            files = [(session.meta_name, self._meta_encoded(session, now)) for session in due]
+            self._meta_writes = self._run_in_thread(self._root.write_all_atomically, files).addBoth(
+                self._metas_written, due)
+
+    def _meta_encoded(self, session: Session, now: float) -> bytes:
+        return edn.dumps(self._meta_taken(session, now))
+
+    def _metas_written(self, errors, sessions: list[Session]):
+        if not isinstance(errors, list):
+            self._log.failure("writing metadata failed; will retry", errors)
+            errors = [errors.value] * len(sessions)
+        for session, error in zip(sessions, errors):
+            session.meta_writing = False
+            if error is not None:
+                session.meta_dirty = True
+                self._log.error("session {safe_id}: could not write {path}: {error}; will retry",
+                                safe_id=session.safe_id, path=session.meta_path, error=error)
+        self._kick()
+
+    # -- health ----------------------------------------------------------
+
+    def problem(self) -> str | None:
+        """None while the store takes work, else why not (for `/healthz`)."""
+        if not self.running:
+            return "the store is not open"
+        if self._broken:
+            return self._broken
+        if self._loading is not None:
+            return f"loading the store ({len(self._loading.sessions)} sessions read so far); uploads wait until done"
+        if self._committing_since is not None and self.clock.seconds() - self._committing_since > COMMIT_STUCK_SECONDS:
+            return (f"a commit to disk has been pending for {self.clock.seconds() - self._committing_since:.0f} s: "
+                    "the disk under the store is stuck")
+        if self._fenced:
+            names = ", ".join(sorted(session.safe_id for session in self._fenced)[:5])
+            return (f"{len(self._fenced)} session(s) cannot be written until a restart ({names}): "
+                    "a failed write could not be rolled back; check the disk, then restart")
+        if not self._root.writable():
+            return f"the store folder {self.root} is not writable"
+        return None
+
+    # -- reading ---------------------------------------------------------
+
+    def _ends(self, session: Session) -> array:
+        if session.ends is None:
+            session.ends = array("q") if session.written_size == 0 else self._with_reader(
+                session, lambda fd: line_ends(fd, session.written_size))
+        return session.ends
+
+    def _with_reader(self, session: Session, use):
+        """`use(fd)` on a read descriptor of the session's file, opened without following a symlink."""
+        try:
+            fd = self._root.open(session.jsonl_name, os.O_RDONLY)
+        except OSError as e:
+            raise StoreError.from_os_error(f"session {session.safe_id}: could not read its file", e) from None
+        try:
+            return use(fd)
+        finally:
+            os.close(fd)
+
+    def _read_span(self, session: Session, start: int, stop: int) -> bytes:
+        """The bytes of written lines `start` to `stop`, newlines included."""
+        ends = self._ends(session)
+        stop = min(stop, session.written)
+        if start >= stop:
+            return b""
+        begin = ends[start - 1] if start else 0
+        return self._with_reader(session, lambda fd: os.pread(fd, ends[stop - 1] - begin, begin))
+
+    def read_written(self, session: Session, start: int, stop: int) -> list[bytes]:
+        data = self._read_span(session, start, stop)
+        return data[:-1].split(b"\n") if data else []
+
+    def read_lines(self, session: Session, start: int, max_lines: int | None = None,
+                   max_bytes: int | None = None) -> list[bytes]:
+        """Durable lines from `start`: at most `max_lines`, and past the first, at most `max_bytes`."""
+        stop = session.count if max_lines is None else min(session.count, start + max_lines)
+        if max_bytes is not None and start < stop:
+            ends = self._ends(session)
+            begin = ends[start - 1] if start else 0
+            limit = start + 1
+            while limit < stop and ends[limit] - begin <= max_bytes:
+                limit += 1
+            stop = limit
+        return self.read_written(session, start, stop)
