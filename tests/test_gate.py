@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import orjson
 import pytest
+from twisted.internet import defer, threads
 from twisted.web import resource
 from twisted.web.test.requesthelper import DummyRequest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -92,7 +93,7 @@ def guarded(tmp_path, tokens):
     server.stop()
 
 
-def served_paths(tmp_path, root) -> list[str]:
+def served_paths(tmp_path, root, monkeypatch) -> list[str]:
     """Every HTTP path of the daemon's resource tree, built as the daemon builds it, on a copy of its store.
 
     Static children are walked; a resource that makes children on demand (`getChild`) is asked for
@@ -100,6 +101,8 @@ def served_paths(tmp_path, root) -> list[str]:
     """
     copy = tmp_path / "walked-store"
     shutil.copytree(root, copy)
+    # No reactor runs here: the store's start-up load (a thread job) runs at once, so its sessions are known.
+    monkeypatch.setattr(threads, "deferToThread", lambda function, *args: defer.maybeDeferred(function, *args))
     options = tap.Options()
     options.parseOptions(["--root", str(copy)])
     service = tap.makeService(options)
@@ -127,8 +130,8 @@ def served_paths(tmp_path, root) -> list[str]:
     return sorted(set(paths))
 
 
-def test_every_path_and_websocket_is_gated(guarded, tokens, tmp_path):
-    paths = served_paths(tmp_path, guarded.root)
+def test_every_path_and_websocket_is_gated(guarded, tokens, tmp_path, monkeypatch):
+    paths = served_paths(tmp_path, guarded.root, monkeypatch)
     assert {"/healthz", "/metrics", "/fulab/lab/status", "/fulab/lab/sessions", f"/fulab/lab/sessions/{SESSION}/pars",
             "/fulab/lab/app.js"} <= set(paths)
     public = {"/healthz"} | ui.public_paths()
