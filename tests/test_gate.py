@@ -417,6 +417,10 @@ def test_status_and_doctor_say_which_scope_is_missing(guarded, tokens, monkeypat
     assert "[FAIL] ping/pong: the daemon accepted the token but refused it here: this token may not send lines" in out
     assert "'upload' scope" in out
     monkeypatch.setenv("FULAB_TOKEN", tokens["uploader"])
+    assert admin.main(["doctor", guarded.url + UPLOAD, "--timeout", "10"]) == 0  # a laptop's token is enough
+    out = capsys.readouterr().out
+    assert "[warn] listings: not checked: GET /fulab/lab/sessions was refused: this token may not read" in out
+    assert "all checks passed" in out
     assert admin.main(["status", "--url", guarded.http]) == 1
     err = capsys.readouterr().err
     assert "answered 403" in err and "this token may not read listings" in err and "'read' scope" in err
