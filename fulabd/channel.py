@@ -120,10 +120,13 @@ class GatedChannel(http.HTTPChannel):
                        peer=host_of(self.transport.getPeer()), timeout=self.site.head_timeout)
         self.transport.loseConnection()
 
-    def allHeadersReceived(self):
+    def _stop_head_timer(self):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def allHeadersReceived(self):
+        self._stop_head_timer()
         request = self.requests[-1]
         decision = self.site.decide(self, request, self._command, self._path)
         request.decision = decision
@@ -152,9 +155,7 @@ class GatedChannel(http.HTTPChannel):
         return result
 
     def connectionLost(self, reason):
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._stop_head_timer()
         self.site.released(self)
         super().connectionLost(reason)
 
