@@ -39,7 +39,7 @@ class Head:
 
     @property
     def path(self) -> str:
-        return urlsplit(self.uri.decode("utf-8", "surrogateescape")).path
+        return endpoints.request_path(self.uri)
 
     @property
     def params(self) -> dict[str, list[str]]:

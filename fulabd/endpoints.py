@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from fulabd.tokens import ADMIN, READ, REVIEW, UPLOAD
 
@@ -17,7 +18,7 @@ HEALTH_PATH = "/healthz"
 # Old viewers (the Emacs client, the Clojure lab's page) open `/?path=P`; behind the
 # shipped nginx, whose location is /fulab/lab/, that is `/fulab/lab/?path=P`.
 OLD_VIEWER_PATHS = ("/", "/fulab/lab/")
-PAR_POST = re.compile(r"/fulab/lab/sessions/[^/]+/pars/?")
+PAR_POST = re.compile(r"/fulab/lab/sessions/[^/]+/pars(/.*)?")   # the resource is a leaf: so is what is under it
 METRICS_PATH = "/metrics"
 PAR_BODY_LIMIT = 1024 * 1024
 READ_METHODS = (b"GET", b"HEAD")
@@ -41,6 +42,14 @@ UNKNOWN_SOCKET = Endpoint("unknown-websocket", None, websocket=True)
 PAR_WRITE = Endpoint("par-post", REVIEW, max_body=PAR_BODY_LIMIT)
 METRICS = Endpoint("metrics", ADMIN)
 READING = Endpoint("read", READ)
+
+
+def request_path(uri: bytes) -> str:
+    """The path as twisted.web routes it: each segment %-decoded.  A segment that decodes to a `/` routes
+    to no resource of ours, and its path is left encoded, so that it matches none of ours either."""
+    raw = urlsplit(uri.decode("utf-8", "surrogateescape")).path
+    segments = [unquote(segment, errors="surrogateescape") for segment in raw.split("/")]
+    return raw if any("/" in segment for segment in segments) else "/".join(segments)
 
 
 def is_upload_path(path: str) -> bool:
@@ -70,7 +79,7 @@ def classify(method: bytes, path: str, params, upgrade: bool, ui_files: frozense
             return HEALTH
         if path in ui_files:
             return UI_FILE
-        if path == METRICS_PATH:
+        if path == METRICS_PATH or path.startswith(METRICS_PATH + "/"):  # a leaf: it answers below itself too
             return METRICS
         return READING
     if method == b"POST" and PAR_POST.fullmatch(path):

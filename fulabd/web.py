@@ -5,7 +5,6 @@ WebSocket upgrades to the upload or viewer endpoint by request path.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
 
 import orjson
 from autobahn.twisted.resource import WebSocketResource
@@ -112,13 +111,13 @@ class WebSocketDispatch(resource.Resource):
             return self.websocket_for(request)
         if request.uri == b"/":  # a browser pointed at the port gets the UI (`/?path=` upgrades are viewers)
             return util.Redirect(UI_PATH.encode())
-        path = urlsplit(request.uri.decode("utf-8", "replace")).path
+        path = endpoints.request_path(request.uri)
         if is_upload_path(path) or path == STREAM_PATH:
             return UpgradeRequired()
         return super().getChildWithDefault(name, request)
 
     def websocket_for(self, request):
-        path = urlsplit(request.uri.decode("utf-8", "replace")).path
+        path = endpoints.request_path(request.uri)  # as the gate saw it
         params = {name.decode("utf-8", "replace") for name in request.args}
         endpoint = endpoints.websocket_endpoint(path, params)
         if endpoint is endpoints.STREAM_SOCKET and self.stream is not None:

@@ -75,6 +75,13 @@ def test_admin_may_everything():
     (head(authorization="Bearer " + READER, content_length="1"), 413, "too-large"),
     (head(authorization="Bearer " + READER, transfer_encoding="chunked"), 413, "too-large"),
     (head(authorization="Bearer " + READER, content_length="-1"), 400, "bad-request"),
+    # Spelled as twisted.web routes them: %-decoded segments, and a leaf answering below itself.
+    (head(uri=b"/%6detrics", authorization="Bearer " + READER), 403, "forbidden"),
+    (head(uri=b"/metrics/x", authorization="Bearer " + READER), 403, "forbidden"),
+    (head(uri=b"/%68ealthz"), 0, ""),
+    (head(uri=b"/fulab%2flab%2fapp.js"), 401, "unauthorized"),   # routes to nothing: not the UI's file
+    (head(uri=b"/fulab/lab/%73tream/ws?session=s", upgrade="websocket", authorization="Bearer " + ALICE),
+     403, "forbidden"),
 ])
 def test_decisions(request_head, code, err):
     decision = gate().decide(request_head)
