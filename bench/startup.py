@@ -1,5 +1,5 @@
 """
-Scenario 6, start-up and listings at many sessions: a store of N tiny
+Scenario 7, start-up and listings at many sessions: a store of N tiny
 sessions (made here, as the daemon writes them: a line, its meta with counts
 and sizes, a PAR sidecar for every tenth), then the daemon's time to listen,
 `/healthz` while it loads, its time to have loaded, and a listing page, the
@@ -19,7 +19,7 @@ from bench.common import Row, pin, DAEMON_CPU
 from fulabd import edn
 from tests.fixtures import STORE_LOADED, Daemon
 
-NAME = "6 start-up and listings"
+NAME = "7 start-up and listings"
 LINE = b'{"type":"user","message":{"content":"hi"}}\n'
 
 

@@ -12,10 +12,9 @@ end offsets, so history is read by line without loading the file.
 from __future__ import annotations
 
 import os
-import re
 from array import array
+from pathlib import PurePath
 
-import orjson
 from twisted.application import service
 from twisted.internet import defer, threads
 from twisted.logger import Logger
@@ -23,13 +22,11 @@ from twisted.python.failure import Failure
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from fulabd import edn
+from fulabd import edn, formats
 from fulabd.catalog import NotInside, open_inside
 from fulabd.store import line_ends, safe_id
 
-HEAD_BYTES = 64 * 1024  # read from a file's start for its id, cwd and originator
 GROW_BYTES = 4 * 1024 * 1024  # read of appended data per reactor turn
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 class LocalSession:
@@ -56,38 +53,12 @@ class LocalSession:
 
 
 def identify(session: LocalSession, head: bytes) -> None:
-    """Session id and metadata from a file's first lines, as session-formats.md §3 says."""
-    stem = os.path.basename(session.path)[:-len(".jsonl")]
-    values = []
-    for raw in head.split(b"\n")[:-1]:
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            values.append(value)
-    ident = None
-    if session.source == "codex":
-        for value in values:
-            payload = value.get("payload") if value.get("type") == "session_meta" else value
-            if isinstance(payload, dict) and isinstance(payload.get("id"), str) and (
-                    value.get("type") == "session_meta" or "type" not in value):
-                ident = payload["id"]
-                for key in ("cwd", "originator"):
-                    if isinstance(payload.get(key), str):
-                        session.meta[key] = payload[key]
-                break
-        match = _UUID.search(stem)
-        ident = ident or (match.group(0) if match else stem)
-    else:
-        ident = stem
-        cwd = next((value["cwd"] for value in values if isinstance(value.get("cwd"), str)), None)
-        if cwd:
-            session.meta["cwd"] = cwd
-    session.session_id = ident
-    session.safe_id = safe_id(ident)
-    session.meta["session-id"] = ident
-    session.meta["project"] = session.meta.get("cwd") or os.path.basename(os.path.dirname(session.path))
+    """Session id and metadata from a file's first lines, by `fulabd.formats`' rules (the uploader's too)."""
+    _, identity = formats.identify(PurePath(session.path), head, session.source)
+    session.session_id = identity.session_id
+    session.safe_id = safe_id(identity.session_id)
+    session.meta = {"source": session.source, "session-id": identity.session_id} | identity.meta()
+    session.meta.setdefault("project", os.path.basename(os.path.dirname(session.path)))
 
 
 def index_file(path: str, source: str) -> LocalSession:
@@ -95,7 +66,7 @@ def index_file(path: str, source: str) -> LocalSession:
     session = LocalSession(path, source)
     size = os.stat(path).st_size
     with open(path, "rb") as f:
-        identify(session, f.read(HEAD_BYTES))
+        identify(session, f.read(formats.HEAD_BYTES))
     session.ends = line_ends(path, size)
     session.count = len(session.ends)
     session.size = session.ends[-1] if session.ends else 0
@@ -269,7 +240,7 @@ class LocalSources(service.Service):
             session.ends.append(position)
         first = session.count
         if first == 0:  # created empty: its first lines say who it is
-            identify(session, complete[:HEAD_BYTES])
+            identify(session, complete[:formats.HEAD_BYTES])
         session.count += len(lines)
         session.size = position
         session.modified = os.path.getmtime(session.path)

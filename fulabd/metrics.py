@@ -57,6 +57,13 @@ class LabCollector:
         yield CounterMetricFamily("fulab_lines_stored", "Session lines stored durably (not counting resent ones).",
                                   value=uploads.lines_in)
         yield CounterMetricFamily("fulab_acks", "Acks of stored lines sent to uploaders.", value=uploads.acks)
+        budget = uploads.budget
+        yield GaugeMetricFamily("fulab_upload_inflight_bytes", "Bytes of upload messages being received or awaiting "
+                                "their commit (bounded by --max-inflight-mb).", value=budget.reserved)
+        yield GaugeMetricFamily("fulab_upload_held_connections", "Upload connections not read until the in-flight "
+                                "bytes fall.", value=budget.held)
+        yield CounterMetricFamily("fulab_upload_holds", "Times an upload connection was held by the memory budget.",
+                                  value=budget.holds)
         yield CounterMetricFamily("fulab_listener_restarts", "Times a listener was re-established.",
                                   value=status["restarts"])
         errors = CounterMetricFamily("fulab_errors", "Error replies sent to uploaders, by code.", labels=["code"])

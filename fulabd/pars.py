@@ -13,7 +13,10 @@ import orjson
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from fulabd.catalog import StoreSource
+from fulabd.export import SessionExport, exported_entry
 from fulabd.messages import BAD_PAR, UNKNOWN_SESSION, ProtocolError
+from fulabd.summaries.http import render_summary
 from fulabd.web import render_data
 
 MAX_BODY = 256 * 1024
@@ -109,17 +112,23 @@ class SessionPars(resource.Resource):
 
 
 class SessionResource(resource.Resource):
-    """`/fulab/lab/sessions/<id>/…`: what belongs to one stored session."""
+    """`/fulab/lab/sessions/<id>/…`: what belongs to one stored session; GET on it is its summary."""
 
-    def __init__(self, store, session, author_of=lambda request: None):
+    def __init__(self, store, session, summaries, author_of=lambda request: None):
         super().__init__()
+        self.session = session
+        self.summaries = summaries
         self.putChild(b"pars", SessionPars(store, session, author_of))
+        self.putChild(b"export", SessionExport(StoreSource(store), session, exported_entry(summaries)))
+
+    def render_GET(self, request):
+        return render_summary(request, self.summaries, self.session)
 
 
-def session_child(store, name: bytes, author_of=lambda request: None) -> resource.Resource:
+def session_child(store, name: bytes, summaries, author_of=lambda request: None) -> resource.Resource:
     """The resource for `/fulab/lab/sessions/<name>`, where name is a session id or a listing's `id`."""
     raw = name.decode("utf-8", "replace")
     session = store.by_safe_id(raw) or store.get(raw)
     if session is None or not session.stored:
         return UnknownSession(raw)
-    return SessionResource(store, session, author_of)
+    return SessionResource(store, session, summaries, author_of)

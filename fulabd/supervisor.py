@@ -18,6 +18,7 @@ from fulabd.web import UI_PATH
 
 PROBE_PATH = "/fulab/lab/upload/ws"
 PROBE_TIMEOUT = 5.0
+RETRY_LOG_INTERVAL = 60.0  # a port that stays busy is said once a minute, not at every retry
 
 
 class ListenerSupervisor(service.Service):
@@ -44,6 +45,8 @@ class ListenerSupervisor(service.Service):
         self.probes = 0
         self.last_error: str | None = None
         self._ever_listened = False
+        self._failure_said_at = float("-inf")
+        self._failures_unsaid = 0
         self._check_running = defer.succeed(None)
         self._loop = None
 
@@ -78,9 +81,10 @@ class ListenerSupervisor(service.Service):
         except Exception as e:
             self.failures += 1
             self.last_error = str(e)
-            self._log.error("cannot listen on {description}: {error}; retrying every {interval} s",
-                            description=self.description, error=e, interval=self.interval)
+            self._say_listen_failed(e)
             return
+        self._failure_said_at = float("-inf")
+        self._failures_unsaid = 0
         if not self.running:
             yield port.stopListening()
             return
@@ -94,6 +98,17 @@ class ListenerSupervisor(service.Service):
         if url is not None and not self._ever_listened:
             self._log.info("web UI at {url}", url=url)
         self._ever_listened = True
+
+    def _say_listen_failed(self, error: Exception):
+        now = self.clock.seconds()
+        if now - self._failure_said_at < RETRY_LOG_INTERVAL:
+            self._failures_unsaid += 1
+            return
+        since = f" ({self._failures_unsaid} more failed tries since the last message)" if self._failures_unsaid else ""
+        self._failure_said_at, self._failures_unsaid = now, 0
+        self._log.error("cannot listen on {description}: {error}; retrying every {interval} s, saying so once a "
+                        "minute{since}", description=self.description, error=error, interval=self.interval,
+                        since=since)
 
     @defer.inlineCallbacks
     def _probe(self):

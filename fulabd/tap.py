@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+import tempfile
 
 from twisted.application import service
 from twisted.internet import endpoints
@@ -14,13 +17,17 @@ from twisted.python import usage
 import fulabd
 from fulabd import access, netaddr, origins, pars, remote, supervisor, tls, tokens, ui, web
 from fulabd.archive import ArchivedListing, ArchiveSource
+from fulabd.budget import InflightBudget
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
 from fulabd.listing import Listing
 from fulabd.local import LocalSources
 from fulabd.metrics import Metrics, MetricsResource
+from fulabd.prices import BadPrices, PriceTable
 from fulabd.store import SessionStore
 from fulabd.stream import StreamFactory
+from fulabd.summaries import Summaries
+from fulabd.summaries.http import with_local_sessions
 from fulabd.upload import UploadFactory
 
 MiB = 1024 * 1024
@@ -34,6 +41,46 @@ def endpoint_description(port: str, interface: str) -> str:
     return port
 
 
+def endpoint_port(description: str) -> str | None:
+    """The port field of a `tcp:`, `tcp6:` or `ssl:` endpoint string (None for other kinds)."""
+    kind, *fields = re.split(r"(?<!\\):", description)
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return None
+    named = dict(field.split("=", 1) for field in fields if "=" in field)
+    positional = [field for field in fields if "=" not in field]
+    return named.get("port", positional[0] if positional else "")
+
+
+def check_endpoint(flag: str, description: str):
+    """Refuse, before anything starts, an endpoint string Twisted cannot parse or a port out of range."""
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        raise usage.UsageError(f"{flag} {description!r} is not a port number or a Twisted endpoint string ({e}); "
+                               "e.g. 5056, tcp:5056:interface=0.0.0.0 or unix:/run/fulab.sock") from None
+    port = endpoint_port(description)
+    if port is not None and not (port.isdigit() and 0 <= int(port) <= 65535):
+        raise usage.UsageError(f"{flag} {description!r}: the port must be a number from 0 to 65535")
+
+
+def check_root(root: str):
+    """Refuse a --root this user cannot create or write to (instead of failing every upload later)."""
+    path = os.path.abspath(root)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise usage.UsageError(f"cannot use --root {root}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise usage.UsageError(f"cannot use --root {root}: cannot create files in {existing} ({e.strerror or e}); "
+                               "give a folder this user can write to, or fix its permissions") from None
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = ("Receive AI coding agents' session transcripts over WebSocket, store them durably "
@@ -44,6 +91,7 @@ class Options(usage.Options):
         ["interface", None, "127.0.0.1", "Interface a numeric --port listens on."],
         ["root", "r", None, "Session store folder [default: $LAB_UPLOAD_ROOT, else lab/remote]."],
         ["active-window", None, 3600.0, "Seconds since the last write for a session to count as active.", float],
+        ["live-window", None, 60.0, "Seconds since the last line arrived for a session to be listed as live.", float],
         ["restart-interval", None, 10.0, "Seconds between listen retries and self-probes.", float],
         ["max-message-size", None, 64 * MiB, "Largest WebSocket message accepted, in bytes.", int],
         ["ping-interval", None, 30.0, "Seconds between WebSocket pings to each client (0: off).", float],
@@ -55,6 +103,8 @@ class Options(usage.Options):
         ["token-file", None, None, "Require a token from this file (lines `TOKEN [NAME] [SCOPES]`) on every request."],
         ["max-connections", None, 512, "Most connections (HTTP and WebSocket) open at once (0: no cap).", int],
         ["max-connections-per-ip", None, 64, "Most connections open from one client address (0: no cap).", int],
+        ["max-inflight-mb", None, 1024, "Most MiB of upload messages being received or awaiting their commit, "
+                                        "over all connections; above it, reading uploads waits for their commits.", int],
         ["min-free-mb", None, 64, "Refuse uploads (storage-full) that would leave less free disk than this.", int],
         ["max-open-files", None, 256, "Most session files the store keeps open at once (least recently used "
                                       "closed first).", int],
@@ -66,6 +116,8 @@ class Options(usage.Options):
          float],
         ["remote-cache", None, remote.CACHE_SECONDS, "Seconds another lab's answer is reused (0: ask every time).",
          float],
+        ["prices", None, None, "Price table (JSON, like fulabd/data/prices.json) for the sessions' estimated cost "
+                               "[default: the table shipped with fulabd]."],
         ["tls-check-interval", None, 60.0, "Seconds between checks of the TLS files for changes (0: SIGHUP only).",
          float],
     ]
@@ -112,7 +164,8 @@ class Options(usage.Options):
     def postOptions(self):
         if self["root"] is None:
             self["root"] = os.environ.get("LAB_UPLOAD_ROOT") or "lab/remote"
-        for name in ("active-window", "restart-interval", "max-message-size", "handshake-timeout", "max-open-files"):
+        for name in ("active-window", "live-window", "restart-interval", "max-message-size", "handshake-timeout",
+                     "max-open-files", "max-inflight-mb"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         for name in ("max-connections", "max-connections-per-ip", "min-free-mb"):
@@ -129,7 +182,18 @@ class Options(usage.Options):
                                                          os.environ.get(remote.ENVIRONMENT))
         except remote.BadRemote as e:
             raise usage.UsageError(str(e)) from None
+        try:
+            self["price-table"] = PriceTable.load(self["prices"])
+        except BadPrices as e:
+            raise usage.UsageError(f"--prices: {e}") from None
+        if self["port"].isdigit() and int(self["port"]) > 65535:
+            raise usage.UsageError(f"--port {self['port']}: the port must be a number from 0 to 65535")
         self["endpoints"] = [endpoint_description(self["port"], self["interface"])] + self["listen"]
+        for flag, description in zip(["--port"] + ["--listen"] * len(self["listen"]), self["endpoints"]):
+            check_endpoint(flag, description)
+        if self["tls-port"] is not None and not 0 <= self["tls-port"] <= 65535:
+            raise usage.UsageError(f"--tls-port {self['tls-port']}: the port must be a number from 0 to 65535")
+        check_root(self["root"])
         if len({self[name] is None for name in ("tls-port", "tls-cert", "tls-key")}) > 1:
             raise usage.UsageError("--tls-port, --tls-cert and --tls-key go together: give all three or none")
         if self["tls-cert"] is not None:
@@ -137,6 +201,17 @@ class Options(usage.Options):
                 tls.load_options(self["tls-cert"], self["tls-key"])
             except tls.CertificateError as e:
                 raise usage.UsageError(f"cannot serve TLS: {e}")
+
+
+class CommandLine(Options):
+    """What `twistd fulab` parses: a refusal is one line on stderr and exit status 1, not twistd's whole help."""
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"twistd fulab: {e}\n")
+            raise SystemExit(1) from None
 
 
 _log = Logger()
@@ -184,9 +259,14 @@ def makeService(config, reactor=None) -> service.MultiService:
         sources.append(archives)
     listing.local = Catalog(sources[1:]).sessions  # the sessions that are not the store's
     catalog = Catalog(sources)
+    summaries = Summaries(catalog, config["price-table"], clock=reactor, live_seconds=config["live-window"],
+                          ready=store.loaded)
+    summaries.setServiceParent(parent)
+    hub.listeners.append(summaries)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
-                            admit=gate.admit, principal_of=gate.handshake_principal, reactor=reactor)
+                            admit=gate.admit, principal_of=gate.handshake_principal,
+                            budget=InflightBudget(config["max-inflight-mb"] * MiB), reactor=reactor)
     stream = StreamFactory(catalog, hub, clock=reactor, admit=gate.admit, reactor=reactor)
     for factory in (uploads, stream):
         factory.setProtocolOptions(autoPingInterval=config["ping-interval"], autoPingTimeout=config["ping-timeout"],
@@ -230,11 +310,13 @@ def makeService(config, reactor=None) -> service.MultiService:
         labs = remote.RemoteLabs(config["remote-labs"], remote.HttpFetcher(reactor).get, reactor,
                                  timeout=config["remote-timeout"], cache_seconds=config["remote-cache"])
     web.build_tree(dispatch, listing, reactor, config["active-window"], status,
-                   session_child=lambda name: pars.session_child(store, name, gate.requester_of),
+                   session_child=with_local_sessions(
+                       lambda name: pars.session_child(store, name, summaries, gate.requester_of), catalog, summaries),
                    merge=labs.merge if labs is not None else None,
-                   sessions_children={b"archived": ArchivedListing(archives)})
+                   sessions_children={b"archived": ArchivedListing(archives)},
+                   listing_extra=summaries.listing_fields)
     metrics.watch(uploads, gate, status)
     dispatch.putChild(b"metrics", MetricsResource(metrics.registry))
     dispatch.putChild(b"healthz", web.Health(lambda: store.problem() or (
-        None if status()["running"] else "no port is listening")))
+        None if any(listener.port is not None for listener in listeners) else "no port is listening")))
     return parent

@@ -16,10 +16,13 @@ from twisted.logger import Logger
 
 from fulabd import messages, packed
 from fulabd.access import SELF_PROBE
+from fulabd.budget import InflightBudget
 from fulabd.messages import FORBIDDEN, MISSING_SESSION_ID, TOO_LARGE, ProtocolError
 from fulabd.tokens import ADMIN, ANYONE
 
 UNBOUNDED_PACKED = 1 << 30  # what packed lines may inflate to when --max-message-size is 0 (no limit)
+DEFAULT_INFLIGHT_BYTES = 1024 << 20
+BUDGET_LOG_INTERVAL = 60.0
 
 
 class UploadProtocol(WebSocketServerProtocol):
@@ -34,6 +37,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._peer = "?"
         self._quiet = False
         self.packed = False
+        self.held = False
 
     def onConnect(self, request):
         self._peer = self.factory.admit(request, self)
@@ -50,6 +54,7 @@ class UploadProtocol(WebSocketServerProtocol):
                            "upload connection open from {peer}", peer=self._peer, uploader=self.uploader)
 
     def onClose(self, wasClean, code, reason):
+        self.factory.budget.forget(self)
         if self not in self.factory.connections:
             return
         self.factory.connections.discard(self)
@@ -62,23 +67,60 @@ class UploadProtocol(WebSocketServerProtocol):
         if not self._quiet:
             self._log.info("upload connection from {peer} closed (code {code})", peer=self._peer, code=code)
 
+    # The daemon's memory budget (fulabd.budget): a frame that does not fit stops this connection's reading.
+
+    def onMessageFrameBegin(self, length):
+        super().onMessageFrameBegin(length)
+        if not self.failedByMe:
+            self.factory.budget.frame(self, length)
+
+    def processData(self):
+        """Held by the budget: leave what is buffered unread until `carry_on`."""
+        return False if self.held else super().processData()
+
+    def hold(self):
+        self.held = True
+        self.transport.pauseProducing()
+        self.factory.budget_full()
+
+    def carry_on(self):
+        self.held = False
+        self.transport.resumeProducing()
+        self.factory.clock.callLater(0, self._read_buffered)
+
+    def _read_buffered(self):
+        if not self.held and self.state == self.STATE_OPEN:
+            self.consumeData()
+
+    def onAutoPingTimeout(self):
+        """A held connection's pong sits unread in its buffer: wait for it, rather than drop a live client."""
+        if self.held:
+            self.autoPingTimeoutCall = self.factory.clock.callLater(self.autoPingTimeout, self.onAutoPingTimeout)
+            return
+        super().onAutoPingTimeout()
+
     def onMessage(self, payload, isBinary):
+        size = self.factory.budget.message_received(self)
         self.factory.messages_in += 1
         self.factory.bytes_in += len(payload)
         if isBinary and not self.packed:
             self._reply(defer.fail(ProtocolError(messages.BAD_JSON, "binary frames are accepted only after a "
-                                                                    f"{packed.HEADER} handshake; send JSON text frames")))
+                                                                    f"{packed.HEADER} handshake; send JSON text frames")),
+                        size)
             return
         try:
             message = packed.decode(payload, self.maxMessagePayloadSize or UNBOUNDED_PACKED) if isBinary \
                 else messages.parse(payload)
         except ProtocolError as e:
             if e.code == TOO_LARGE:
+                self.factory.budget.release(size)
                 self._max_message_size_exceeded(f"more than {e.extra['limit']}", e.extra["limit"], e.detail)
             else:
-                self._reply(defer.fail(e))
+                self._reply(defer.fail(e), size)
             return
-        self._reply(defer.maybeDeferred(self._handle, message))
+        if isBinary:
+            size += self.factory.budget.inflated(sum(map(len, message.lines)) + len(message.lines) - size)
+        self._reply(defer.maybeDeferred(self._handle, message), size)
 
     def _handle(self, message) -> defer.Deferred:
         if isinstance(message, messages.Ping):
@@ -158,9 +200,9 @@ class UploadProtocol(WebSocketServerProtocol):
         if self.uploader and session_id in self._created and session.meta.get("uploader") is None:
             self.factory.store.update_meta(session_id, uploader=self.uploader)
 
-    def _reply(self, result: defer.Deferred):
-        """Queue a reply; replies leave in the order their messages came."""
-        entry = [None]
+    def _reply(self, result: defer.Deferred, size: int):
+        """Queue a reply; replies leave in the order their messages came, and free the message's `size` bytes."""
+        entry = [None, size]
         self._outbox.append(entry)
 
         def settle(value):
@@ -182,7 +224,8 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def _flush(self):
         while self._outbox and self._outbox[0][0] is not None:
-            reply = self._outbox.popleft()[0]
+            reply, size = self._outbox.popleft()
+            self.factory.budget.release(size)
             if self.state == self.STATE_OPEN:
                 if reply.get("type") == "ack" and "count" in reply:
                     self.factory.acks += 1
@@ -198,12 +241,16 @@ class UploadProtocol(WebSocketServerProtocol):
 
 class UploadFactory(WebSocketServerFactory):
     protocol = UploadProtocol
+    _log = Logger()
 
-    def __init__(self, store, clock, max_message_size: int, admit, principal_of=lambda request: ANYONE, **kw):
+    def __init__(self, store, clock, max_message_size: int, admit, principal_of=lambda request: ANYONE,
+                 budget: InflightBudget | None = None, **kw):
         """`admit(request, protocol)` returns the client's address, or raises `ConnectionDeny` to refuse it;
-        `principal_of(request)` is who the client's token stands for."""
+        `principal_of(request)` is who the client's token stands for; `budget` bounds the bytes of messages
+        in flight over all connections (default: 1 GiB)."""
         super().__init__(**kw)
         self.store = store
+        self.budget = budget or InflightBudget(DEFAULT_INFLIGHT_BYTES)
         self.clock = clock
         self.admit = admit
         self.principal_of = principal_of
@@ -213,5 +260,15 @@ class UploadFactory(WebSocketServerFactory):
         self.lines_in = 0
         self.acks = 0
         self.errors: dict[str, int] = {}
+        self._budget_logged_at = float("-inf")
         self.setProtocolOptions(maxMessagePayloadSize=max_message_size, maxFramePayloadSize=max_message_size,
                                 failByDrop=False)
+
+    def budget_full(self):
+        """Say so when the memory budget holds connections: at most once a minute, it is normal under load."""
+        now = self.clock.seconds()
+        if now - self._budget_logged_at >= BUDGET_LOG_INTERVAL:
+            self._budget_logged_at = now
+            self._log.info("upload budget full ({reserved} of {limit} MiB in flight): {held} connection(s) wait "
+                           "for earlier messages to be committed (--max-inflight-mb)",
+                           reserved=self.budget.reserved >> 20, limit=self.budget.limit >> 20, held=self.budget.held)

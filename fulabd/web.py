@@ -132,8 +132,8 @@ class WebSocketDispatch(resource.Resource):
         return resource.Resource.render(self, request)
 
 
-def describe(session, now: float, active_window: float) -> dict:
-    """One entry of the session listings."""
+def describe(session, now: float, active_window: float, extra=None) -> dict:
+    """One entry of the session listings; `extra(session, now)` adds fields (the summary)."""
     meta = session.meta
     entry = {
         "id": session.safe_id,
@@ -153,6 +153,8 @@ def describe(session, now: float, active_window: float) -> dict:
     for key in ("created-at", "remote-source", "uploader", "parent-session-id", "archived", "error"):
         if meta.get(key) is not None:
             entry[key] = meta[key]
+    if extra is not None:
+        entry.update(extra(session, now))
     return entry
 
 
@@ -167,11 +169,13 @@ class Sessions(resource.Resource):
     isLeaf = False
 
     def __init__(self, listing, clock, active_window: float, active_only: bool = False, session_child=None,
-                 merge=None):
+                 merge=None, extra=None):
         """`merge(request, body)`, when given, returns a Deferred of the body to send instead (other labs'
-        sessions added); it is applied to every answer but a later page (`cursor`)."""
+        sessions added); it is applied to every answer but a later page (`cursor`).  `extra(session, now)`
+        adds fields to each entry (the summary)."""
         super().__init__()
         self.listing = listing
+        self.extra = extra
         self.clock = clock
         self.active_window = active_window
         self.active_only = active_only
@@ -201,7 +205,7 @@ class Sessions(resource.Resource):
         else:
             sessions = self._newest_first(self.listing.everything())
         now = self.clock.seconds()
-        entries = [describe(session, now, self.active_window) for session in sessions]
+        entries = [describe(session, now, self.active_window, self.extra) for session in sessions]
         if self.active_only:
             entries = [entry for entry in entries if entry["active"]]
         body = reply | {"sessions": entries, "token": token}
@@ -245,18 +249,21 @@ class Status(resource.Resource):
 
 
 def build_tree(dispatch: WebSocketDispatch, listing, clock, active_window: float, status,
-               session_child=None, merge=None, sessions_children=None) -> resource.Resource:
+               session_child=None, merge=None, sessions_children=None, listing_extra=None) -> resource.Resource:
     """Mount the web UI and the HTTP resources under `/fulab/lab/` of the dispatching root.
 
     `listing` is a `fulabd.listing.Listing`; `session_child(name)` gives the resource for
     `sessions/<name>` (e.g. its PARs); `merge` is the listings' hook (see `Sessions`);
-    `sessions_children` are more resources under `sessions/`.
+    `sessions_children` are more resources under `sessions/`; `listing_extra(session, now)` adds fields
+    to each listing entry (the summary).
     """
     fulab = resource.Resource()
     lab = ui.Lab()
     ui.mount(lab)
-    sessions = Sessions(listing, clock, active_window, session_child=session_child, merge=merge)
-    sessions.putChild(b"active", Sessions(listing, clock, active_window, active_only=True, merge=merge))
+    sessions = Sessions(listing, clock, active_window, session_child=session_child, merge=merge,
+                        extra=listing_extra)
+    sessions.putChild(b"active", Sessions(listing, clock, active_window, active_only=True, merge=merge,
+                                          extra=listing_extra))
     sessions.putChild(b"", sessions)
     for name, child in (sessions_children or {}).items():
         sessions.putChild(name, child)

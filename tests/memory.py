@@ -25,8 +25,11 @@ from fulabd import pars, web
 from fulabd.access import Gate
 from fulabd.catalog import Catalog, StoreSource
 from fulabd.hub import Hub
+from fulabd.listing import Listing
+from fulabd.prices import PriceTable
 from fulabd.store import SessionStore
 from fulabd.stream import StreamFactory
+from fulabd.summaries import Summaries
 from fulabd.upload import UploadFactory
 
 SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 5056)
@@ -160,9 +163,14 @@ class Lab:
                                      admit=self.gate.admit, principal_of=self.gate.handshake_principal, reactor=self.clock)
         self.stream = StreamFactory(self.catalog, self.hub, clock=self.clock, admit=self.gate.admit,
                                     reactor=self.clock)
+        self.summaries = Summaries(self.catalog, PriceTable.shipped(), clock=self.clock,
+                                   run_in_thread=defer.maybeDeferred)  # files read at once, apart from commits
+        self.summaries.startService()
+        self.hub.listeners.append(self.summaries)
         dispatch = web.WebSocketDispatch(self.uploads, self.stream)
-        web.build_tree(dispatch, self.catalog.sessions, self.clock, 3600, lambda: {"running": True},
-                       session_child=lambda name: pars.session_child(self.store, name))
+        web.build_tree(dispatch, Listing(self.store), self.clock, 3600, lambda: {"running": True},
+                       session_child=lambda name: pars.session_child(self.store, name, self.summaries),
+                       listing_extra=self.summaries.listing_fields)
         self.site = web.LabSite(dispatch, self.gate, reactor=self.clock)
         self.pumps: list[iosim.IOPump] = []
         self._previous_loop = txaio.config.loop

@@ -11,6 +11,7 @@ import stat
 
 import edn_format
 import pytest
+from twisted.internet import task
 from twisted.web.test.requesthelper import DummyRequest
 
 from fulabd import web
@@ -58,7 +59,7 @@ def test_a_commit_thread_that_fails_as_a_whole_fails_every_waiter_and_the_store_
     def broken(batch, syncers):
         raise RuntimeError("the thread pool is gone")
 
-    monkeypatch.setattr("fulabd.store.store.run_commit_jobs", broken)
+    monkeypatch.setattr("fulabd.store.committing.run_commit_jobs", broken)
     with pytest.raises(ProtocolError) as failed:
         result_of(store.append("s", 0, [b"lost"]))
     assert failed.value.code == "storage-failed"
@@ -137,3 +138,21 @@ def test_healthz_is_503_when_the_root_is_not_writable(tmp_path, monkeypatch):
 def test_a_store_that_is_not_running_is_unhealthy(tmp_path):
     store = SessionStore(str(tmp_path))
     assert "not open" in store.problem()
+
+
+def test_while_the_store_loads_healthz_says_so_and_uploads_wait_for_the_load(tmp_path):
+    (tmp_path / "s.jsonl").write_bytes(b"a\nb\n")
+    thread = ManualThread()
+    clock = task.Clock()
+    store = SessionStore(str(tmp_path), clock=clock, run_in_thread=thread)
+    store.startService()
+    code, body = health(store)
+    assert code == 503 and b"loading the store" in body
+    resumed = store.resume("s")
+    appended = store.append("s", 2, [b"c"])
+    assert store.sessions() == [] and not resumed.called and not appended.called
+    thread.run_all()  # the load, then the commit it let through
+    thread.run_all()
+    assert result_of(resumed) == 2 and result_of(appended).count == 3
+    assert health(store) == (200, b"ok\n")
+    assert (tmp_path / "s.jsonl").read_bytes() == b"a\nb\nc\n"

@@ -227,3 +227,11 @@ def test_lines_below_the_small_line_size_give_events_within_the_limits(texts, ro
     event = events.normalize(raw, 0)
     assert len(orjson.dumps(event)) <= events.MAX_EVENT_BYTES
     assert all(len(block.get("text", "")) <= events.MAX_STRING for block in event.get("blocks", [event]))
+
+
+def test_a_claude_assistant_line_carries_its_message_usage_and_id_so_a_turn_counts_it_once():
+    line = {"type": "assistant", "message": {"id": "msg_1", "role": "assistant", "content": "hi",
+                                             "usage": {"input_tokens": 3, "output_tokens": 5}}}
+    event = events.normalize(orjson.dumps(line), 0)
+    assert event["usage"] == {"input_tokens": 3, "output_tokens": 5} and event["message-id"] == "msg_1"
+    assert "usage" not in events.normalize(orjson.dumps({"type": "user", "message": {"content": "x", "usage": {}}}), 1)

@@ -6,6 +6,7 @@ it) are neither followed, truncated nor written through.
 """
 
 import os
+import resource
 import threading
 
 import orjson
@@ -14,7 +15,7 @@ from websockets.sync.client import connect
 
 from fulabd.messages import ProtocolError
 from tests.fixtures import Daemon, get_json
-from tests.test_store import make_store, result_of
+from tests.test_store import ManualThread, make_store, result_of
 
 
 def open_files_under(folder) -> list[str]:
@@ -115,3 +116,50 @@ def test_one_connection_creates_2000_sessions_under_a_1024_file_limit_while_othe
     finally:
         daemon.stop()
     assert len(list((tmp_path / "remote").glob("*.jsonl"))) == sessions + 1
+
+
+def test_out_of_descriptors_is_storage_failed_with_the_reason_and_the_store_recovers(tmp_path):
+    store, clock = make_store(tmp_path)
+    result_of(store.append("old", 0, [b"line"]))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+    try:
+        with pytest.raises(OSError):
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        # Out of descriptors: the store gives up its own idle ones first ("old" is closed, "new" opens) ...
+        assert result_of(store.append("new", 0, [b"line"])).count == 1
+        assert result_of(store.append("old", 1, [b"more"])).count == 2
+        # ... and when it has none left to give (idle ones are closed after a minute), the append fails with
+        # the reason.
+        clock.advance(61)
+        with pytest.raises(OSError):
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        with pytest.raises(ProtocolError) as refused:
+            result_of(store.append("newer", 0, [b"line"]))
+        assert refused.value.code == "storage-failed" and "Too many open files" in refused.value.detail
+        assert store.get("newer") is None
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert result_of(store.append("newer", 0, [b"line"])).count == 1
+
+
+def test_lines_of_a_file_closed_to_make_room_before_its_commit_are_still_synced(tmp_path, monkeypatch):
+    synced = []
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    thread = ManualThread()
+    store, _ = make_store(tmp_path, thread=thread, max_open_files=2)
+    acked = [store.append(f"s{number}", 0, [b"line"]) for number in range(5)]  # one commit for all five
+    thread.run_all()
+    assert [result_of(ack).count for ack in acked] == [1] * 5
+    assert sorted(synced) == sorted(str(tmp_path / f"s{number}.jsonl") for number in range(5))

@@ -54,6 +54,38 @@ async def test_busy_port_is_retried_every_interval_until_it_is_free():
         await defer.maybeDeferred(listener.stopService)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_port_that_stays_busy_is_said_once_a_minute_not_at_every_retry():
+    from twisted.logger import globalLogPublisher
+
+    holder, port = busy_port()
+    clock = task.Clock()
+    description = f"tcp:{port}:interface=127.0.0.1"
+    listener = supervisor.ListenerSupervisor(description, endpoints.serverFromString(reactor, description), site(),
+                                             clock, interval=10, probe_endpoint=lambda address: None)
+    said = []
+
+    def observe(event):
+        if event.get("log_namespace") == "fulabd.supervisor.ListenerSupervisor" and "cannot listen" in event.get(
+                "log_format", ""):
+            said.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    listener.startService()
+    try:
+        await listener._check_running
+        for _ in range(12):
+            clock.advance(10)
+            await listener._check_running
+        assert listener.failures == 13
+        assert len(said) == 3, "at 0, 60 and 120 s"
+        assert said[0]["since"] == "" and said[1]["since"] == " (5 more failed tries since the last message)"
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        holder.close()
+        await defer.maybeDeferred(listener.stopService)
+
+
 def daemon_site(tmp_path):
     store = SessionStore(str(tmp_path), clock=reactor, hub=Hub())
     store.startService()

@@ -65,12 +65,14 @@ def par_card(browser, title: str):
 
 
 def line_shown(browser, line: int):
-    return wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, f"article.event[data-line='{line}']")))
+    """The visible row of `line`; a tool result's line shows in its call's card."""
+    return wait(browser, EC.visibility_of_element_located(
+        (By.CSS_SELECTOR, f"#events .row[data-line='{line}']:not(.paired), .tool-card[data-result-line='{line}']")))
 
 
 def shown_lines(browser) -> list[int]:
     return [int(value) for value in browser.execute_script(
-        "return [...document.querySelectorAll('article.event')].map(e => e.dataset.line)")]
+        "return [...document.querySelectorAll('#events .row')].map(e => e.dataset.line)")]
 
 
 def test_list_shows_the_session_live_and_updates_without_reload(daemon, session, browser):
@@ -82,15 +84,19 @@ def test_list_shows_the_session_live_and_updates_without_reload(daemon, session,
     assert row.find_elements(By.CSS_SELECTOR, "td")[-1].text == "1"
     browser.execute_script("window.notReloaded = true")
 
-    uploader.close()  # the upload disconnects: the badge goes on the next refresh, without a reload
-    wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, f"tr[data-id='{entry['id']}'] .badge.live"))
+    turns = row.find_element(By.CSS_SELECTOR, "td.turns").text
+    uploader.call({"type": "event", "event": orjson.dumps({
+        "type": "user", "timestamp": "2025-09-03T01:00:00.000Z", "sessionId": uploader.session_id,
+        "message": {"role": "user", "content": "one more prompt"}}).decode()})
+    wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, f"tr[data-id='{entry['id']}'] td.turns").text
+         == str(int(turns) + 1))  # the new line's turn shows on the next refresh, without a reload
     assert browser.execute_script("return window.notReloaded") is True
 
     browser.find_element(By.ID, "filter").send_keys("no-such-project")
     wait(browser, EC.visibility_of_element_located((By.ID, "list-empty")))
     browser.find_element(By.ID, "filter").clear()
     browser.find_element(By.ID, "filter").send_keys("todo laptop")
-    wait(browser, EC.element_to_be_clickable((By.LINK_TEXT, "todo-app"))).click()
+    wait(browser, EC.element_to_be_clickable((By.LINK_TEXT, "/init"))).click()  # the session's title
     wait(browser, EC.url_contains(f"?session={entry['id']}"))
     assert "token" not in browser.current_url  # the tab keeps it in sessionStorage, not in links
     par_card(browser, "TODO app review")
@@ -161,7 +167,7 @@ def test_scrolling_up_stops_following_until_the_reader_jumps_back(daemon, sessio
     uploader.call({"type": "events", "seq": len(lines) - 1, "events": lines[-1:]})
     wait(browser, EC.text_to_be_present_in_element((By.ID, "jump-latest"), "1 new event"))
     assert browser.execute_script("return document.getElementById('timeline').scrollTop") == 0
-    assert not browser.find_elements(By.CSS_SELECTOR, f"article.event[data-line='{len(lines) - 1}']")
+    assert not browser.find_elements(By.CSS_SELECTOR, f"#events .row[data-line='{len(lines) - 1}']")
 
     browser.find_element(By.ID, "jump-latest").click()
     line_shown(browser, len(lines) - 1)

@@ -201,10 +201,18 @@ def test_watch_finds_new_files_subagents_and_uploads_a_rewritten_file_as_a_new_g
 
 
 def test_par_is_sent_with_the_token(daemon, tmp_path):
+    from websockets.sync.client import connect
+
+    with connect(daemon.url + UPLOAD) as ws:  # a PAR is for a session that has lines
+        ws.send(orjson.dumps({"type": "init", "session-id": "s1", "events": ['{"type":"user"}']}).decode())
+        assert orjson.loads(ws.recv(timeout=30))["count"] == 1
     proxy = CuttableProxy(daemon.port)
     par = tmp_path / "par.edn"
     par.write_text('{:title "Uploader" :tags [:upload :test] :questions {:intention "ship" :happening "tests" '
                    ':perspectives "laptop" :learned "resume" :forward "merge"}}')
+    lines = tmp_path / "s1.jsonl"  # a PAR is stored only for a session that has lines
+    lines.write_text('{"type":"user","message":{"content":"hi"}}\n')
+    assert Uploader("--url", daemon.url + UPLOAD, "--path", str(lines), "--once", "--quiet").start().wait() == 0
     try:
         uploader = Uploader("par", "--url", proxy.url + UPLOAD, "--session", "s1", "--file", str(par),
                             "--token", "sekrit").start()
@@ -343,3 +351,26 @@ def test_a_file_rewritten_while_the_uploader_was_not_running_becomes_a_new_gener
     assert stored(daemon, f"{sample.stem}~g2").read_bytes() == rewritten
     meta = edn_format.loads((daemon.root / f"{safe_id(sample.stem + '~g2')}.meta.edn").read_text())
     assert meta[edn_format.Keyword("parent-session-id")] == sample.stem
+
+
+def test_compressed_rollouts_are_uploaded_decompressed_as_the_same_session(daemon, tmp_path):
+    import zstandard
+
+    codex = tmp_path / "home" / ".codex" / "sessions"
+    rollout = next(sample for sample in sample_files() if "rollout-" in sample.name)
+    other = next(sample for sample in sample_files() if "codex" in sample.parts and sample != rollout)
+    rollouts = [rollout, other]
+    old, both = (codex / "2026" / "05" / (sample.name + ".zst") for sample in rollouts)
+    old.parent.mkdir(parents=True)
+    for target, sample in ((old, rollouts[0]), (both, rollouts[1])):
+        target.write_bytes(zstandard.ZstdCompressor().compress(sample.read_bytes()))
+    plain = both.with_suffix("")  # rollout-….jsonl beside its .zst: the uncompressed one is the session
+    plain.write_bytes(rollouts[1].read_bytes())
+    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(codex), "--backfill", "--once").start()
+    assert uploader.wait() == 0, "\n".join(uploader.output)
+    assert stored(daemon, identify(rollouts[0]).session_id).read_bytes() == rollouts[0].read_bytes()
+    assert stored(daemon, identify(rollouts[1]).session_id).read_bytes() == rollouts[1].read_bytes()
+    assert len(list(daemon.root.glob("*.jsonl"))) == 2
+    [compressed] = uploader.wait_for_output(r"uploaded .*\(compressed: read once, not followed\)")
+    assert str(old) in compressed
+    assert not any(str(both) in line for line in uploader.output), "the .zst beside its .jsonl is left alone"

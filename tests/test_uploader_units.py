@@ -9,8 +9,9 @@ import orjson
 from twisted.internet.task import Clock
 
 from fulabd.uploader.identity import NotReady, identify
-from fulabd.uploader.sender import Budget, Sender
+from fulabd.uploader.sender import BLOCKED, Budget, Sender
 from fulabd.uploader.tail import LineReader, Replaced
+from fulabd.uploader.uploads import Uploads
 from tests.fixtures import SAMPLES, sample_files
 
 import pytest
@@ -227,3 +228,195 @@ def test_only_writes_creations_and_moves_of_session_files_wake_the_uploader():
     assert written_session_files(events.FileClosedNoWriteEvent("/s/a.jsonl")) == []
     assert written_session_files(events.FileModifiedEvent("/s/notes.txt")) == []
     assert written_session_files(events.DirModifiedEvent("/s/x.jsonl")) == []
+
+
+class ClaimsEverySession(OldServer):
+    """A broken or hostile server (the real one cannot be made to lie): every session, whatever its name,
+    holds `count` lines unlike the file's."""
+
+    def __init__(self, count: int):
+        super().__init__()
+        self.count = count
+        self.asked = []
+
+    def answer(self):
+        while self.pending:
+            message, on_reply = self.pending.pop(0)
+            on_reply(self.reply(message))
+
+    def reply(self, message):
+        if message["type"] == "resume":
+            self.asked.append(message["session-id"])
+            return {"type": "ack", "session-id": message["session-id"], "count": self.count, "resume": True}
+        return {"type": "error", "err": "conflict", "detail": "differs"}
+
+
+def upload_against(server, tmp_path) -> Uploads:
+    """A five-line file's upload, answered by `server` until nothing is pending."""
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 5)
+    uploads = Uploads(Clock(), Events())
+    uploads.track(path)
+    uploads.connected(server)
+    server.answer()
+    return uploads
+
+
+def test_a_server_that_claims_more_lines_than_the_file_stops_the_session_instead_of_spinning_generations(tmp_path):
+    server = ClaimsEverySession(1_000_000)
+    uploads = upload_against(server, tmp_path)
+    base = identify(tmp_path / "s.jsonl", "codex").session_id
+    assert server.asked == [base, f"{base}~g2", f"{base}~g3"]
+    [blocked] = uploads.problems()
+    assert blocked.state == BLOCKED and blocked.problem.startswith("server-ahead: the server claims 1000000 lines")
+    assert uploads.caught_up, "a stopped session does not keep --once waiting"
+
+
+# The connection's protocol, over an in-memory transport.
+
+def open_client(clock, uploads, response: bytes | None = None, token: str | None = None):
+    """The uploader's client protocol after the server's `response` to its handshake (by default a 101)."""
+    import base64
+    import hashlib
+    import re
+
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from fulabd.uploader.connection import UploadClientFactory
+
+    class TCPLikeTransport(StringTransport):
+        """As a TCP transport: unregistering no producer is not an error."""
+
+        def unregisterProducer(self):
+            self.producer = None
+
+    factory = UploadClientFactory("ws://127.0.0.1:5056/fulab/lab/upload/ws", uploads, token=token, reactor=clock)
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5056))
+    transport = TCPLikeTransport()
+    protocol.makeConnection(transport)
+    key = re.search(rb"Sec-WebSocket-Key: (\S+)", transport.value())[1]
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    transport.clear()
+    protocol.dataReceived(response or b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    return protocol, transport
+
+
+def test_a_message_from_the_server_over_one_mib_drops_the_connection_before_it_is_read():
+    import io
+    import struct
+
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from fulabd.uploader.progress import Reporter
+
+    clock = Clock()
+    output = io.StringIO()
+    uploads = Uploads(clock, Reporter(stream=output, clock=clock, url="ws://127.0.0.1:5056/fulab/lab/upload/ws"))
+    protocol, transport = open_client(clock, uploads)
+    assert uploads.channel is protocol
+    transport.clear()
+    protocol.dataReceived(bytes([0x81, 127]) + struct.pack("!Q", 3 << 30) + b"x" * 4096)
+    assert transport.disconnecting or transport.disconnected, "dropped at the frame's header"
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert uploads.channel is None
+    assert "the server sent a message over the 1048576 bytes the uploader accepts" in output.getvalue()
+
+
+# Compressed rollouts (`.jsonl.zst`).
+
+def compress(source, target):
+    import zstandard
+
+    target.write_bytes(zstandard.ZstdCompressor().compress(source.read_bytes()))
+    return target
+
+
+def test_a_compressed_file_reads_as_the_same_lines_and_seeks_by_line(tmp_path):
+    source = tmp_path / "s.jsonl"
+    write_lines(source, 3000)
+    reader = LineReader(str(compress(source, tmp_path / "s.jsonl.zst")))
+    lines = []
+    while batch := reader.read(10_000):
+        lines += batch
+    assert lines == source.read_bytes().split(b"\n")[:-1]
+    assert reader.seek(2500) and reader.read(1) == [lines[2500]]
+    assert reader.seek(100) and reader.read(1) == [lines[100]], "back to an earlier line"
+    assert not reader.seek(3001)
+
+
+def test_a_compressed_file_is_the_same_session_as_its_uncompressed_form(tmp_path):
+    for sample in sample_files():
+        folder = tmp_path / sample.relative_to(SAMPLES).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        compressed = compress(sample, folder / (sample.name + ".zst"))
+        assert identify(compressed) == identify(sample), sample
+
+
+def test_a_damaged_compressed_file_stops_its_session_with_the_reason(tmp_path):
+    from fulabd.uploader.compressed import Unreadable
+    from fulabd.uploader.connection import UploadClientFactory
+    from tests.memory import Lab
+
+    source = tmp_path / "s.jsonl"
+    write_lines(source, 40_000)  # several zstd blocks: the first ones decompress
+    data = compress(source, tmp_path / "whole.zst").read_bytes()
+    damaged = tmp_path / "s.jsonl.zst"
+    damaged.write_bytes(data[:len(data) // 2] + bytes(64) + data[len(data) // 2 + 64:])
+    reader = LineReader(str(damaged))
+    with pytest.raises(Unreadable, match="does not decompress"):
+        while reader.read(10_000):
+            pass
+    lab = Lab(tmp_path / "remote")
+    try:
+        uploads = Uploads(lab.clock, Events(), source="codex", max_frame_bytes=1 << 20)
+        sender = uploads.track(damaged)
+        lab.connect(UploadClientFactory("ws://127.0.0.1:5056/fulab/lab/upload/ws", uploads, reactor=lab.clock))
+        lab.flush()
+        assert sender.state == BLOCKED and sender.problem.startswith("unreadable: ")
+        assert uploads.problems() == [sender] and uploads.caught_up
+        with open(lab.store.get(sender.session_id).path, "rb") as stored:
+            before_damage = stored.read()
+        assert len(before_damage) > 1_000_000, "the lines before the damage are uploaded"
+        assert source.read_bytes().startswith(before_damage) and before_damage.endswith(b"\n")
+    finally:
+        lab.close()
+
+
+def test_generations_stop_at_the_cap_with_the_reason(tmp_path):
+    from fulabd.uploader.uploads import MAX_GENERATIONS
+
+    uploads = upload_against(ClaimsEverySession(3), tmp_path)  # fewer lines than the file: a plain conflict
+    [blocked] = uploads.problems()
+    assert blocked.generation == MAX_GENERATIONS
+    assert f"rewritten {MAX_GENERATIONS} times in this run" in blocked.problem
+    assert uploads.caught_up
+
+
+@pytest.mark.parametrize("status, token, said", [
+    (b"401 Unauthorized", None, "the server needs a token (HTTP 401); pass --token or set FULAB_TOKEN"),
+    (b"403 Forbidden", "t0ken", "the server refused the token (HTTP 403); check --token / FULAB_TOKEN"),
+    (b"404 Not Found", None, "the server answered HTTP 404 Not Found instead of a WebSocket; nothing serves that "
+                             "URL path: use a URL ending in /fulab/lab/upload/ws"),
+    (b"502 Bad Gateway", None, "HTTP 502 Bad Gateway instead of a WebSocket; the proxy in front of the server could "
+                               "not reach it"),
+])
+def test_a_refused_upgrade_names_its_http_status_and_what_to_do(status, token, said):
+    import io
+
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from fulabd.uploader.progress import Reporter
+
+    clock = Clock()
+    output = io.StringIO()
+    uploads = Uploads(clock, Reporter(stream=output, clock=clock, url="ws://lab/fulab/lab/upload/ws"))
+    protocol, transport = open_client(clock, uploads, b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n\r\n",
+                                      token=token)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert said in output.getvalue()
+    assert protocol.factory.refused_handshakes == 1, "counted for the backoff"
+    assert "connected" not in output.getvalue()

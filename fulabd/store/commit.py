@@ -40,6 +40,7 @@ class CommitJob:
     par_count: int = 0
     par_bytes: int | None = None
     fsync_seconds: float = 0.0
+    failed: Exception | None = None  # failed before it could run (its file could not be opened)
 
 
 def run_commit_jobs(batch: list[CommitJob], syncers: ThreadPoolExecutor | None = None) -> list:
@@ -57,6 +58,8 @@ def run_commit_jobs(batch: list[CommitJob], syncers: ThreadPoolExecutor | None =
 
 def run_commit_job(job: CommitJob) -> Exception | None:
     """Any exception, not only OSError, is the job's error: a commit must never leave its waiters hanging."""
+    if job.failed is not None:
+        return job.failed
     try:
         if job.fd is not None:
             started = time.perf_counter()

@@ -78,11 +78,13 @@ class OpenFiles:
         os.close(self._fds.pop(session))
         del self._used_at[session]
 
-    def pin(self, session: Session) -> int | None:
-        """The open descriptor, kept open until `unpin` (None if the session has none)."""
-        fd = self._fds.get(session)
-        if fd is not None:
-            self._pinned[session] = self._pinned.get(session, 0) + 1
+    def pin(self, session: Session) -> int:
+        """The session's descriptor (reopened if it was closed to make room), kept open until `unpin`.
+
+        Syncing any descriptor of the file makes all its written data durable, so a reopened one will do.
+        """
+        fd = self.get(session)
+        self._pinned[session] = self._pinned.get(session, 0) + 1
         return fd
 
     def unpin(self, session: Session) -> None:

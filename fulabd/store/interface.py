@@ -11,6 +11,7 @@ from typing import Protocol
 from twisted.internet import defer
 
 from fulabd.messages import STORAGE_FAILED, STORAGE_FULL, ProtocolError
+from fulabd.store.index import ChangeIndex
 
 
 class StoreError(ProtocolError):
@@ -50,9 +51,13 @@ class Store(Protocol):
     """
 
     root: str
+    index: ChangeIndex  # the listings' pages and changes, kept up to date by the store
 
     def sessions(self) -> list[StoredSession]:
         """Every session that has files, in no particular order."""
+
+    def loaded(self) -> defer.Deferred:
+        """Fires once the sessions on disk at start-up are known (at once when they are)."""
 
     def get(self, session_id: str) -> StoredSession | None:
         """The stored session with this raw id."""

@@ -15,30 +15,29 @@ from __future__ import annotations
 
 import errno
 import os
-from array import array
 from concurrent.futures import ThreadPoolExecutor
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
-from fulabd import edn
 from fulabd.messages import CONFLICT, GAP, STORAGE_FAILED, STORAGE_FULL, UNKNOWN_SESSION, ProtocolError, now_iso
 from fulabd.par_schema import MAX_PARS_PER_SESSION, bad, checked_par
-from fulabd.store.commit import SYNC_THREADS, CommitJob, run_commit_jobs
+from fulabd.store.commit import SYNC_THREADS
+from fulabd.store.committing import GroupCommit
 from fulabd.store.files import DEFAULT_MAX_OPEN_FILES, OpenFiles
 from fulabd.store.index import ChangeIndex
 from fulabd.store.interface import StoreError
-from fulabd.store.layout import Root, line_ends, safe_id
+from fulabd.store.layout import Root, safe_id
+from fulabd.store.metadata import META_INTERVAL, SessionMetadata
+from fulabd.store.reading import SessionReading
 from fulabd.store.recovery import Loaded, load_root, read_sidecar
 from fulabd.store.session import AppendResult, Session
 
-META_INTERVAL = 1.0
-IDLE_CLOSE_SECONDS = 60.0
 COMMIT_STUCK_SECONDS = 30.0
 
 
-class SessionStore(service.Service):
+class SessionStore(GroupCommit, SessionMetadata, SessionReading, service.Service):
     """Durable, deduplicating storage of session lines and PARs under one root folder (see `interface.Store`)."""
 
     _log = Logger()
@@ -99,6 +98,9 @@ class SessionStore(service.Service):
         self._housekeeping.start(META_INTERVAL, now=False).addErrback(
             lambda f: self._log.failure("store housekeeping stopped", f))
 
+    def loaded(self) -> defer.Deferred:
+        return self._when_loaded(defer.succeed, None)
+
     def _when_loaded(self, call, *args, **kwargs) -> defer.Deferred:
         """`call(*args)` now, or once the start-up load is done."""
         if self._broken:
@@ -135,12 +137,16 @@ class SessionStore(service.Service):
         self._adopt(load_root(self._root, self.clock.seconds()))
 
     def _adopt(self, loaded: Loaded) -> None:
-        for level, text, fields in loaded.notes:
-            getattr(self._log, level)(text, **fields)
+        """Take the sessions read in a thread, and log what the reading noted."""
+        self._log_notes(loaded)
         for session in sorted(loaded.sessions, key=lambda session: session.modified):
             self._sessions[session.safe_id] = session
             self.index.touch(session)
         self._log.info("store at {root} holds {sessions} sessions", root=self.root, sessions=len(self._sessions))
+
+    def _log_notes(self, loaded: Loaded) -> None:
+        for level, text, fields in loaded.notes:
+            self._note(level, text, **fields)
 
     def _note(self, level: str, text: str, **fields):
         getattr(self._log, level)(text, **fields)
@@ -306,54 +312,40 @@ class SessionStore(service.Service):
                                            "The operator must free space; the upload resumes after that")
         self._free_bytes -= needed
 
-    def _update_meta(self, session: Session, meta: dict, init_count: int):
-        now = now_iso(self.clock.seconds())
-        session.meta.setdefault("created-at", now)
-        session.meta.update(meta)
-        session.meta["session-id"] = session.session_id
-        session.meta["init/complete"] = True
-        session.meta["init/event-count"] = init_count
-        session.meta_due = True
-        self._meta_changed(session)
-
-    def update_meta(self, session_id: str, **values) -> None:
-        """Record extra metadata (e.g. the uploader's name) of a stored session with the next commit."""
-        session = self.get(session_id)
-        if session is None:
-            return
-        changed = {key: value for key, value in values.items() if session.meta.get(key) != value}
-        if changed:
-            session.meta.update(changed)
-            session.meta_due = True
-            self._meta_changed(session)
-
-    def _meta_changed(self, session: Session):
-        """The metadata must be rewritten: with the next commit if it was never written, else within a second."""
-        if not session.meta_dirty:
-            session.meta.setdefault("session-id", session.session_id)
-            session.meta.setdefault("created-at", now_iso(self.clock.seconds()))
-            for key, value in (("event-count", session.count), ("jsonl-bytes", session.size),
-                               ("par-count", session.par_count)):
-                session.meta.setdefault(key, value)
-            if session.meta_written_at == float("-inf") and not self._root.exists(session.meta_name):
-                session.meta_due = True
-            session.meta_dirty = True
-        if session.meta_due:
-            self._dirty.add(session)
-
     # -- PARs --------------------------------------------------------------
 
     def pars(self, session: Session) -> list[dict]:
+        """The session's PARs (read from the sidecar on first use, then kept in memory)."""
         if session.pars is None:
-            session.pars = read_sidecar(self._root, session.par_name, list, self.clock.seconds(), self._note) or []
+            self._adopt_pars(session, read_sidecar(self._root, session.par_name, list, self.clock.seconds(),
+                                                   self._note))
+        return session.pars
+
+    def _adopt_pars(self, session: Session, pars: list | None) -> None:
+        if session.pars is None:
+            session.pars = pars or []
             session.par_ids = {par.get("id") for par in session.pars if isinstance(par, dict)}
             session.par_count = len(session.pars)
-        return session.pars
+
+    def _pars_read(self, session: Session) -> defer.Deferred:
+        """Fires once the session's PARs are in memory, read in a thread (a sidecar may be megabytes)."""
+        if session.pars is not None:
+            return defer.succeed(None)
+        notes = Loaded()
+        reading = self._run_in_thread(read_sidecar, self._root, session.par_name, list, self.clock.seconds(),
+                                      notes.note)
+
+        def read(pars):
+            self._log_notes(notes)
+            self._adopt_pars(session, pars)
+
+        return reading.addCallback(read)
 
     def add_par(self, session_id: str, par: dict, author: str | None = None) -> defer.Deferred:
         """Check a PAR and append it to the session's sidecar; fires with (index, par, added) once durable.
 
-        A PAR whose id is already stored is not added again.
+        A PAR whose id is already stored is not added again. The reactor's cost is that of the new PAR:
+        the sidecar is read (once) and rewritten in threads.
         """
         return self._when_loaded(self._add_par, session_id, par, author)
 
@@ -364,14 +356,17 @@ class SessionStore(service.Service):
             if not session.stored or session.written == 0:
                 raise ProtocolError(UNKNOWN_SESSION, f"no session {session_id!r} with lines is stored; "
                                                      "upload its lines before its PARs")
-            pars = self.pars(session)
-            if par["id"] in session.par_ids:
-                index = next(i for i, existing in enumerate(pars) if existing.get("id") == par["id"])
-                return self._durable(session).addCallback(lambda _: (index, pars[index], False))
-            if len(pars) >= MAX_PARS_PER_SESSION:
-                raise bad("par", f"the session has {len(pars)} PARs, the most one session may have")
         except ProtocolError as e:
             return defer.fail(e)
+        return self._pars_read(session).addCallback(lambda _: self._add_read_par(session, par))
+
+    def _add_read_par(self, session: Session, par: dict) -> defer.Deferred:
+        pars = session.pars
+        if par["id"] in session.par_ids:
+            index = next(i for i, old in enumerate(pars) if isinstance(old, dict) and old.get("id") == par["id"])
+            return self._durable(session).addCallback(lambda _: (index, pars[index], False))
+        if len(pars) >= MAX_PARS_PER_SESSION:
+            return defer.fail(bad("par", f"the session has {len(pars)} PARs, the most one session may have"))
         par.setdefault("timestamp", now_iso(self.clock.seconds()))
         pars.append(par)
         session.par_ids.add(par["id"])
@@ -382,183 +377,6 @@ class SessionStore(service.Service):
         self._dirty.add(session)
         self._meta_changed(session)
         return self._durable(session).addCallback(lambda _: (index, par, True))
-
-    # -- group commit ----------------------------------------------------
-
-    def _durable(self, session: Session) -> defer.Deferred:
-        """Fires once everything done to `session` so far is on disk."""
-        if session not in self._dirty and not session.waiters and self._committing_since is None:
-            return defer.succeed(None)
-        waiter = defer.Deferred()
-        session.waiters.append(waiter)
-        self._dirty.add(session)
-        self._kick()
-        return waiter
-
-    def _kick(self):
-        if self._committing_since is None and self._dirty:
-            self._commit()
-
-    def flush(self) -> defer.Deferred:
-        """Fires once every change made so far is on disk."""
-        waiters = [self._durable(session) for session in list(self._dirty)]
-        return defer.DeferredList(waiters, consumeErrors=True)
-
-    def _commit(self):
-        now = self.clock.seconds()
-        batch = []
-        for session in list(self._dirty):
-            meta_due = session.meta_due and not session.meta_writing
-            if not (session.sync_lines or session.write_pars or meta_due or session.waiters):
-                continue
-            self._dirty.discard(session)
-            job = CommitJob(
-                root=self._root, session=session,
-                fd=self._files.pin(session) if session.sync_lines else None,
-                pars=session.pars if session.write_pars else None, par_count=session.par_count,
-                meta=self._meta_taken(session, now, durable_after=True) if meta_due else None,
-                lines=session.written, size=session.written_size,
-                published_lines=session.pending_lines, published_pars=session.pending_pars,
-                waiters=session.waiters)
-            session.pending_lines, session.pending_pars, session.waiters = [], [], []
-            session.sync_lines = session.write_pars = False
-            batch.append(job)
-        if not batch:
-            return
-        self._committing_since = now
-        self._run_in_thread(run_commit_jobs, batch, self._syncers).addCallbacks(
-            self._committed, self._commit_crashed, callbackArgs=(batch,), errbackArgs=(batch,))
-
-    def _commit_crashed(self, failure, batch: list):
-        """The thread itself failed (not one job): every job of the batch failed with it."""
-        self._log.failure("a group commit failed as a whole", failure)
-        self._committed([failure.value] * len(batch), batch)
-
-    def _committed(self, errors: list, batch: list):
-        try:
-            for job, error in zip(batch, errors):
-                try:
-                    self._settle(job, error)
-                except Exception:
-                    self._log.failure("session {safe_id}: settling a commit failed", safe_id=job.session.safe_id)
-                    self._fail_waiters(job, RuntimeError("the commit could not be settled"))
-        finally:
-            self._committing_since = None
-            self._kick()
-
-    def _settle(self, job: CommitJob, error: Exception | None):
-        session = job.session
-        if job.fd is not None:
-            self._files.unpin(session)
-        if job.meta is not None:
-            session.meta_writing = False
-        if error is not None:
-            self._log.error("session {safe_id}: could not make writes durable: {error}",
-                            safe_id=session.safe_id, error=error)
-            self._rollback(session, job)
-            self._fail_waiters(job, error)
-            return
-        if job.fd is not None and self.observe_fsync is not None:
-            self.observe_fsync(job.fsync_seconds)
-        first = session.count
-        session.count, session.size = job.lines, job.size
-        recorded = {"event-count": session.count, "jsonl-bytes": session.size}
-        if job.pars is not None:
-            recorded |= {"par-count": job.par_count, "par-bytes": job.par_bytes}
-        if any(session.meta.get(key) != value for key, value in recorded.items()):
-            session.meta.update(recorded)
-            self._meta_changed(session)
-        self.index.touch(session)
-        self._publish(session, first, job)
-        for waiter in job.waiters:
-            waiter.callback(None)
-
-    def _fail_waiters(self, job: CommitJob, error: Exception):
-        session = job.session
-        failure = StoreError(STORAGE_FAILED, f"the server could not store the lines durably "
-                                             f"({error}); nothing was acknowledged, resume and resend")
-        waiters, session.waiters = job.waiters + session.waiters, []
-        for waiter in waiters:
-            waiter.errback(failure)
-
-    def _publish(self, session: Session, first: int, job: CommitJob):
-        if self.hub is None:
-            return
-        if job.published_lines:
-            self.hub.lines_appended(session, first, job.published_lines)
-        for index, par in job.published_pars:
-            self.hub.par_added(session, index, par)
-
-    def _rollback(self, session: Session, job: CommitJob):
-        """Forget every write that is not durable: the file goes back to its durable size."""
-        if session.written_size != session.size:
-            try:
-                fd = self._files.get(session)
-            except StoreError as e:
-                self._fence(session, f"a commit failed, and the file could not be reopened to cut it back "
-                                     f"({e.extra['reason']})")
-            else:
-                self._cut_back(session, fd, session.size, "a commit failed")
-            self._files.close(session)
-        session.written, session.written_size = session.count, session.size
-        session.ends = None
-        session.pending_lines = []
-        session.sync_lines = False
-        if job.pars is not None or session.write_pars:
-            session.pars = None
-            session.pending_pars = []
-            session.write_pars = False
-            self.pars(session)
-
-    # -- metadata and housekeeping -----------------------------------------
-
-    def _meta_taken(self, session: Session, now: float, durable_after: bool = False) -> dict:
-        """The metadata to write now (a copy); the session's meta is clean until it changes again.
-
-        `durable_after`: written by a commit job after its lines are synced, so it can record them.
-        """
-        session.meta["updated-at"] = now_iso(now)
-        session.meta_dirty = session.meta_due = False
-        session.meta_written_at = now
-        session.meta_writing = True
-        meta = dict(session.meta)
-        if durable_after:
-            meta["event-count"], meta["jsonl-bytes"] = session.written, session.written_size
-            if session.write_pars:
-                meta["par-count"] = session.par_count
-        return meta
-
-    def _tidy(self):
-        """Refresh metadata that changed (at most once a second each, off the ack path); close idle files."""
-        try:
-            self._tidy_now()
-        except Exception:
-            self._log.failure("store housekeeping failed; trying again in {interval} s", interval=META_INTERVAL)
-
-    def _tidy_now(self):
-        now = self.clock.seconds()
-        due = [session for session in self._sessions.values()
-               if session.meta_dirty and not session.meta_writing and now - session.meta_written_at >= META_INTERVAL]
-        self._files.close_idle(IDLE_CLOSE_SECONDS, lambda session: session in self._dirty or session.uploaders > 0)
-        if due:
-            files = [(session.meta_name, self._meta_encoded(session, now)) for session in due]
-            self._meta_writes = self._run_in_thread(self._root.write_all_atomically, files).addBoth(
-                self._metas_written, due)
-
-    def _meta_encoded(self, session: Session, now: float) -> bytes:
-        return edn.dumps(self._meta_taken(session, now))
-
-    def _metas_written(self, errors, sessions: list[Session]):
-        if not isinstance(errors, list):
-            self._log.failure("writing metadata failed; will retry", errors)
-            errors = [errors.value] * len(sessions)
-        for session, error in zip(sessions, errors):
-            session.meta_writing = False
-            if error is not None:
-                session.meta_dirty = True
-                self._log.error("session {safe_id}: could not write {path}: {error}; will retry",
-                                safe_id=session.safe_id, path=session.meta_path, error=error)
-        self._kick()
 
     # -- health ----------------------------------------------------------
 
@@ -580,48 +398,3 @@ class SessionStore(service.Service):
         if not self._root.writable():
             return f"the store folder {self.root} is not writable"
         return None
-
-    # -- reading ---------------------------------------------------------
-
-    def _ends(self, session: Session) -> array:
-        if session.ends is None:
-            session.ends = array("q") if session.written_size == 0 else self._with_reader(
-                session, lambda fd: line_ends(fd, session.written_size))
-        return session.ends
-
-    def _with_reader(self, session: Session, use):
-        """`use(fd)` on a read descriptor of the session's file, opened without following a symlink."""
-        try:
-            fd = self._root.open(session.jsonl_name, os.O_RDONLY)
-        except OSError as e:
-            raise StoreError.from_os_error(f"session {session.safe_id}: could not read its file", e) from None
-        try:
-            return use(fd)
-        finally:
-            os.close(fd)
-
-    def _read_span(self, session: Session, start: int, stop: int) -> bytes:
-        """The bytes of written lines `start` to `stop`, newlines included."""
-        ends = self._ends(session)
-        stop = min(stop, session.written)
-        if start >= stop:
-            return b""
-        begin = ends[start - 1] if start else 0
-        return self._with_reader(session, lambda fd: os.pread(fd, ends[stop - 1] - begin, begin))
-
-    def read_written(self, session: Session, start: int, stop: int) -> list[bytes]:
-        data = self._read_span(session, start, stop)
-        return data[:-1].split(b"\n") if data else []
-
-    def read_lines(self, session: Session, start: int, max_lines: int | None = None,
-                   max_bytes: int | None = None) -> list[bytes]:
-        """Durable lines from `start`: at most `max_lines`, and past the first, at most `max_bytes`."""
-        stop = session.count if max_lines is None else min(session.count, start + max_lines)
-        if max_bytes is not None and start < stop:
-            ends = self._ends(session)
-            begin = ends[start - 1] if start else 0
-            limit = start + 1
-            while limit < stop and ends[limit] - begin <= max_bytes:
-                limit += 1
-            stop = limit
-        return self.read_written(session, start, stop)

@@ -5,8 +5,10 @@
     fulab-upload --url URL --watch DIR [--watch DIR ...]  every session under the folders
     fulab-upload par --url URL --session ID --file par.edn
 
-Exit codes: 0 done (or stopped cleanly after the last ack), 1 failed (see the
-message), 2 bad command line.
+Exit codes: 0 done (or stopped cleanly after the last ack); 1 failed: no
+connection within --connect-timeout, a session stopped short (--once), lines
+left unacknowledged at a stop, or another error (see the message); 2 bad
+command line (including a --watch folder that does not exist).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fulabd.uploader.watch import Watcher
 
 DEFAULT_URL = "ws://127.0.0.1:5056/fulab/lab/upload/ws"
 PAR_ATTEMPTS = 3
+CONNECT_TIMEOUT = 30.0
 
 
 def connection_arguments(parser: argparse.ArgumentParser):
@@ -46,7 +49,7 @@ def upload_parser() -> argparse.ArgumentParser:
         prog="fulab-upload", description="Upload Codex and Claude Code session files to a fulabd server, live and "
                                          "exactly once. Also: 'fulab-upload par --help'.")
     connection_arguments(parser)
-    what = parser.add_mutually_exclusive_group(required=True)
+    what = parser.add_mutually_exclusive_group()  # required, but checked after unknown flags (see upload_args)
     what.add_argument("--path", help="one session file to upload and follow")
     what.add_argument("--watch", action="append", metavar="DIR",
                       help="a folder of session files (repeatable), e.g. ~/.codex/sessions, ~/.claude/projects")
@@ -62,6 +65,9 @@ def upload_parser() -> argparse.ArgumentParser:
                         help="upload the complete lines there are, wait for the server's ack, exit")
     parser.add_argument("--quiet", action="store_true", help="print only problems")
     parser.add_argument("--poll", action="store_true", help="poll files instead of using file events")
+    parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT,
+                        help="with --once, give up (exit 1) when no connection works within this many seconds "
+                             "(default %(default)s)")
     parser.add_argument("--no-compress", dest="compress", action="store_false",
                         help="send lines as JSON text frames, not zstd-compressed packed frames")
     parser.add_argument("--ping-interval", type=float, default=PING_INTERVAL,
@@ -94,9 +100,23 @@ def main(argv: list[str] | None = None) -> int:
         args = par_parser().parse_args(argv[1:])
         start_logging(args.verbose)
         return send_par(args)
-    args = upload_parser().parse_args(argv)
+    args = upload_args(argv)
     start_logging(args.verbose)
     return upload(args)
+
+
+def upload_args(argv: list[str]) -> argparse.Namespace:
+    """Parsed and checked; a bad command line exits 2 with argparse's message."""
+    parser = upload_parser()
+    args = parser.parse_args(argv)
+    if not args.path and not args.watch:
+        parser.error("give --path FILE or --watch DIR")
+    for folder in args.watch or ():
+        if not Path(folder).expanduser().is_dir():
+            parser.error(f"--watch {folder}: no such folder (create it, or check the path)")
+    if args.connect_timeout <= 0:
+        parser.error("--connect-timeout must be positive")
+    return args
 
 
 def upload(args) -> int:
@@ -108,7 +128,7 @@ def upload(args) -> int:
     if args.once and args.watch and not args.backfill:
         print("fulab-upload: note: --once with --watch uploads only files written in the last "
               f"{args.active_minutes:g} minutes; add --backfill for all", file=sys.stderr)
-    reporter = Reporter(quiet=args.quiet, clock=reactor)
+    reporter = Reporter(quiet=args.quiet, clock=reactor, url=args.url)
     overrides = {"project": args.project, "originator": args.originator, "cwd": args.cwd}
     uploads = Uploads(reactor, reporter, source=args.source, overrides=overrides)
     try:
@@ -119,14 +139,16 @@ def upload(args) -> int:
         return 1
     watcher = Watcher(reactor, uploads, folders=args.watch or (), files=[args.path] if args.path else (),
                       active_minutes=args.active_minutes, backfill=args.backfill, use_events=not args.poll)
-    outcome = {"code": 0}
+    outcome = {"code": 0, "said": False}  # said: the run's end was already told (done, gave up)
 
     def shut_down():
         def closed(settled):
+            unacked = 0 if settled else sum(batch.lines for sender in uploads.senders.values()
+                                            for batch in sender.inflight)
+            if not outcome["said"] or not settled:
+                reporter.say(f"stopped: {summary(uploads, reporter)}, {unacked:,} line(s) not acknowledged"
+                             f"{'; they are sent on the next start' if unacked else ''}", always=True)
             if not settled:
-                unacked = sum(batch.lines for sender in uploads.senders.values() for batch in sender.inflight)
-                reporter.say(f"stopped with {unacked} line(s) not acknowledged; they are sent on the next start",
-                             always=True)
                 outcome["code"] = 1
             if uploads.channel is not None:
                 uploads.channel.close()
@@ -136,17 +158,43 @@ def upload(args) -> int:
         return uploads.stop().addCallback(closed)
 
     def caught_up(_):
-        reporter.say(f"done: {reporter.lines:,} lines ({reporter.bytes / 1e6:,.1f} MB) acknowledged in this run")
+        problems = uploads.problems()
+        outcome["said"] = True
+        if problems:
+            outcome["code"] = 1
+            reporter.say(f"done, but {len(problems)} session(s) stopped short of the file's end:", always=True)
+            for sender in problems:
+                reporter.say(f"  {sender.session_id} ({sender.reader.path}): {sender.problem}", always=True)
+        else:
+            reporter.say(f"done: {reporter.lines:,} lines ({reporter.bytes / 1e6:,.1f} MB) acknowledged in this run")
+        reactor.stop()
+
+    def give_up():
+        if uploads.stopping:
+            return
+        outcome["code"], outcome["said"] = 1, True
+        reporter.say(f"gave up: no working connection to {args.url} within {args.connect_timeout:g} s "
+                     f"(--connect-timeout); run: fulab doctor {args.url}", always=True)
         reactor.stop()
 
     reactor.addSystemEventTrigger("before", "shutdown", shut_down)
     reactor.callWhenRunning(watcher.startService)
     reactor.callWhenRunning(service.startService)
     if args.once:
+        uploads.connect_deadline(args.connect_timeout, give_up)
         reactor.callWhenRunning(lambda: uploads.when_caught_up().addCallback(caught_up))
     reporter.say(f"uploading to {args.url}")
     reactor.run()
     return outcome["code"]
+
+
+def summary(uploads: Uploads, reporter: Reporter) -> str:
+    """What this run did, for the line said at a stop (Ctrl-C)."""
+    senders = list(uploads.senders.values())
+    live = sum(1 for sender in senders if sender.live)
+    stopped = len(uploads.problems())
+    return (f"{live} session(s) live{f', {stopped} stopped short' if stopped else ''}, "
+            f"{reporter.lines:,} lines acknowledged in this run")
 
 
 def read_par(path: str) -> dict:
@@ -172,17 +220,18 @@ def send_par(args) -> int:
     outcome = {"code": 1}
 
     class ParReporter(Reporter):
-        """Gives up after a few refused connections: a PAR is a one-off, not a daemon."""
+        """Gives up after a few failed connections (TCP, TLS or handshake): a PAR is a one-off, not a daemon."""
 
         failures = 0
 
-        def connect_failed(self, reason: str):
-            super().connect_failed(reason)
+        def connect_failed(self, reason: str, advice: str | None = None):
+            super().connect_failed(reason, advice)
             self.failures += 1
-            if self.failures >= PAR_ATTEMPTS and reactor.running:
+            if self.failures == PAR_ATTEMPTS:
+                self.say(f"gave up after {PAR_ATTEMPTS} tries; run: fulab doctor {args.url}", always=True)
                 reactor.stop()
 
-    reporter = ParReporter(clock=reactor, bar=False)
+    reporter = ParReporter(clock=reactor, bar=False, url=args.url)
 
     class OneMessage:
         """Sends the PAR on the first connection and stops once the reply is in."""
@@ -206,7 +255,10 @@ def send_par(args) -> int:
                 reporter.server_error(reply)
             self.channel.close()
 
-        def disconnected(self, channel, code, reason):
+        def confirmed(self):
+            """The server answered: nothing to say for a one-off."""
+
+        def disconnected(self, channel, why):
             self.channel = None
             if self.done and reactor.running:
                 reactor.stop()
@@ -217,13 +269,7 @@ def send_par(args) -> int:
         print(f"fulab-upload: {e}", file=sys.stderr)
         return 1
 
-    def give_up(failure):
-        reporter.say(f"could not reach {args.url}: {failure.getErrorMessage()}", always=True)
-        if reactor.running:
-            reactor.stop()
-
     reactor.callWhenRunning(service.startService)
-    reactor.callWhenRunning(lambda: service.whenConnected(failAfterFailures=PAR_ATTEMPTS).addErrback(give_up))
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     return outcome["code"]

@@ -10,13 +10,17 @@ in order, so replies are matched to their callbacks by position (`Replies`).
 from __future__ import annotations
 
 import random
+import re
 from collections import deque
 
 import orjson
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.util import parse_url
 from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError, DNSLookupError
+from twisted.internet.error import TCPTimedOutError, TimeoutError
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 
@@ -24,6 +28,7 @@ from fulabd import packed
 
 PING_INTERVAL = 20
 HANDSHAKE_TIMEOUT = 15
+MAX_INCOMING_BYTES = 1 << 20  # the server only sends acks and errors: anything bigger is a broken server
 
 
 SKIPPED = {"type": "error", "err": "unknown-type", "detail": "the server did not answer this message"}
@@ -77,6 +82,8 @@ class UploadClientProtocol(WebSocketClientProtocol):
         super().__init__()
         self._replies = Replies()
         self.opened = False
+        self.confirmed = False  # the server answered the probe: this is a working connection
+        self.refused = False    # the server took the WebSocket only to refuse it (token, Origin)
         self.packer = None  # set when the server agreed to packed frames (fulabd.packed)
 
     def onConnect(self, response):
@@ -90,10 +97,17 @@ class UploadClientProtocol(WebSocketClientProtocol):
 
     def onOpen(self):
         self.opened = True
-        self.factory.refused_handshakes = 0
         self.factory.uploads.connected(self)
         self._replies.probe()
         self.sendMessage(PROBE)
+
+    def onMessageFrameBegin(self, length):
+        """Incoming messages are capped here, not with Autobahn's options: those cap what we send too."""
+        super().onMessageFrameBegin(length)
+        if self.message_data_total_length > MAX_INCOMING_BYTES and not self.failedByMe:
+            self._max_message_size_exceeded(self.message_data_total_length, MAX_INCOMING_BYTES,
+                                            f"the server's message of {self.message_data_total_length} bytes "
+                                            f"exceeds payload limit of {MAX_INCOMING_BYTES}")
 
     def send(self, payload: bytes, on_reply, binary: bool = False):
         """Send one encoded message; `on_reply` gets the server's reply to it."""
@@ -112,6 +126,16 @@ class UploadClientProtocol(WebSocketClientProtocol):
             # Sent at once, ahead of the replies still due, and followed by a close: not a reply to match.
             self.factory.uploads.too_large(reply)
             return
+        if reply.get("type") == "error" and reply.get("err") in REFUSALS and not self.confirmed:
+            # Followed by a close: the connection failed, as an HTTP 401/403 would have.
+            self.refused = True
+            self.factory.refused_handshakes += 1
+            self.factory.uploads.reporter.connect_failed(*self.factory.refusal(reply["err"]))
+            return
+        if reply.get("type") == "pong" and not self.confirmed:
+            self.confirmed = True
+            self.factory.refused_handshakes = 0
+            self.factory.uploads.confirmed()
         if not self._replies.deliver(reply):
             self._log.warn("unexpected message from the server: {reply}", reply=reply)
             if reply.get("type") == "error":
@@ -119,15 +143,70 @@ class UploadClientProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean, code, reason):
         self._replies.clear()
+        working = self.confirmed and not self.refused
         if self.opened:
             self.opened = False
-            self.factory.uploads.disconnected(self, code, reason)
-        else:
-            self.factory.refused_handshakes += 1
-            self.factory.uploads.reporter.connect_failed(reason or f"closed with code {code}")
+            self.factory.uploads.disconnected(self, describe_close(wasClean, code, reason) if working else None)
+        if working or self.refused:
+            return
+        self.factory.refused_handshakes += 1
+        status = HTTP_STATUS.search(reason or "")
+        if status and status["code"] in ("401", "403"):
+            return self.factory.uploads.reporter.connect_failed(*self.factory.refusal(f"HTTP {status['code']}"))
+        if status:
+            return self.factory.uploads.reporter.connect_failed(
+                f"the server answered HTTP {status['code']} {status['text']} instead of a WebSocket")
+        self.factory.uploads.reporter.connect_failed(describe_close(wasClean, code, reason)[0])
 
     def close(self):
         self.sendClose(1000)
+
+
+REFUSALS = ("unauthorized", "forbidden")
+HTTP_STATUS = re.compile(r"upgrade failed \[(?P<code>\d{3})\]: (?P<text>[^\")]*)")  # Autobahn's words for it
+
+
+def describe_close(was_clean: bool, code, reason: str | None) -> tuple[str, bool]:
+    """Why a connection ended, in plain words, and whether the server ended it (it may be restarting)."""
+    reason = reason or ""
+    if "ping timeout" in reason:
+        return "the server did not answer pings (a dead link, or the server is stuck)", False
+    if "exceeds payload limit" in reason:
+        return (f"the server sent a message over the {MAX_INCOMING_BYTES} bytes the uploader accepts "
+                "(a broken or hostile server)"), False
+    if code == 1001:
+        return "the server is going away (shutting down or restarting)", True
+    if not was_clean and "peer dropped the TCP connection" in reason:
+        return "the server closed the connection without a WebSocket goodbye", True
+    return reason or f"closed with code {code}", not was_clean
+
+
+def describe_connect_error(failure) -> str:
+    """A failed TCP (or TLS) connect, in plain words."""
+    error = failure.value
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused: nothing listens on that host and port (is the daemon running? the right port?)"
+    if isinstance(error, DNSLookupError):
+        return f"the host name does not resolve ({failure.getErrorMessage()})"
+    if isinstance(error, (TimeoutError, TCPTimedOutError)):
+        return "no answer from the host (timed out): a firewall, or a wrong address"
+    return failure.getErrorMessage()
+
+
+class ReportingEndpoint:
+    """A client endpoint that tells the reporter why each connect attempt failed (ClientService only retries)."""
+
+    def __init__(self, endpoint, reporter):
+        self.endpoint = endpoint
+        self.reporter = reporter
+
+    def connect(self, factory):
+        def failed(failure):
+            if not failure.check(CancelledError, ConnectingCancelledError):  # we stopped trying: nothing to say
+                self.reporter.connect_failed(describe_connect_error(failure))
+            return failure
+
+        return self.endpoint.connect(factory).addErrback(failed)
 
 
 class UploadClientFactory(WebSocketClientFactory):
@@ -140,11 +219,19 @@ class UploadClientFactory(WebSocketClientFactory):
             headers[packed.HEADER] = packed.ENCODING
         super().__init__(url, headers=headers, **kw)
         self.uploads = uploads
+        self.has_token = bool(token)
         self.compress = compress
         self.refused_handshakes = 0
         self.setProtocolOptions(autoPingInterval=ping_interval, autoPingTimeout=ping_interval,
                                 openHandshakeTimeout=HANDSHAKE_TIMEOUT, closeHandshakeTimeout=5,
                                 maxMessagePayloadSize=0, maxFramePayloadSize=0, failByDrop=True)
+
+    def refusal(self, what: str) -> tuple[str, str]:
+        """The reason and the advice for a server that refused this uploader's credentials."""
+        if self.has_token:
+            return (f"the server refused the token ({what})",
+                    "check --token / FULAB_TOKEN, or ask the server's operator for a valid one")
+        return f"the server needs a token ({what})", "pass --token or set FULAB_TOKEN"
 
 
 def tls_options(host: str, cafile: str | None):
@@ -182,4 +269,5 @@ def connection_service(reactor, url: str, uploads, token: str | None = None, caf
         """ClientService counts a TCP connection as success; a refused handshake (TLS, HTTP 401, 502) backs off too."""
         return policy(max(failed_attempts, factory.refused_handshakes))
 
-    return ClientService(endpoint_for(reactor, url, cafile), factory, retryPolicy=retry_delay, clock=reactor)
+    endpoint = ReportingEndpoint(endpoint_for(reactor, url, cafile), uploads.reporter)
+    return ClientService(endpoint, factory, retryPolicy=retry_delay, clock=reactor)

@@ -26,17 +26,16 @@ ADVICE = {
 
 CONNECT_ADVICE = {
     "certificate verify failed": "the server's certificate is not trusted: pass --cafile with the CA that signed it",
-    "401": "the server wants a token: pass --token or set FULAB_TOKEN",
-    "403": "the server refused this client: the page's Origin, or a token without the upload scope; "
-           "check --token / FULAB_TOKEN",
     "404": "nothing serves that URL path: use a URL ending in /fulab/lab/upload/ws",
     "502": "the proxy in front of the server could not reach it: is the daemon running?",
 }
+RESTART_GRACE = 10.0  # a server that closed and is back within this is said to have restarted
 
 
 class Reporter:
-    def __init__(self, stream=None, quiet: bool = False, bar: bool | None = None, clock=None):
+    def __init__(self, stream=None, quiet: bool = False, bar: bool | None = None, clock=None, url: str = ""):
         self.stream = stream or sys.stderr
+        self.url = url
         self.quiet = quiet
         self.bar = (not quiet and self.stream.isatty()) if bar is None else bar
         self.clock = clock
@@ -47,6 +46,8 @@ class Reporter:
         self._rate = 0.0
         self._backlog = set()
         self._last_failure = None
+        self._loss_pending = None   # a server that closed the connection may be restarting: wait before saying so
+        self._loss_said = False
         self._ticker = LoopingCall(self._draw) if self.bar else None
         if self._ticker is not None:
             self._ticker.clock = clock
@@ -61,19 +62,37 @@ class Reporter:
         self.stream.flush()
 
     def connected(self, sessions: int):
+        """The server answered on a new connection."""
         self._last_failure = None
-        self.say(f"connected; resuming {sessions} session(s)")
+        if self._loss_pending is not None and self._loss_pending.active():
+            self._loss_pending.cancel()
+            self.say(f"server restarted, resuming {sessions} session(s)")
+        elif self._loss_said:
+            self.say(f"reconnected; resuming {sessions} session(s)", always=True)
+        else:
+            self.say(f"connected; resuming {sessions} session(s)")
+        self._loss_pending, self._loss_said = None, False
 
-    def disconnected(self, code, reason):
-        self.say(f"connection lost ({reason or code}); reconnecting with backoff", always=True)
+    def disconnected(self, why: str, server_ended: bool):
+        """Said at once, or, when the server ended it (a restart?), only if it is not back within RESTART_GRACE."""
+        if server_ended and self.clock is not None:
+            self._loss_pending = self.clock.callLater(RESTART_GRACE, self._say_lost, why)
+        else:
+            self._say_lost(why)
 
-    def connect_failed(self, reason: str):
-        """Said once per distinct reason, with what to do about it."""
-        if reason == self._last_failure:
+    def _say_lost(self, why: str):
+        self._loss_said = True
+        self.say(f"connection lost: {why}; reconnecting with backoff", always=True)
+
+    def connect_failed(self, reason: str, advice: str | None = None):
+        """Said once per distinct reason, with what to do about it (not while a restarting server may come back)."""
+        if reason == self._last_failure or (self._loss_pending is not None and self._loss_pending.active()):
             return
         self._last_failure = reason
-        advice = next((text for key, text in CONNECT_ADVICE.items() if key in reason), "")
-        self.say(f"could not connect: {reason}{'; ' + advice if advice else ''}; retrying with backoff", always=True)
+        advice = advice or next((text for key, text in CONNECT_ADVICE.items() if key in reason), None)
+        doctor = f"fulab doctor {self.url}".rstrip()
+        self.say(f"could not connect to {self.url or 'the server'}: {reason}; "
+                 f"{advice + '; ' if advice else ''}retrying with backoff ({doctor} checks each step)", always=True)
 
     def tracking(self, sender):
         self._backlog.add(sender)
@@ -85,8 +104,10 @@ class Reporter:
         self._backlog.discard(sender)
         meta = sender.identity.meta
         where = meta.get("project") or meta.get("cwd") or ""
-        self.say(f"live {sender.session_id} ({meta.get('source', '?')}{', ' + where if where else ''}): "
-                 f"{sender.acked.index} lines on the server, from {sender.reader.path}")
+        state = "uploaded" if sender.reader.compressed else "live"
+        self.say(f"{state} {sender.session_id} ({meta.get('source', '?')}{', ' + where if where else ''}): "
+                 f"{sender.acked.index} lines on the server, from {sender.reader.path}"
+                 f"{' (compressed: read once, not followed)' if sender.reader.compressed else ''}")
 
     def acked(self, sender, lines: int, size: int, count: int):
         self.lines += lines

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from fulabd.uploader.compressed import Unreadable
 from fulabd.uploader.connection import SKIPPED
 from fulabd.uploader.identity import Identity
 from fulabd.uploader.tail import LineReader, Position, Replaced
@@ -24,6 +25,7 @@ MAX_FRAME_BYTES = 1 << 20
 CHECK_LINES = 8
 RETRY_SECONDS = 5
 FULL_RETRY_SECONDS = 60
+MAX_AHEAD = 2  # generations of a file, in one run, whose server copy claimed more lines than the file has
 
 WAITING = "waiting"        # no connection
 RESUMING = "resuming"      # asked the server where the session stands
@@ -45,7 +47,9 @@ class Sender:
     """Uploads one file as one session (one generation of it) over the current channel."""
 
     def __init__(self, base: Identity, reader: LineReader, budget, reporter, clock, generation: int = 1,
-                 max_frame_bytes: int = MAX_FRAME_BYTES):
+                 max_frame_bytes: int = MAX_FRAME_BYTES, ahead: int = 0):
+        """`ahead`: how many generations before this one, in this run, ended because the server claimed
+        more lines than the file has."""
         self.base = base
         self.identity = base.generation(generation)
         self.reader = reader
@@ -55,6 +59,8 @@ class Sender:
         self.generation = generation
         self.max_frame_bytes = max_frame_bytes
         self.state = WAITING
+        self.problem: str | None = None  # why the session is blocked, for the user
+        self.ahead = ahead
         self.channel = None
         self.acked = Position(0, 0)
         self.inflight: deque[Batch] = deque()
@@ -136,12 +142,14 @@ class Sender:
             for index in sorted(checks - {count - 1}) if count > 1 else ():
                 line = self.reader.read(1) if self.reader.seek(index, tuple(known)) else []
                 if not line:
-                    return self._conflict(f"the file has fewer than {count} lines, the server holds {count}")
+                    return self._server_ahead(count)
                 self._send_check(index, line[0])
                 self._checks_pending += 1
                 known.append(self.reader.position)
         except Replaced as e:
             return self._replaced(e)
+        except Unreadable as e:
+            return self._unreadable(e)
         except FileNotFoundError:
             return self._gone()
         self._resumed_at = (count, tuple(known))
@@ -156,10 +164,12 @@ class Sender:
         try:
             start = max(count - 1, 0)
             if not self.reader.seek(start, known):
-                return self._conflict(f"the file has fewer than {count} lines, the server holds {count}")
+                return self._server_ahead(count)
             self.acked = self.reader.position
         except Replaced as e:
             return self._replaced(e)
+        except Unreadable as e:
+            return self._unreadable(e)
         except FileNotFoundError:
             return self._gone()
         self.state = STREAMING
@@ -168,8 +178,10 @@ class Sender:
                 lines = self.reader.read(self._frame_bytes())
             except Replaced as e:
                 return self._replaced(e)
+            except Unreadable as e:
+                return self._unreadable(e)
             if not lines:
-                return self._conflict(f"the file has {count - 1} complete lines but the server holds {count}")
+                return self._server_ahead(count)
             self._send_lines(start, lines, self.reader.position)
         self.pump()
 
@@ -183,6 +195,8 @@ class Sender:
                 lines = self.reader.read(self._frame_bytes())
             except Replaced as e:
                 return self._replaced(e)
+            except Unreadable as e:
+                return self._unreadable(e)
             except FileNotFoundError:
                 return self._gone()
             if not lines:
@@ -235,11 +249,8 @@ class Sender:
         size = sum(len(line) + 1 for line in lines)
         limit = self.budget.server_limit
         if limit is not None and (size if binary else max(map(len, payloads))) > limit:
-            self.state = BLOCKED
-            self.reporter.error(self, {"err": "too-large", "detail": f"line {seq} is {size - 1} bytes, over the "
-                                                                     f"server's message limit of {limit} bytes"},
-                                blocked=True)
-            return
+            return self._block({"err": "too-large", "detail": f"line {seq} is {size - 1} bytes, over the server's "
+                                                              f"message limit of {limit} bytes"})
         batch = Batch(end, len(lines), size)
         self.inflight.append(batch)
         self.budget.take(size)
@@ -291,9 +302,7 @@ class Sender:
         if err == "conflict":
             return self._conflict(reply.get("detail", "the server holds different lines"))
         if err in ("bad-event", "missing-session-id", "bad-json", "invalid-path", "unknown-type"):
-            self.state = BLOCKED
-            self.reporter.error(self, reply, blocked=True)
-            return
+            return self._block(reply)
         if err != "gap":
             self.reporter.error(self, reply, blocked=False)
         self.state = RESYNCING
@@ -316,7 +325,25 @@ class Sender:
             self.live = True
             self.reporter.live(self)
         if not self.inflight:
+            if self.reader.compressed:
+                self.state = STOPPED  # a compressed file does not grow: read once, not followed
             self.reporter.idle(self)
+
+    def _block(self, reply: dict):
+        """Stop this session until the user acts; `--once` names it and exits non-zero."""
+        self.state = BLOCKED
+        self.problem = f"{reply.get('err', '?')}: {reply.get('detail', '')}"
+        self.reporter.error(self, reply, blocked=True)
+
+    def _server_ahead(self, count: int):
+        """The server holds more lines than the file has: the file was rewritten shorter (a new generation
+        takes its content), unless generations keep meeting the same claim: then the server is wrong."""
+        if self.ahead >= MAX_AHEAD:
+            return self._block({"err": "server-ahead", "detail": f"the server claims {count} lines, more than "
+                                f"the file has, for generation {self.generation} of this file too: its store is "
+                                "damaged or it is not a fulabd server; no further generation is started"})
+        self.ahead += 1
+        self._conflict(f"the file has fewer than {count} lines, the server holds {count}")
 
     def _conflict(self, detail: str):
         self.state = BLOCKED
@@ -325,6 +352,9 @@ class Sender:
     def _replaced(self, error: Replaced):
         self.state = BLOCKED
         self.reporter.conflict(self, str(error))
+
+    def _unreadable(self, error: Unreadable):
+        self._block({"err": "unreadable", "detail": str(error)})
 
     def _gone(self):
         self.state = STOPPED

@@ -11,7 +11,10 @@ is replaced (another inode) or whose first line changes is reported as
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
+
+from fulabd.uploader.compressed import Decompressed, Unreadable, is_compressed
 
 CHUNK = 1 << 20
 FINGERPRINT_BYTES = 4096
@@ -38,6 +41,8 @@ class LineReader:
 
     def __init__(self, path: str):
         self.path = path
+        self.compressed = is_compressed(path)  # read decompressed; positions count decompressed bytes
+        self._stream: Decompressed | None = None  # a compressed file's, kept open until read to its end
         self.position = Position(0, 0)
         self._inode: tuple[int, int] | None = None
         self._fingerprint: bytes | None = None
@@ -49,13 +54,17 @@ class LineReader:
         try:
             if self._inode is not None and inode != self._inode:
                 raise Replaced(f"{self.path} was replaced by another file")
-            if check_size and status.st_size < self.position.offset:
+            if check_size and not self.compressed and status.st_size < self.position.offset:
                 raise Replaced(f"{self.path} shrank from {self.position.offset} to {status.st_size} bytes")
             self._check_fingerprint(handle)
         except Replaced:
             handle.close()
             raise
         self._inode = inode
+        if self.compressed:
+            handle.close()
+            self._stream = self._stream or Decompressed(self.path)
+            return nullcontext(self._stream)
         return handle
 
     def _check_fingerprint(self, handle):
@@ -66,7 +75,9 @@ class LineReader:
         self._fingerprint = head
 
     def pending_bytes(self) -> int:
-        """Bytes on disk past the read position (0 if the file is gone)."""
+        """Bytes on disk past the read position (0 if the file is gone; unknown, so 0, when compressed)."""
+        if self.compressed:
+            return 0
         try:
             return max(0, os.stat(self.path).st_size - self.position.offset)
         except OSError:
@@ -106,8 +117,14 @@ class LineReader:
             buffer = bytearray()
             full = False
             while not full:
-                chunk = handle.read(CHUNK)
+                try:
+                    chunk = handle.read(CHUNK)
+                except Unreadable:
+                    if lines:
+                        break  # the lines before the damage; the next read raises
+                    raise
                 if not chunk:
+                    self._close_stream()  # a compressed file read to its end: no descriptor kept
                     break
                 buffer += chunk
                 start = 0
@@ -126,8 +143,14 @@ class LineReader:
         self.position = Position(self.position.index + len(lines), self.position.offset + taken)
         return lines
 
+    def _close_stream(self):
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
     def reset(self):
         """Forget the file: the next read starts at line 0 of whatever is at the path now."""
+        self._close_stream()
         self.position = Position(0, 0)
         self._inode = None
         self._fingerprint = None

@@ -18,6 +18,7 @@ from fulabd.uploader.sender import Budget, Sender
 from fulabd.uploader.tail import LineReader
 
 STOP_TIMEOUT = 15
+MAX_GENERATIONS = 100  # a file rewritten more often than this in one run is not followed further
 
 
 class Uploads:
@@ -34,6 +35,8 @@ class Uploads:
         self.stopping = False
         self._idle_waiters: list[defer.Deferred] = []
         self._stopped: defer.Deferred | None = None
+        self._deadline = None  # (seconds, what to call) while a connection must work in time (--once)
+        self._deadline_call = None
 
     def track(self, path) -> Sender | None:
         """Upload `path` (or, if it already is, send what it has new)."""
@@ -50,8 +53,9 @@ class Uploads:
             return None
         return self._start(key, identity, 1)
 
-    def _start(self, key: str, base: Identity, generation: int) -> Sender:
-        sender = Sender(base, LineReader(key), self.budget, self, self.clock, generation=generation, **self.frame)
+    def _start(self, key: str, base: Identity, generation: int, ahead: int = 0) -> Sender:
+        sender = Sender(base, LineReader(key), self.budget, self, self.clock, generation=generation, ahead=ahead,
+                        **self.frame)
         self.senders[key] = sender
         self.reporter.tracking(sender)
         if self.channel is not None:
@@ -61,19 +65,33 @@ class Uploads:
     def connected(self, channel):
         self.channel = channel
         self.budget.reset()
-        self.reporter.connected(len(self.senders))
         for sender in list(self.senders.values()):
             sender.attach(channel)
 
-    def disconnected(self, channel, code, reason):
+    def confirmed(self):
+        """The server answered on the new connection: it works."""
+        if self._deadline_call is not None and self._deadline_call.active():
+            self._deadline_call.cancel()
+        self.reporter.connected(len(self.senders))
+
+    def connect_deadline(self, seconds: float, give_up):
+        """Call `give_up` if no connection works within `seconds` now, or after any connection is lost."""
+        self._deadline = (seconds, give_up)
+        self._deadline_call = self.clock.callLater(seconds, give_up)
+
+    def disconnected(self, channel, why: tuple[str, bool] | None):
+        """`why`: the reason in words and whether the server ended it; None if it was never a working connection."""
         if channel is not self.channel:
             return
         self.channel = None
         self.budget.reset()
         for sender in self.senders.values():
             sender.detach()
-        if not self.stopping:
-            self.reporter.disconnected(code, reason)
+        if why is not None and not self.stopping:
+            self.reporter.disconnected(*why)
+        if self._deadline is not None and not self.stopping and not (self._deadline_call and
+                                                                      self._deadline_call.active()):
+            self._deadline_call = self.clock.callLater(*self._deadline)
         self._check_idle()
         self._check_stopped()
 
@@ -96,8 +114,13 @@ class Uploads:
             base = None
         if base is not None and base.session_id != sender.base.session_id:
             successor = self._start(key, base, 1)
+        elif base is not None and sender.generation >= MAX_GENERATIONS:
+            sender.problem = f"conflict: {detail}; the file was rewritten {MAX_GENERATIONS} times in this run"
+            self.reporter.error(sender, {"err": "conflict", "detail": f"{detail}; after {MAX_GENERATIONS} generations "
+                                         "in this run no further one is started"}, blocked=True)
+            return
         elif base is not None:
-            successor = self._start(key, sender.base, sender.generation + 1)
+            successor = self._start(key, sender.base, sender.generation + 1, sender.ahead)
         else:
             del self.senders[key]
             successor = None
@@ -132,6 +155,10 @@ class Uploads:
     def settled(self) -> bool:
         """Nothing in flight: every line sent is acknowledged (or the connection is gone)."""
         return self.channel is None or all(not sender.inflight for sender in self.senders.values())
+
+    def problems(self) -> list[Sender]:
+        """Sessions that stopped short of the file's end (a line refused, a server that is wrong)."""
+        return [sender for sender in self.senders.values() if sender.problem is not None]
 
     @property
     def caught_up(self) -> bool:

@@ -18,16 +18,19 @@ from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from fulabd.uploader.compressed import is_session_file, shadowed
+
 POLL_WITH_EVENTS = 1.0
 POLL_WITHOUT_EVENTS = 0.1
 RESCAN = 10.0
 
 
 def session_files(folder: Path):
-    """Every session file under `folder`, Claude sub-agent files included."""
+    """Every session file under `folder`, Claude sub-agent files and compressed rollouts included
+    (not a compressed one whose uncompressed form is there too)."""
     for root, _dirs, files in os.walk(folder):
         for name in files:
-            if name.endswith(".jsonl"):
+            if is_session_file(name) and not shadowed(os.path.join(root, name)):
                 yield Path(root) / name
 
 
@@ -44,7 +47,7 @@ def written_session_files(event) -> list[str]:
     if event.is_directory or event.event_type not in WRITE_EVENTS:
         return []
     paths = [os.fsdecode(path) for path in (event.src_path, getattr(event, "dest_path", "")) if path]
-    return [path for path in paths if path.endswith(".jsonl")]
+    return [path for path in paths if is_session_file(path)]
 
 
 class Watcher(Service):
@@ -113,7 +116,6 @@ class Watcher(Service):
         handler = Handler()
         try:
             for folder in self.folders:
-                folder.mkdir(parents=True, exist_ok=True)
                 observer.schedule(handler, str(folder), recursive=True)
             for parent in {file.parent for file in self.files}:
                 observer.schedule(handler, str(parent), recursive=False)
@@ -137,7 +139,7 @@ class Watcher(Service):
 
     def _flush(self, path: str):
         self._dirty.discard(path)
-        if self.running and self.wanted(path):
+        if self.running and self.wanted(path) and not shadowed(path):
             self._track(path)
 
     def _track(self, path: str):
