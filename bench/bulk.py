@@ -59,6 +59,7 @@ def run(work: Path, quick: bool) -> list[Row]:
     per_line = measured("event-per-line", lambda d: asyncio.run(clients.event_per_line(d.url, "bulk", lines)))
 
     startup = uploader_startup()
+    one_line = one_line_once(work)
     rate = lambda seconds: total / MB / seconds  # noqa: E731
     ratio = rate(uploader) / rate(raw)
     return [
@@ -71,17 +72,41 @@ def run(work: Path, quick: bool) -> list[Row]:
             kind="baseline", extra={"seconds": per_line}),
         Row(NAME, "events batches from a websockets client (no file reading)", rate(batches), "MB/s",
             kind="context", extra={"seconds": batches}),
-        Row(NAME, "of fulab-upload's time: process start-up (fulab-upload --help)", startup, "s", kind="context",
-            higher_is_better=False, extra={"MB/s without start-up": rate(uploader - startup)}),
+        Row(NAME, "start-up: fulab-upload --help", startup, "s", kind="context", higher_is_better=False),
+        Row(NAME, "start-up: fulab-upload --once of a 1-line file, to durable ack", one_line, "s", kind="context",
+            higher_is_better=False, extra={"MB/s of the upload above without it": rate(uploader - one_line)}),
     ]
 
 
 def uploader_startup() -> float:
-    """The median wall time of `fulab-upload --help`: interpreter start and imports."""
-    times = []
-    for _ in range(3):
+    """The median wall time of `fulab-upload --help`: interpreter start and what the command line imports."""
+    return median_wall_time(lambda: subprocess.run([sys.executable, str(REPO / "bin" / "fulab-upload"), "--help"],
+                                                   check=True, stdout=subprocess.DEVNULL))
+
+
+def one_line_once(work: Path) -> float:
+    """The median wall time of `fulab-upload --once` of a 1-line file (a new session each time) to its exit:
+    start-up, the imports an upload needs, one connection and one durable ack."""
+    daemon = start_daemon(work / "one-line")
+    files = iter(range(1000))
+
+    def once():
+        path = work / f"one-line-{next(files)}.jsonl"
+        path.write_bytes(b'{"type":"note","text":"one line"}\n')
+        uploader = Uploader("--url", daemon.url + "/fulab/lab/upload/ws", "--path", str(path), "--once",
+                            "--quiet").start()
+        assert uploader.wait(60) == 0, "\n".join(uploader.output)
+
+    try:
+        return median_wall_time(once)
+    finally:
+        daemon.stop()
+
+
+def median_wall_time(run, times: int = 3) -> float:
+    seconds = []
+    for _ in range(times):
         started = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "bin" / "fulab-upload"), "--help"], check=True,
-                       stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        run()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)

@@ -43,7 +43,7 @@ class Packer:
         self._compressor = zstandard.ZstdCompressor(level=level)
 
     def encode(self, header: dict, lines: list[bytes]) -> bytes:
-        body = b"".join(line + b"\n" for line in lines)
+        body = b"\n".join([*lines, b""])  # one copy of the lines, none of each line
         return orjson.dumps(header) + b"\n" + self._compressor.compress(body)
 
 

@@ -56,10 +56,10 @@ def test_a_commit_job_raising_anything_fails_its_waiters_and_the_store_keeps_wor
 def test_a_commit_thread_that_fails_as_a_whole_fails_every_waiter_and_the_store_keeps_working(tmp_path, monkeypatch):
     store, _ = make_store(tmp_path)
 
-    def broken(batch, syncers):
+    def broken(job):
         raise RuntimeError("the thread pool is gone")
 
-    monkeypatch.setattr("fulabd.store.committing.run_commit_jobs", broken)
+    monkeypatch.setattr("fulabd.store.committing.run_commit_job", broken)
     with pytest.raises(ProtocolError) as failed:
         result_of(store.append("s", 0, [b"lost"]))
     assert failed.value.code == "storage-failed"

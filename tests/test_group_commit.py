@@ -1,40 +1,40 @@
 """
-The group commit syncs the sessions of one commit concurrently, so that the
-file system can fold their syncs into one journal commit (with 50 live
-sessions, syncing them one after another cost 100-600 ms per commit here).
+Sessions' syncs run side by side on the store's own thread pool, so that the
+file system can fold them into one journal commit (with 50 live sessions,
+syncing them one after another cost 100-600 ms here), and so that no
+session's sync queues behind the others'.
 """
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
-from fulabd import edn, store
-from fulabd.store import CommitJob, Root, Session, run_commit_jobs
+from twisted.internet import task
+
+from fulabd.store import SessionStore
 
 
-def test_one_commits_sessions_are_synced_at_the_same_time(tmp_path, monkeypatch):
-    sessions = 4
-    # Each sync waits until all of them are in progress: run one after another, the first would time out.
+def test_every_sessions_sync_is_in_progress_at_the_same_time(tmp_path, monkeypatch):
+    sessions = 50
+    # Each sync waits until all of them are in progress: queued behind one another, the first would time out.
     together = threading.Barrier(sessions, timeout=20)
+    synced = []
+    all_synced = threading.Event()
     real = os.fdatasync
 
     def fdatasync(fd):
         together.wait()
         real(fd)
+        synced.append(fd)
+        if len(synced) == sessions:
+            all_synced.set()
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
-    root = Root(str(tmp_path))
-    root.open_folder()
-    jobs = []
-    for number in range(sessions):
-        session = Session(str(tmp_path), f"s{number}", f"s{number}")
-        fd = os.open(session.jsonl_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        os.write(fd, b"line\n")
-        jobs.append(CommitJob(root=root, session=session, fd=fd, pars=None, meta={"event-count": 1}, lines=1, size=5,
-                              published_lines=[], published_pars=[], waiters=[]))
-    with ThreadPoolExecutor(store.SYNC_THREADS) as syncers:
-        assert run_commit_jobs(jobs, syncers) == [None] * sessions
-    for job in jobs:
-        os.close(job.fd)
-        assert edn.loads(open(job.session.meta_path, "rb").read()) == {"event-count": 1}
-    root.close_folder()
+    store = SessionStore(str(tmp_path), clock=task.Clock())
+    store.load()
+    store.start_syncs()
+    try:
+        for number in range(sessions):
+            store.append(f"s{number}", 0, [b"line"])
+        assert all_synced.wait(30), f"only {len(synced)} of {sessions} syncs got past the barrier"
+    finally:
+        store.stop_syncs()

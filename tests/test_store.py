@@ -86,15 +86,30 @@ def test_ack_waits_for_the_commit_thread(tmp_path):
     assert result_of(acked).count == 2
 
 
-def test_writes_arriving_during_a_commit_are_grouped_into_the_next(tmp_path):
+def test_writes_arriving_during_a_sessions_sync_wait_for_its_next_and_other_sessions_do_not_wait(tmp_path):
     thread = ManualThread()
     store, _ = make_store(tmp_path, thread)
     first = store.append("s", 0, [b"1"])
     second = store.append("s", 1, [b"2"])
-    third = store.append("t", 0, [b"3"])
-    assert len(thread.jobs) == 1
-    thread.run_all()
-    assert [result_of(d).count for d in (first, second, third)] == [1, 2, 1]
+    other = store.append("t", 0, [b"3"])
+
+    def run_syncs_of(session_id):
+        """Run the queued jobs of one session; the lines each one made durable."""
+        mine = [job for job in thread.jobs if job[1][0].session.session_id == session_id]
+        for job in mine:
+            thread.jobs.remove(job)
+            function, (commit,), done = job
+            done.callback(function(commit))
+        return [commit.lines for _, (commit,), _ in mine]
+
+    assert run_syncs_of("t") == [1]
+    assert result_of(other).count == 1, "t waited for s's sync"
+    assert not first.called and not second.called
+    assert run_syncs_of("s") == [1], "s had two syncs in flight"
+    assert result_of(first).count == 1
+    assert not second.called, "line 2 was acked by a sync that began before it was written"
+    assert run_syncs_of("s") == [2]
+    assert result_of(second).count == 2
 
 
 def test_lines_reach_the_hub_only_once_durable(tmp_path):
@@ -215,3 +230,21 @@ def test_cut_torn_tail_of_a_file_without_any_newline(tmp_path):
     path.write_bytes(b"no newline at all")
     assert cut_torn_tail(str(path)) == 17
     assert path.read_bytes() == b""
+
+
+def test_every_acked_session_is_fdatasynced_even_when_more_sessions_write_than_descriptors_are_open(
+        tmp_path, monkeypatch):
+    synced = []
+    real = os.fdatasync
+
+    def fdatasync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    thread = ManualThread()
+    store, _ = make_store(tmp_path, thread, max_open_files=1)
+    acks = [store.append(name, 0, [name.encode()]) for name in ("a", "b", "c")]
+    thread.run_all()
+    assert [result_of(ack).count for ack in acks] == [1, 1, 1]
+    assert sorted(synced) == ["a.jsonl", "b.jsonl", "c.jsonl"]

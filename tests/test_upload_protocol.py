@@ -208,14 +208,15 @@ def test_a_resume_is_answered_with_the_count_when_the_reply_is_sent(pending):
     """docs/protocol.md: a pipelined client can see a count larger than when it asked."""
     client = pending.client()
     client.send({"type": "events", "session-id": "r", "seq": 0, "events": ["a"]})
+    pending.flush()  # line a's sync is in flight
+    client.send({"type": "events", "session-id": "r", "seq": 1, "events": ["b"]})
     client.send({"type": "resume", "session-id": "r"})
-    pending.flush()
-    client.send({"type": "events", "session-id": "r", "seq": 1, "events": ["b", "c"]})
-    pending.flush()
+    client.send({"type": "events", "session-id": "r", "seq": 2, "events": ["c"]})
+    pending.flush()  # b, the resume and c wait for the session's next sync
     pending.commits.run()
     pending.flush()
-    first, resume, last = client.take()
-    assert (first["count"], resume["count"], last["count"]) == (1, 3, 3)
+    first, second, resume, last = client.take()
+    assert (first["count"], second["count"], resume["count"], last["count"]) == (1, 3, 3, 3)
 
 
 def test_par_round_trip_through_the_sidecar(lab):

@@ -11,7 +11,7 @@ import os
 import orjson
 import pytest
 
-from fulabd import packed, store
+from fulabd import packed
 from fulabd.uploader.connection import UploadClientFactory, UploadClientProtocol
 from fulabd.uploader.sender import BLOCKED, STREAMING, Budget
 from fulabd.uploader.uploads import STOP_TIMEOUT, Uploads

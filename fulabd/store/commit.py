@@ -1,20 +1,21 @@
 """
-The group commit's thread side: one job per session written since the last
-commit, each making that session's lines and sidecars durable.
+The commit's thread side: one job per session, making what was written to
+it since its last job durable (its lines, then the sidecars that changed).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fulabd import edn
 from fulabd.store.layout import Root
 from fulabd.store.session import Session
 
-SYNC_THREADS = 16
+# Enough threads for every live session's sync to be in progress at once: a session's sync that queued behind
+# others' would add their time to its ack, and concurrent fsyncs cost the disk about one journal commit.
+SYNC_THREADS = 64
 PAR_KEYWORD_VALUES = frozenset({"tags", "participants"})
 
 
@@ -41,19 +42,6 @@ class CommitJob:
     par_bytes: int | None = None
     fsync_seconds: float = 0.0
     failed: Exception | None = None  # failed before it could run (its file could not be opened)
-
-
-def run_commit_jobs(batch: list[CommitJob], syncers: ThreadPoolExecutor | None = None) -> list:
-    """In a thread: make each job durable; one error per job (None when it worked).
-
-    The jobs run concurrently on `syncers`: a journaling file system (ext4,
-    XFS) folds concurrent fsyncs into one journal commit, so a commit of 50
-    sessions costs about one fsync instead of 50 in a row (measured here:
-    50 fdatasyncs take 100-600 ms in a row, 10-30 ms from 16 threads).
-    """
-    if syncers is None or len(batch) == 1:
-        return [run_commit_job(job) for job in batch]
-    return list(syncers.map(run_commit_job, batch))
 
 
 def run_commit_job(job: CommitJob) -> Exception | None:

@@ -1,8 +1,11 @@
 """
-The group commit, the reactor side: the sessions written since the last
-commit go to one thread job; once it is back, acks fire and viewers are told,
-or, on any failure, the waiters get `storage-failed` and the file goes back to
-its durable size. Part of `SessionStore` (a mixin over its state).
+Per-session syncs, the reactor side: as soon as a session has writes and no
+sync of its own in flight, one thread job makes them durable; once it is back,
+that session's acks fire and viewers are told, or, on any failure, its waiters
+get `storage-failed` and the file goes back to its durable size.  The jobs of
+all sessions run side by side (the file system folds concurrent fsyncs into one
+journal commit), so a line waits only for its session's sync in flight and its
+own, never for other sessions'.  Part of `SessionStore` (a mixin over its state).
 """
 
 from __future__ import annotations
@@ -10,37 +13,40 @@ from __future__ import annotations
 from twisted.internet import defer
 
 from fulabd.messages import STORAGE_FAILED
-from fulabd.store.commit import CommitJob, run_commit_jobs
+from fulabd.store.commit import CommitJob, run_commit_job
 from fulabd.store.interface import StoreError
 from fulabd.store.session import Session
 
 
-class GroupCommit:
-    """Durability of everything the store was asked to do, one commit at a time."""
+class SessionSyncs:
+    """Durability of everything the store was asked to do, one sync in flight per session."""
 
     def _durable(self, session: Session) -> defer.Deferred:
         """Fires once everything done to `session` so far is on disk."""
-        if session not in self._dirty and not session.waiters and self._committing_since is None:
-            return defer.succeed(None)
+        in_flight = self._syncing.get(session)
+        if session not in self._dirty and not session.waiters:
+            if in_flight is None:
+                return defer.succeed(None)
+            waiter = defer.Deferred()
+            in_flight[0].waiters.append(waiter)  # nothing was done since that sync started
+            return waiter
         waiter = defer.Deferred()
         session.waiters.append(waiter)
         self._dirty.add(session)
         self._kick()
         return waiter
 
-    def _kick(self):
-        if self._committing_since is None and self._dirty:
-            self._commit()
-
     def flush(self) -> defer.Deferred:
         """Fires once every change made so far is on disk."""
-        waiters = [self._durable(session) for session in list(self._dirty)]
+        waiters = [self._durable(session) for session in self._dirty | set(self._syncing)]
         return defer.DeferredList(waiters, consumeErrors=True)
 
-    def _commit(self):
+    def _kick(self):
+        """Start a sync for every session that has something to make durable and no sync in flight."""
         now = self.clock.seconds()
-        batch = []
         for session in list(self._dirty):
+            if session in self._syncing:  # (a job that settled at once may have started another meanwhile)
+                continue
             meta_due = session.meta_due and not session.meta_writing
             if not (session.sync_lines or session.write_pars or meta_due or session.waiters):
                 continue
@@ -48,7 +54,7 @@ class GroupCommit:
             fd, failed = None, None
             if session.sync_lines:
                 try:
-                    fd = self._files.pin(session)
+                    fd = self._files.pin(session)  # pinned from here to its sync: never closed unsynced
                 except StoreError as e:
                     failed = e
             job = CommitJob(
@@ -60,28 +66,23 @@ class GroupCommit:
                 waiters=session.waiters)
             session.pending_lines, session.pending_pars, session.waiters = [], [], []
             session.sync_lines = session.write_pars = False
-            batch.append(job)
-        if not batch:
-            return
-        self._committing_since = now
-        self._run_in_thread(run_commit_jobs, batch, self._syncers).addCallbacks(
-            self._committed, self._commit_crashed, callbackArgs=(batch,), errbackArgs=(batch,))
+            self._syncing[session] = (job, now)
+            self._run_sync(run_commit_job, job).addCallbacks(
+                self._synced, self._sync_crashed, callbackArgs=(job,), errbackArgs=(job,))
 
-    def _commit_crashed(self, failure, batch: list):
-        """The thread itself failed (not one job): every job of the batch failed with it."""
-        self._log.failure("a group commit failed as a whole", failure)
-        self._committed([failure.value] * len(batch), batch)
+    def _sync_crashed(self, failure, job: CommitJob):
+        """The thread itself failed (not the job's own work): the job failed with it."""
+        self._log.failure("session {safe_id}: a sync job failed as a whole", failure, safe_id=job.session.safe_id)
+        self._synced(failure.value, job)
 
-    def _committed(self, errors: list, batch: list):
+    def _synced(self, error: Exception | None, job: CommitJob):
+        del self._syncing[job.session]  # first: a waiter's callback may ask for the session's next sync
         try:
-            for job, error in zip(batch, errors):
-                try:
-                    self._settle(job, error)
-                except Exception:
-                    self._log.failure("session {safe_id}: settling a commit failed", safe_id=job.session.safe_id)
-                    self._fail_waiters(job, RuntimeError("the commit could not be settled"))
+            self._settle(job, error)
+        except Exception:
+            self._log.failure("session {safe_id}: settling a sync failed", safe_id=job.session.safe_id)
+            self._fail_waiters(job, RuntimeError("the sync could not be settled"))
         finally:
-            self._committing_since = None
             self._kick()
 
     def _settle(self, job: CommitJob, error: Exception | None):

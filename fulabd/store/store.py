@@ -3,9 +3,12 @@ The session store: `<root>/<safe-id>.jsonl` plus `.meta.edn` and `.par.edn` side
 
 Lines are written in the reactor thread as they arrive (so one session's
 writes are serialized whatever connection they come from) and made durable by
-a group commit: one thread job fdatasyncs every session written since the last
-job, writes the PAR and meta sidecars that changed, and only then are the
-waiting acks fired and the new lines published to viewers.
+per-session sync jobs: as soon as a session has writes and no sync of its own
+in flight, a thread job fdatasyncs it and writes its PAR and meta sidecars
+that changed, and only then are that session's waiting acks fired and its new
+lines published to viewers.  The jobs of all sessions run side by side (the
+file system folds concurrent fsyncs into one journal commit), and a line waits
+only for its session's sync in flight and its own, never for other sessions'.
 
 The store knows nothing of WebSockets: callers get a Deferred that fires once
 what they asked for is on disk, or fails with a `ProtocolError`.
@@ -15,16 +18,16 @@ from __future__ import annotations
 
 import errno
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
+from twisted.python.threadpool import ThreadPool
 from twisted.logger import Logger
 
 from fulabd.messages import CONFLICT, GAP, STORAGE_FAILED, STORAGE_FULL, UNKNOWN_SESSION, ProtocolError, now_iso
 from fulabd.par_schema import MAX_PARS_PER_SESSION, bad, checked_par
-from fulabd.store.commit import SYNC_THREADS
-from fulabd.store.committing import GroupCommit
+from fulabd.store.commit import SYNC_THREADS, CommitJob
+from fulabd.store.committing import SessionSyncs
 from fulabd.store.files import DEFAULT_MAX_OPEN_FILES, OpenFiles
 from fulabd.store.index import ChangeIndex
 from fulabd.store.interface import StoreError
@@ -37,14 +40,18 @@ from fulabd.store.session import AppendResult, Session
 COMMIT_STUCK_SECONDS = 30.0
 
 
-class SessionStore(GroupCommit, SessionMetadata, SessionReading, service.Service):
+class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Service):
     """Durable, deduplicating storage of session lines and PARs under one root folder (see `interface.Store`)."""
 
     _log = Logger()
 
     def __init__(self, root: str, clock=None, hub=None, run_in_thread=None, min_free_bytes: int = 0,
                  observe_fsync=None, max_open_files: int = DEFAULT_MAX_OPEN_FILES):
-        """`observe_fsync(seconds)` is told how long each fdatasync took (for metrics)."""
+        """`observe_fsync(seconds)` is told how long each fdatasync took (for metrics).
+
+        `run_in_thread(function, *args)` runs the store's thread jobs (the start-up load, meta rewrites and,
+        when given, the syncs too); by default the syncs run on a pool of their own of `SYNC_THREADS`.
+        """
         from twisted.internet import reactor
 
         self._root = Root(root)
@@ -54,7 +61,9 @@ class SessionStore(GroupCommit, SessionMetadata, SessionReading, service.Service
         self.min_free_bytes = min_free_bytes
         self.observe_fsync = observe_fsync
         self._run_in_thread = run_in_thread or threads.deferToThread
-        self._syncers = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="fulabd-sync")
+        self._sync_pool = None if run_in_thread else ThreadPool(0, SYNC_THREADS, "fulabd-sync")
+        self._run_sync = run_in_thread or (
+            lambda function, *args: threads.deferToThreadPool(reactor, self._sync_pool, function, *args))
         self._files = OpenFiles(self._root, self.clock, max_open_files)
         self._sessions: dict[str, Session] = {}
         self.index = ChangeIndex()
@@ -62,7 +71,7 @@ class SessionStore(GroupCommit, SessionMetadata, SessionReading, service.Service
         self._load_waiters: list[defer.Deferred] | None = None
         self._broken: str | None = None
         self._dirty: set[Session] = set()
-        self._committing_since: float | None = None
+        self._syncing: dict[Session, tuple[CommitJob, float]] = {}  # the sync in flight and when it started
         self._fenced: set[Session] = set()
         self._housekeeping = None
         self._meta_writes = defer.succeed(None)
@@ -76,6 +85,7 @@ class SessionStore(GroupCommit, SessionMetadata, SessionReading, service.Service
         what is asked of the store waits until the load is done."""
         super().startService()
         self._root.open_folder()
+        self.start_syncs()
         self._loading = Loaded()
         self._load_waiters = []
         self._run_in_thread(load_root, self._root, self.clock.seconds(), self._loading).addBoth(self._loaded)
@@ -126,9 +136,19 @@ class SessionStore(GroupCommit, SessionMetadata, SessionReading, service.Service
                 self._dirty.add(session)
         yield self.flush()
         self._files.close_all()
-        self._syncers.shutdown(wait=False)
+        self.stop_syncs()
         self._root.close_folder()
         yield super().stopService()
+
+    def start_syncs(self):
+        """Start the sync threads (done by `startService`)."""
+        if self._sync_pool is not None:
+            self._sync_pool.start()
+
+    def stop_syncs(self):
+        """Wait for the syncs in progress and stop their threads (done by `stopService`)."""
+        if self._sync_pool is not None:
+            self._sync_pool.stop()
 
     def load(self):
         """Read what is on disk: cut torn tails, count lines where the meta does not say, read sidecars."""
@@ -388,9 +408,9 @@ class SessionStore(GroupCommit, SessionMetadata, SessionReading, service.Service
             return self._broken
         if self._loading is not None:
             return f"loading the store ({len(self._loading.sessions)} sessions read so far); uploads wait until done"
-        if self._committing_since is not None and self.clock.seconds() - self._committing_since > COMMIT_STUCK_SECONDS:
-            return (f"a commit to disk has been pending for {self.clock.seconds() - self._committing_since:.0f} s: "
-                    "the disk under the store is stuck")
+        pending = self.clock.seconds() - min((started for _, started in self._syncing.values()), default=float("inf"))
+        if pending > COMMIT_STUCK_SECONDS:
+            return f"a commit to disk has been pending for {pending:.0f} s: the disk under the store is stuck"
         if self._fenced:
             names = ", ".join(sorted(session.safe_id for session in self._fenced)[:5])
             return (f"{len(self._fenced)} session(s) cannot be written until a restart ({names}): "

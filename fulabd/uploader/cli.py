@@ -18,16 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-import orjson
-
-from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner
-from twisted.logger import textFileLogObserver
-
-from fulabd import edn
-from fulabd.uploader.connection import PING_INTERVAL, connection_service
-from fulabd.uploader.progress import Reporter
-from fulabd.uploader.uploads import Uploads
-from fulabd.uploader.watch import Watcher
+from fulabd.uploader.defaults import PING_INTERVAL
 
 DEFAULT_URL = "ws://127.0.0.1:5056/fulab/lab/upload/ws"
 PAR_ATTEMPTS = 3
@@ -88,6 +79,9 @@ def par_parser() -> argparse.ArgumentParser:
 
 
 def start_logging(verbose: bool):
+    from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner
+    from twisted.logger import textFileLogObserver
+
     level = LogLevel.info if verbose else LogLevel.warn
     observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
                                     [LogLevelFilterPredicate(defaultLogLevel=level)])
@@ -122,6 +116,11 @@ def upload_args(argv: list[str]) -> argparse.Namespace:
 def upload(args) -> int:
     from twisted.internet import reactor
 
+    from fulabd.uploader.connection import connection_service
+    from fulabd.uploader.progress import Reporter
+    from fulabd.uploader.uploads import Uploads
+    from fulabd.uploader.watch import Watcher
+
     if args.path and not Path(args.path).expanduser().is_file():
         print(f"fulab-upload: no such file: {args.path}", file=sys.stderr)
         return 1
@@ -138,7 +137,8 @@ def upload(args) -> int:
         print(f"fulab-upload: {e}", file=sys.stderr)
         return 1
     watcher = Watcher(reactor, uploads, folders=args.watch or (), files=[args.path] if args.path else (),
-                      active_minutes=args.active_minutes, backfill=args.backfill, use_events=not args.poll)
+                      active_minutes=args.active_minutes, backfill=args.backfill,
+                      use_events=not (args.poll or args.once))  # --once follows nothing: no inotify thread
     outcome = {"code": 0, "said": False}  # said: the run's end was already told (done, gave up)
 
     def shut_down():
@@ -188,7 +188,7 @@ def upload(args) -> int:
     return outcome["code"]
 
 
-def summary(uploads: Uploads, reporter: Reporter) -> str:
+def summary(uploads, reporter) -> str:
     """What this run did, for the line said at a stop (Ctrl-C)."""
     senders = list(uploads.senders.values())
     live = sum(1 for sender in senders if sender.live)
@@ -199,6 +199,10 @@ def summary(uploads: Uploads, reporter: Reporter) -> str:
 
 def read_par(path: str) -> dict:
     """A PAR from a JSON file (`.json`) or an EDN file (anything else)."""
+    import orjson
+
+    from fulabd import edn
+
     data = Path(path).expanduser().read_bytes()
     try:
         par = orjson.loads(data) if path.endswith(".json") else edn.loads(data)
@@ -210,7 +214,11 @@ def read_par(path: str) -> dict:
 
 
 def send_par(args) -> int:
+    import orjson
     from twisted.internet import reactor
+
+    from fulabd.uploader.connection import connection_service
+    from fulabd.uploader.progress import Reporter
 
     try:
         par = read_par(args.file)

@@ -25,8 +25,8 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFrom
 from twisted.logger import Logger
 
 from fulabd import packed
+from fulabd.uploader.defaults import PING_INTERVAL
 
-PING_INTERVAL = 20
 HANDSHAKE_TIMEOUT = 15
 MAX_INCOMING_BYTES = 1 << 20  # the server only sends acks and errors: anything bigger is a broken server
 
