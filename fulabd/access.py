@@ -1,152 +1,95 @@
 """
-Who may connect: access tokens, the client's address behind a trusted
-proxy, and the caps on open WebSocket connections.
+Who may do what: the one decision taken on every request head (token and
+scope, body size, Origin, connection caps), before anything else is done
+with the request.
 
-Nothing here renders HTTP; `fulabd.web` asks the `Gate` and answers.
+Nothing here renders HTTP; `fulabd.channel` asks the `Gate` at header time
+and answers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
-import os
 import secrets
 from collections import Counter
+from dataclasses import dataclass, replace
+from urllib.parse import parse_qs, urlsplit
 
-from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
 
-MIN_TOKEN_LENGTH = 16
-MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+from fulabd import endpoints
+from fulabd.netaddr import TrustedProxies, host_of
+from fulabd.origins import Origins
+from fulabd.tokens import ANYONE, UPLOAD, Principal, Tokens, presented_token, refusal_detail
+
 SELF_PROBE = "self-probe"
+UNAUTHORIZED_DETAIL = ("this server needs an access token: send the header `Authorization: Bearer TOKEN` "
+                       "(fulab-upload --token or FULAB_TOKEN) or add ?token=TOKEN to the URL; "
+                       "if yours was refused, ask the operator for a valid one")
 
 
-class TokenFileError(ValueError):
-    """The token file cannot be used; the message says what to fix."""
+@dataclass(frozen=True)
+class Head:
+    """A request as the gate sees it: the request line and headers, no body."""
+
+    method: bytes
+    uri: bytes
+    headers: dict[str, str]    # lower-case names, the first value of each
+    peer: str                  # the TCP peer's host
+    secure: bool               # came in over TLS
+
+    @property
+    def path(self) -> str:
+        return endpoints.request_path(self.uri)
+
+    @property
+    def params(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.uri.decode("utf-8", "surrogateescape")).query, keep_blank_values=True)
+
+    @property
+    def upgrade(self) -> bool:
+        return self.headers.get("upgrade", "").lower() == "websocket"
 
 
-class Tokens:
-    """The accepted tokens and their names; lookups take the same time whichever token (if any) matches."""
+@dataclass(frozen=True)
+class Decision:
+    """The gate's answer: `code` 0 lets the request through, acting for `principal`; else the refusal."""
 
-    def __init__(self, named: dict[str, str]):
-        # Compare fixed-length digests, so neither a token's length nor its content shows in the timing.
-        self._digests = [(hashlib.sha256(token.encode()).digest(), name) for token, name in named.items()]
+    principal: Principal | None
+    address: str
+    endpoint: endpoints.Endpoint
+    code: int = 0
+    err: str = ""
+    detail: str = ""
+    own_origin: str | None = None   # the daemon's origin as this client reached it (for the UI's CSP)
 
-    def __len__(self):
-        return len(self._digests)
-
-    def name_of(self, presented: str | None) -> str | None:
-        """The name of the token presented, or None when it is missing or not accepted."""
-        if not presented:
-            return None
-        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
-        found = None
-        for known, name in self._digests:
-            if hmac.compare_digest(known, digest):
-                found = name
-        return found
-
-
-def fingerprint(token: str) -> str:
-    """A name for a token that has none: short, stable, and useless for guessing it."""
-    return "token-" + hashlib.sha256(token.encode()).hexdigest()[:8]
-
-
-def load_tokens(path: str) -> Tokens:
-    """Read `TOKEN [NAME]` lines; `#` starts a comment, blank lines are skipped."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise TokenFileError(f"cannot read the token file {path}: {e}") from None
-    named: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        fields = line.split("#", 1)[0].split(None, 1)
-        if not fields:
-            continue
-        token = fields[0]
-        name = fields[1].strip() if len(fields) > 1 else fingerprint(token)
-        if len(token) < MIN_TOKEN_LENGTH:
-            raise TokenFileError(f"{path} line {number}: a token must have at least {MIN_TOKEN_LENGTH} "
-                                 f"characters; make one with {MAKE_TOKEN}")
-        if token in named:
-            raise TokenFileError(f"{path} line {number}: this token is already listed (as {named[token]!r}); "
-                                 "give each client its own token")
-        named[token] = name
-    if not named:
-        raise TokenFileError(f"{path} holds no token; add lines `TOKEN NAME` (make a token with {MAKE_TOKEN}) "
-                             "or leave out --token-file to run without access control")
-    return Tokens(named)
-
-
-def readable_by_others(path: str) -> bool:
-    """True when users other than the owner may read the token file."""
-    return bool(os.stat(path).st_mode & 0o044)
-
-
-def presented_token(authorization: str | None, query_token: str | None) -> str | None:
-    """The token a client sent: `Authorization: Bearer T`, else `?token=T` (for browsers and old clients)."""
-    if authorization:
-        scheme, _, credentials = authorization.strip().partition(" ")
-        if scheme.lower() == "bearer" and credentials.strip():
-            return credentials.strip()
-    return query_token or None
-
-
-def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """A `--trusted-proxy` value: an address or a network (`10.0.0.0/8`)."""
-    return ipaddress.ip_network(text.strip(), strict=False)
-
-
-def _address(text: str):
-    try:
-        address = ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-class TrustedProxies:
-    """`X-Forwarded-For` names the client only when the TCP peer is one of these proxies."""
-
-    def __init__(self, networks=()):
-        self.networks = list(networks)
-
-    def trusts(self, host: str) -> bool:
-        address = _address(host)
-        return address is not None and any(address in network for network in self.networks)
-
-    def client_address(self, host: str, forwarded_for: str | None) -> str:
-        """The client's address: the TCP peer, or, behind trusted proxies, the last hop they were told of."""
-        if not forwarded_for or not self.trusts(host):
-            return str(_address(host) or host)
-        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-        for hop in reversed(hops):
-            if not self.trusts(hop):
-                return str(_address(hop) or hop)
-        return str(_address(hops[0]) or hops[0]) if hops else host
+    @property
+    def refused(self) -> bool:
+        return self.code != 0
 
 
 class ConnectionLimits:
-    """Caps on open WebSocket connections, in all and per client address (0: no cap)."""
+    """Caps on open connections (HTTP and WebSocket), in all and per client address (0: no cap)."""
 
     def __init__(self, total: int = 0, per_address: int = 0):
         self.total = total
         self.per_address = per_address
         self.open: Counter[str] = Counter()
+        self.waiting: Counter[str] = Counter()   # accepted, request head not yet decided
 
-    def check(self, address: str):
-        """Raise `ConnectionDeny(503)` when one more connection from `address` would pass a cap."""
+    def may_wait(self, peer: str, per_peer: bool) -> bool:
+        """Whether one more connection may wait for its head (bounds sockets that send nothing)."""
+        if self.total and sum(self.waiting.values()) >= self.total:
+            return False
+        return not (per_peer and self.per_address and self.waiting[peer] >= self.per_address)
+
+    def over(self, address: str) -> str | None:
+        """Why one more connection from `address` would pass a cap, or None."""
         if self.total and sum(self.open.values()) >= self.total:
-            raise ConnectionDeny(503, f"the server already has its maximum of {self.total} WebSocket "
-                                      "connections open; retry later")
+            return f"the server already has its maximum of {self.total} connections open; retry later"
         if self.per_address and self.open[address] >= self.per_address:
-            raise ConnectionDeny(503, f"{address} already has the maximum of {self.per_address} WebSocket "
-                                      "connections open; close some, or ask the operator to raise "
-                                      "--max-connections-per-ip")
+            return (f"{address} already has the maximum of {self.per_address} connections open; close some, "
+                    "or ask the operator to raise --max-connections-per-ip")
+        return None
 
     def opened(self, address: str):
         self.open[address] += 1
@@ -168,88 +111,132 @@ class Gate:
     _log = Logger()
 
     def __init__(self, tokens: Tokens | None = None, proxies: TrustedProxies | None = None,
-                 limits: ConnectionLimits | None = None):
+                 limits: ConnectionLimits | None = None, origins: Origins | None = None,
+                 ui_files: frozenset[str] = frozenset()):
         self.tokens = tokens
         self.proxies = proxies or TrustedProxies()
         self.limits = limits or ConnectionLimits()
+        self.origins = origins or Origins(self.proxies)
+        self.ui_files = ui_files
         self.refused: Counter[str] = Counter()
         self.admitted = 0
+        self.websockets_open = 0
         self._ignored_proxies: set[str] = set()
         secret = secrets.token_urlsafe(32)
-        self._probe = Tokens({secret: SELF_PROBE})
+        self._probe = Principal(SELF_PROBE, frozenset({UPLOAD}))
+        self._probe_tokens = Tokens({secret: self._probe})
         self.probe_headers = {"Authorization": f"Bearer {secret}"}
 
-    def _name_of(self, presented: str | None) -> str | None:
-        probe = self._probe.name_of(presented)
-        named = self.tokens.name_of(presented) if self.tokens is not None else None
-        return probe or named
-
-    # -- twisted.web requests ------------------------------------------------
-
-    def _client(self, host: str, forwarded: str | None) -> str:
-        if forwarded and not self.proxies.trusts(host) and host not in self._ignored_proxies:
-            self._ignored_proxies.add(host)
+    def client(self, peer: str, forwarded: str | None) -> str:
+        """The client's address: the peer, or behind a trusted proxy the one it names."""
+        if forwarded and not self.proxies.trusts(peer) and peer not in self._ignored_proxies:
+            self._ignored_proxies.add(peer)
             self._log.warn("ignoring X-Forwarded-For from {peer}, which is not a trusted proxy; if it is your "
-                           "proxy, pass --trusted-proxy {peer} so that clients are told apart", peer=host)
-        return self.proxies.client_address(host, forwarded)
+                           "proxy, pass --trusted-proxy {peer} so that clients are told apart", peer=peer)
+        return self.proxies.client_address(peer, forwarded)
 
-    def request_client(self, request) -> str:
-        forwarded = request.getHeader(b"x-forwarded-for")
-        return self._client(host_of(request.getClientAddress()), forwarded.decode("latin-1") if forwarded else None)
-
-    def request_allowed(self, request) -> bool:
-        """True when no token is needed or the request carries an accepted one."""
+    def principal(self, authorization: str | None, query_token: str | None) -> Principal | None:
+        """Who the presented token stands for (everyone, without a token file); None when refused."""
+        presented = presented_token(authorization, query_token)
+        probe = self._probe_tokens.principal_of(presented)
         if self.tokens is None:
-            return True
-        presented = self._request_token(request)
-        if self._name_of(presented) is not None:
-            return True
-        self.refused["unauthorized"] += 1
-        self._log.info("refused {method} {path} from {peer}: {why}", method=request.method.decode("latin-1"),
-                       path=request.path.decode("latin-1"), peer=self.request_client(request),
-                       why="wrong token" if presented else "no token")
-        return False
+            return probe or ANYONE
+        return probe or self.tokens.principal_of(presented)
 
-    def _request_token(self, request) -> str | None:
-        authorization = request.getHeader(b"authorization")
-        query = request.args.get(b"token", [None])[0]
-        return presented_token(authorization.decode("latin-1") if authorization else None,
-                               query.decode("utf-8", "surrogateescape") if query else None)
+    def is_probe(self, principal: Principal | None) -> bool:
+        return principal is self._probe
 
     def requester_of(self, request) -> str | None:
-        """The name of the token an HTTP request carries (e.g. a PAR's `:author`)."""
-        return self._name_of(self._request_token(request))
+        """The name of the token an HTTP request carries (e.g. a PAR's `:author`), as the gate decided."""
+        decision = getattr(request, "decision", None)
+        return decision.principal.name if decision is not None else None
 
-    # -- WebSocket handshakes (Autobahn's ConnectionRequest) -----------------
+    # -- the decision on a request head ----------------------------------------
 
-    def _presented(self, request) -> str | None:
-        return presented_token(request.headers.get("authorization"), (request.params.get("token") or [None])[0])
+    def decide(self, head: Head) -> Decision:
+        """Token, body, Origin, content type and scope, in that order; the first failure is the answer."""
+        address = self.client(head.peer, head.headers.get("x-forwarded-for"))
+        params = head.params
+        endpoint = endpoints.classify(head.method.upper(), head.path, params, head.upgrade, self.ui_files)
+        principal = self.principal(head.headers.get("authorization"), (params.get("token") or [None])[-1])
+        own = self.origins.own(head)
 
-    def uploader_of(self, request) -> str | None:
-        """The name of the token a WebSocket client presented (its `:uploader`)."""
-        return self._name_of(self._presented(request))
+        def refuse(code: int, err: str, detail: str, why: str) -> Decision:
+            self.refused[err] += 1
+            self._log.info("refused {method} {path} from {peer}: {why}", method=head.method.decode("latin-1"),
+                           path=head.path, peer=address, why=why)
+            return Decision(principal, address, endpoint, code, err, detail, own)
+
+        public = endpoint in (endpoints.HEALTH, endpoints.UI_FILE)
+        if principal is None and not public:
+            presented = head.headers.get("authorization") or params.get("token")
+            return refuse(401, "unauthorized", UNAUTHORIZED_DETAIL, "wrong token" if presented else "no token")
+        too_big = body_refusal(head, endpoint.max_body)
+        if too_big is not None:
+            return refuse(*too_big, why=too_big[1])
+        if (endpoint.websocket or head.method.upper() not in endpoints.READ_METHODS) and \
+                not self.origins.allowed(head):
+            # A WebSocket client is told `unauthorized`, as for a missing token (docs/protocol.md).
+            return refuse(403, "unauthorized" if endpoint.websocket else "forbidden", self.origins.refusal(head),
+                          f"Origin {head.headers.get('origin')}")
+        if endpoint is endpoints.PAR_WRITE and not is_json(head.headers.get("content-type", "")):
+            return refuse(415, "unsupported-media-type", "send the PAR as a JSON body with the header "
+                          "`Content-Type: application/json`", "not JSON")
+        if principal is not None and endpoint.scope is not None and not principal.may(endpoint.scope):
+            return refuse(403, "forbidden", refusal_detail(endpoint.scope),
+                          f"{principal.name} lacks the {endpoint.scope} scope")
+        return Decision(principal or ANYONE_PUBLIC, address, endpoint, own_origin=own)
+
+    def count(self, decision: Decision) -> Decision:
+        """A connection's first head let through: count it against the caps (not the self-probe), or 503."""
+        if decision.refused or self.is_probe(decision.principal):
+            return decision
+        over = self.limits.over(decision.address)
+        if over is not None:
+            self.refused["over-limit"] += 1
+            self._log.warn("refused a connection from {peer}: {reason}", peer=decision.address, reason=over)
+            return replace(decision, code=503, err="over-limit", detail=over)
+        self.limits.opened(decision.address)
+        return decision
+
+    # -- WebSocket handshakes (Autobahn's ConnectionRequest), once the gate let them through ---
+
+    def handshake_principal(self, request) -> Principal:
+        """Who an admitted WebSocket acts for (the gate already refused anyone else)."""
+        token = (request.params.get("token") or [None])[-1]
+        return self.principal(request.headers.get("authorization"), token) or ANYONE_PUBLIC
 
     def admit(self, request, protocol) -> str:
-        """Count an opening WebSocket until it closes; its client's address, or `ConnectionDeny(503)`."""
-        address = self._client(host_of(protocol.transport.getPeer()), request.headers.get("x-forwarded-for"))
-        if self._probe.name_of(self._presented(request)):
-            return address
-        try:
-            self.limits.check(address)
-        except ConnectionDeny as e:
-            self.refused["over-limit"] += 1
-            self._log.warn("refused a WebSocket from {peer}: {reason}", peer=address, reason=e.reason)
-            raise
-        self.limits.opened(address)
-        self.admitted += 1
-        protocol.is_closed.addBoth(self._closed, address)
+        """Count an opening WebSocket until it closes; its client's address."""
+        address = self.client(host_of(protocol.transport.getPeer()), request.headers.get("x-forwarded-for"))
+        if not self.is_probe(self.handshake_principal(request)):
+            self.admitted += 1
+            self.websockets_open += 1
+            protocol.is_closed.addBoth(self._closed)
         return address
 
-    def _closed(self, result, address: str):
-        self.limits.closed(address)
+    def _closed(self, result):
+        self.websockets_open -= 1
         return result
 
 
-def host_of(address) -> str:
-    """The host of a peer address; `local` for a Unix socket."""
-    return getattr(address, "host", None) or "local"
+ANYONE_PUBLIC = Principal(None, frozenset())  # a public file's reader with no token: may read nothing else
+
+
+def is_json(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/json"
+
+
+def body_refusal(head: Head, limit: int) -> tuple[int, str, str] | None:
+    """(code, err, detail) for a body the endpoint does not take, judged from the headers alone."""
+    if head.headers.get("transfer-encoding", "identity").lower() != "identity":
+        if not limit:
+            return 413, "too-large", "this request takes no body"
+        return 411, "length-required", "send the body with a Content-Length header (no chunked encoding)"
+    length = head.headers.get("content-length", "0").strip()
+    if not length.isdigit():
+        return 400, "bad-request", "the Content-Length header is not a number"
+    if int(length) > limit:
+        return 413, "too-large", (f"the body is over {limit} bytes; shorten it" if limit
+                                  else "this request takes no body")
+    return None

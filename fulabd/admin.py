@@ -12,6 +12,8 @@ import urllib.request
 
 import orjson
 
+from fulabd.doctor import refusal_detail
+
 DEFAULT_URL = "http://127.0.0.1:5056"
 
 
@@ -25,6 +27,8 @@ def status(args) -> int:
         print(f"fulab: {url} answered {e.code} {e.reason}", file=sys.stderr)
         if e.code == 401:
             print("The daemon requires an access token: pass --token TOKEN or set FULAB_TOKEN", file=sys.stderr)
+        if e.code == 403:
+            print(refusal_detail(e.read()), file=sys.stderr)
         return 1
     except (urllib.error.URLError, OSError) as e:
         print(f"fulab: cannot read {url}: {getattr(e, 'reason', e)}", file=sys.stderr)
@@ -68,7 +72,8 @@ def main(argv=None) -> int:
                     "listings and the status of a daemon; stop at the first broken link and say how to fix it.")
     doctor_parser.add_argument("url", help="e.g. wss://lab.example.org:5057/fulab/lab/upload/ws")
     doctor_parser.add_argument("--cafile", help="trust this CA (PEM) in addition to the system's")
-    doctor_parser.add_argument("--token", help="upload token, sent as Authorization: Bearer")
+    doctor_parser.add_argument("--token", default=os.environ.get("FULAB_TOKEN"),
+                               help="upload token, sent as Authorization: Bearer [$FULAB_TOKEN]")
     doctor_parser.add_argument("--timeout", type=float, default=10.0, help="seconds per step [10]")
     doctor_parser.set_defaults(run=doctor)
     args = parser.parse_args(argv)

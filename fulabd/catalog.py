@@ -4,13 +4,15 @@ and the only way a viewer's `?path=` or `?session=` becomes a session.
 
 A session is served only when its file, symlinks resolved, lies inside its
 source's folder: a symlink in the store pointing elsewhere is neither listed
-nor streamed, and no other file on the server can be named.
+nor streamed, and no other file on the server can be named.  Reads open the
+file first and check the file they opened (`open_inside`), so a symlink
+swapped in after the check serves nothing.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 
 class SessionSource(Protocol):
@@ -62,6 +64,34 @@ class StoreSource:
 
 def inside(path: str, root: str) -> bool:
     return path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+class NotInside(OSError):
+    """The file opened under a served name lies outside its source's folders (a symlink swapped in)."""
+
+
+def opened_path(f) -> str:
+    """Where the file open as `f` really is (not where its name points now)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{f.fileno()}")
+    except OSError:  # no /proc: the name's target, if it is still the same file as the one open
+        real = os.path.realpath(f.name)
+        opened, named = os.fstat(f.fileno()), os.stat(real)
+        return real if (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino) else ""
+
+
+def open_inside(path: str, roots) -> BinaryIO:
+    """Open `path` for reading, then check that the file opened lies inside one of `roots`.
+
+    Checking the name first and opening it after would serve whatever a swap put there in between:
+    the bytes read come from the file that was checked, or nothing is read.
+    """
+    f = open(path, "rb")
+    real = opened_path(f)
+    if not any(inside(real, os.path.realpath(root)) for root in roots):
+        f.close()
+        raise NotInside(f"{path} opens a file outside {', '.join(roots)}")
+    return f
 
 
 class Catalog:

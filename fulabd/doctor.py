@@ -39,7 +39,7 @@ HTTP_ADVICE = {
          "proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; "
          "(as in etc/nginx/fulab.conf)",
     401: "the server wants a token: pass --token TOKEN",
-    403: "the server refuses this client: the token is missing or wrong (--token), or this address or Origin "
+    403: "the server refuses this client: the token lacks a scope (upload, read), or this address or Origin "
          "is not allowed",
     404: "nothing is served at {path} on this host: the path is wrong, or the proxy has no location for it. "
          "Uploads go to /fulab/lab/upload/ws; nginx must proxy location /fulab/lab/ (and /upload/ws and / for "
@@ -55,6 +55,16 @@ HTTP_ADVICE = {
     504: "the proxy reached the daemon but it did not answer in time: the daemon is stuck or overloaded; on the "
          "server read journalctl -u fulabd and run fulab status",
 }
+
+
+def refusal_detail(body: bytes) -> str:
+    """What a 403 body says was refused (`this token may not …`), or a guess when it says nothing."""
+    try:
+        detail = orjson.loads(body).get("detail")
+    except (orjson.JSONDecodeError, AttributeError):
+        detail = None
+    return detail or "the daemon refused this token: ask its operator for one with the read scope"
+
 
 VERIFY_ADVICE = {
     9: "the certificate is not valid yet: check the server's clock (timedatectl)",
@@ -73,6 +83,10 @@ class Failure(Exception):
         super().__init__(f"{step}: {detail}")
         self.step = step
         self.detail = detail
+
+
+class OutOfScope(Failure):
+    """The token may not do this (a laptop's upload-only token may not read): not a broken link."""
 
 
 @dataclass
@@ -195,8 +209,11 @@ class Doctor:
             for alias in UPLOAD_PATHS:
                 if alias != target.path:
                     self.upload_path(target, alias, hard=False)
-            self.listings(target)
-            self.status(target)
+            for check in (self.listings, self.status):
+                try:
+                    check(target)
+                except OutOfScope as e:
+                    self.warn(e.step, f"not checked: {e.detail} (right for a laptop's upload-only token)")
         except Failure as e:
             self.out(f"[FAIL] {e.step}: {e.detail}")
             return 1
@@ -374,6 +391,9 @@ class Doctor:
                                                    "(the laptop's FULAB_TOKEN)" if self.token else
                                                    "the daemon wants an access token: pass it with --token TOKEN "
                                                    "(the laptop's FULAB_TOKEN)")
+                if reply.get("err") == "forbidden":
+                    return self.broken(step, hard, f"the daemon accepted the token but refused it here: "
+                                                   f"{reply.get('detail')}")
                 if reply.get("err") == "invalid-path":
                     return self.broken(step, hard, f"the daemon has no WebSocket endpoint at {path}: uploads go "
                                                    f"to /fulab/lab/upload/ws")
@@ -410,6 +430,8 @@ class Doctor:
             raise Failure(step, f"GET {path} failed: {e}")
         finally:
             connection.close()
+        if response.status == 403:
+            raise OutOfScope(step, f"GET {path} was refused: {refusal_detail(body)}")
         if response.status != 200:
             advice = UpgradeRefused(response.status, f"{response.status} {response.reason}",
                                     {"location": response.getheader("location", "")}).explain(path)

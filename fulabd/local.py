@@ -23,6 +23,7 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
 from fulabd import edn, formats
+from fulabd.catalog import NotInside, open_inside
 from fulabd.store import line_ends, safe_id
 
 GROW_BYTES = 4 * 1024 * 1024  # read of appended data per reactor turn
@@ -140,11 +141,14 @@ class LocalSources(service.Service):
                 limit += 1
             stop = limit
         try:
-            with open(session.path, "rb") as f:
+            with open_inside(session.path, self.roots) as f:
                 f.seek(begin)
                 data = f.read(ends[stop - 1] - begin)
         except FileNotFoundError:
             return []  # deleted: the watcher forgets it
+        except NotInside as e:
+            self._log.warn("not serving {path}: {why}", path=session.path, why=e)
+            return []
         lines = data[:-1].split(b"\n")
         if len(lines) != stop - start:  # the file was rewritten under us: serve nothing rather than wrong lines
             self._log.warn("{path} changed under a reader; re-indexing it", path=session.path)
@@ -212,7 +216,12 @@ class LocalSources(service.Service):
     def _grow(self, session: LocalSession) -> None:
         """Publish the complete lines appended since the last look, a bounded chunk at a time."""
         chunks = []
-        with open(session.path, "rb") as f:
+        try:
+            f = open_inside(session.path, self.roots)
+        except NotInside as e:
+            self._log.warn("not serving {path}: {why}", path=session.path, why=e)
+            return
+        with f:
             f.seek(session.size)
             while chunk := f.read(GROW_BYTES):
                 chunks.append(chunk)
@@ -239,7 +248,7 @@ class LocalSources(service.Service):
 
     def _read_pars(self, session: LocalSession) -> None:
         try:
-            with open(session.par_path, "rb") as f:
+            with open_inside(session.par_path, self.roots) as f:
                 pars = edn.loads(f.read())
         except FileNotFoundError:
             return

@@ -26,6 +26,7 @@ INVALID_PATH = "invalid-path"
 STORAGE_FAILED = "storage-failed"
 STORAGE_FULL = "storage-full"
 UNAUTHORIZED = "unauthorized"
+FORBIDDEN = "forbidden"
 BAD_PAR = "bad-par"
 UNKNOWN_SESSION = "unknown-session"
 

@@ -43,8 +43,10 @@ class LabCollector:
     def collect(self):
         uploads, status = self.uploads, self.status()
         yield GaugeMetricFamily("fulab_listening", "1 while a listener is listening.", value=int(status["running"]))
+        yield GaugeMetricFamily("fulab_connections", "Open connections counted against the caps (HTTP and "
+                                "WebSocket).", value=sum(self.gate.limits.open.values()))
         yield GaugeMetricFamily("fulab_websocket_connections", "Open WebSocket connections (uploads and viewers).",
-                                value=sum(self.gate.limits.open.values()))
+                                value=self.gate.websockets_open)
         yield CounterMetricFamily("fulab_websocket_connections_opened", "WebSocket connections admitted.",
                                   value=self.gate.admitted)
         yield GaugeMetricFamily("fulab_upload_connections", "Open upload connections.", value=len(uploads.connections))

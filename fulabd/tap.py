@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 import fulabd
-from fulabd import access, pars, remote, supervisor, tls, web
+from fulabd import access, netaddr, origins, pars, remote, supervisor, tls, tokens, ui, web
 from fulabd.archive import ArchivedListing, ArchiveSource
 from fulabd.budget import InflightBudget
 from fulabd.catalog import Catalog, StoreSource
@@ -103,10 +103,9 @@ class Options(usage.Options):
         ["codex-dir", None, None, "Also list and stream the Codex sessions under this folder (e.g. ~/.codex/sessions)."],
         ["claude-dir", None, None, "Also list and stream the Claude Code sessions under this folder "
                                    "(e.g. ~/.claude/projects)."],
-        ["token-file", None, None, "Require a token from this file (lines `TOKEN [NAME]`) on every request."],
-        ["max-connections", None, 512, "Most WebSocket connections open at once (0: no cap).", int],
-        ["max-connections-per-ip", None, 64, "Most WebSocket connections open from one client address (0: no cap).",
-         int],
+        ["token-file", None, None, "Require a token from this file (lines `TOKEN [NAME] [SCOPES]`) on every request."],
+        ["max-connections", None, 512, "Most connections (HTTP and WebSocket) open at once (0: no cap).", int],
+        ["max-connections-per-ip", None, 64, "Most connections open from one client address (0: no cap).", int],
         ["max-inflight-mb", None, 1024, "Most MiB of upload messages being received or awaiting their commit, "
                                         "over all connections; above it, reading uploads waits for their commits.", int],
         ["min-free-mb", None, 64, "Refuse uploads (storage-full) that would leave less free disk than this.", int],
@@ -134,6 +133,7 @@ class Options(usage.Options):
         super().__init__()
         self["trusted-proxies"] = []
         self["listen"] = []
+        self["allowed-origins"] = []
         self["archive-dirs"] = []
         self["remote-sources"] = []
         self["remote-token-files"] = []
@@ -141,9 +141,16 @@ class Options(usage.Options):
     def opt_trusted_proxy(self, value):
         """Take the client's address from X-Forwarded-For when the peer is this address or network (repeatable)."""
         try:
-            self["trusted-proxies"].append(access.parse_network(value))
+            self["trusted-proxies"].append(netaddr.parse_network(value))
         except ValueError:
             raise usage.UsageError(f"--trusted-proxy {value!r} is not an IP address or network") from None
+
+    def opt_allowed_origin(self, value):
+        """Also accept browser requests from pages at this origin, e.g. https://lab.example.org (repeatable)."""
+        if origins.normalize(value) is None:
+            raise usage.UsageError(f"--allowed-origin {value!r} is not an origin; give scheme://host[:port], "
+                                   "e.g. https://lab.example.org")
+        self["allowed-origins"].append(value)
 
     def opt_archive_dir(self, folder):
         """List and stream the futon3 lab's archived sessions, the *.json files in this folder (repeatable)."""
@@ -172,8 +179,8 @@ class Options(usage.Options):
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must be 0 or more")
         try:
-            self["tokens"] = access.load_tokens(self["token-file"]) if self["token-file"] else None
-        except access.TokenFileError as e:
+            self["tokens"] = tokens.load_tokens(self["token-file"]) if self["token-file"] else None
+        except tokens.TokenFileError as e:
             raise usage.UsageError(str(e)) from None
         if not self["no-index"]:
             try:
@@ -237,11 +244,13 @@ def makeService(config, reactor=None) -> service.MultiService:
     started = reactor.seconds()
     parent = service.MultiService()
     warn_without_acceleration()
-    if config["tokens"] is not None and access.readable_by_others(config["token-file"]):
+    if config["tokens"] is not None and tokens.readable_by_others(config["token-file"]):
         _log.warn("the token file {path} can be read by other users; chmod 600 it", path=config["token-file"])
     metrics = Metrics()
-    gate = access.Gate(config["tokens"], access.TrustedProxies(config["trusted-proxies"]),
-                       access.ConnectionLimits(config["max-connections"], config["max-connections-per-ip"]))
+    proxies = netaddr.TrustedProxies(config["trusted-proxies"])
+    gate = access.Gate(config["tokens"], proxies,
+                       access.ConnectionLimits(config["max-connections"], config["max-connections-per-ip"]),
+                       origins.Origins(proxies, config["allowed-origins"]), ui_files=ui.public_paths())
 
     hub = Hub()
     store = SessionStore(config["root"], clock=reactor, hub=hub, min_free_bytes=config["min-free-mb"] * MiB,
@@ -278,7 +287,7 @@ def makeService(config, reactor=None) -> service.MultiService:
         queries.setServiceParent(parent)
 
     uploads = UploadFactory(store, clock=reactor, max_message_size=config["max-message-size"],
-                            admit=gate.admit, uploader_of=gate.uploader_of,
+                            admit=gate.admit, principal_of=gate.handshake_principal,
                             budget=InflightBudget(config["max-inflight-mb"] * MiB), reactor=reactor)
     stream = StreamFactory(catalog, hub, clock=reactor, admit=gate.admit, reactor=reactor)
     for factory in (uploads, stream):
@@ -299,7 +308,8 @@ def makeService(config, reactor=None) -> service.MultiService:
     listeners = []
     for description, endpoint in listen:
         listener = supervisor.ListenerSupervisor(
-            description, endpoint, web.LabSite(dispatch, gate, timeout=config["handshake-timeout"]), reactor,
+            description, endpoint, web.LabSite(dispatch, gate, head_timeout=config["handshake-timeout"],
+                                                  timeout=config["handshake-timeout"]), reactor,
             config["restart-interval"],
             lambda address, description=description: supervisor.self_probe_endpoint(description, address, reactor),
             probe_headers=gate.probe_headers)

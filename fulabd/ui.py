@@ -41,7 +41,6 @@ class StaticFile(resource.Resource):
     def render_GET(self, request):
         request.setHeader(b"content-type", self.content_type)
         request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-content-type-options", b"nosniff")
         if request.setETag(self.etag):
             return b""
         return self.body

@@ -17,7 +17,8 @@ from twisted.logger import Logger
 from fulabd import messages, packed
 from fulabd.access import SELF_PROBE
 from fulabd.budget import InflightBudget
-from fulabd.messages import MISSING_SESSION_ID, TOO_LARGE, ProtocolError
+from fulabd.messages import FORBIDDEN, MISSING_SESSION_ID, TOO_LARGE, ProtocolError
+from fulabd.tokens import ADMIN, ANYONE
 
 UNBOUNDED_PACKED = 1 << 30  # what packed lines may inflate to when --max-message-size is 0 (no limit)
 DEFAULT_INFLIGHT_BYTES = 1024 << 20
@@ -32,6 +33,7 @@ class UploadProtocol(WebSocketServerProtocol):
         self._session_id: str | None = None
         self._outbox: deque = deque()
         self._touched: dict[str, int] = {}
+        self._created: set[str] = set()   # sessions this connection's messages created
         self._peer = "?"
         self._quiet = False
         self.packed = False
@@ -39,7 +41,8 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         self._peer = self.factory.admit(request, self)
-        self.uploader = self.factory.uploader_of(request)
+        self.principal = self.factory.principal_of(request)
+        self.uploader = self.principal.name
         self._quiet = self.uploader == SELF_PROBE  # the listener's self-probe, every few seconds: not logged
         self.packed = packed.offered(request.headers.get(packed.HEADER.lower()))
         return (None, {packed.HEADER: packed.ENCODING}) if self.packed else None
@@ -124,7 +127,8 @@ class UploadProtocol(WebSocketServerProtocol):
             return defer.succeed(messages.pong(self.factory.clock.seconds()))
         if isinstance(message, messages.Resume):
             self._session_id = message.session_id
-            return self.factory.store.resume(message.session_id).addCallback(
+            return self._owned(message.session_id).addCallback(lambda _: self.factory.store.resume(
+                message.session_id)).addCallback(
                 lambda count: messages.ack(message.session_id, count, 0, False) | {"resume": True})
         session_id = message.session_id or self._session_id
         if session_id is None:
@@ -132,10 +136,13 @@ class UploadProtocol(WebSocketServerProtocol):
                                                     "send init first or name the session in every message")
         if isinstance(message, messages.Append) and message.kind == "init":
             self._session_id = session_id
+        store = self.factory.store
         if isinstance(message, messages.Par):
-            return self.factory.store.add_par(session_id, message.par, author=self.uploader).addCallback(
+            return self._owned(session_id).addCallback(
+                lambda _: store.add_par(session_id, message.par, author=self.uploader)).addCallback(
                 self._par_added, session_id)
-        return self.factory.store.append(session_id, message.seq, message.lines, message.meta).addCallback(
+        return self._owned(session_id).addCallback(
+            lambda _: store.append(session_id, message.seq, message.lines, message.meta)).addCallback(
             self._appended, session_id)
 
     def _appended(self, result, session_id: str) -> dict:
@@ -160,9 +167,37 @@ class UploadProtocol(WebSocketServerProtocol):
             self._log.info("upload of session {session_id} from {peer} started", session_id=session_id,
                            peer=self._peer)
 
+    def _owned(self, session_id: str) -> defer.Deferred:
+        """Fires when this connection may send to the session, else fails `forbidden`.
+
+        A session the store does not know may just not be loaded yet (at start-up): then the check waits
+        for the load, as the store's own calls do (`resume` of an unknown session waits for nothing else),
+        so messages keep their order."""
+        store = self.factory.store
+        if store.get(session_id) is not None or store.problem() is None:
+            return defer.maybeDeferred(self._check_owner, session_id)
+        return store.resume(session_id).addCallback(lambda _: self._check_owner(session_id))
+
+    def _check_owner(self, session_id: str):
+        """A session belongs to the token that created it: others may not add to it (or learn its count),
+        unless they are `admin`.  Sessions created without a token belong to no one."""
+        session = self.factory.store.get(session_id)
+        if session is None or not session.stored:
+            self._created.add(session_id)
+            return
+        owner = session.meta.get("uploader")
+        if owner is None or owner == self.uploader or self.principal.may(ADMIN):
+            return
+        raise ProtocolError(FORBIDDEN, f"this token may not add to session {session_id!r}: it was created with "
+                                       "another token; upload under a new session id, or ask the operator for "
+                                       "an admin token")
+
     def _record_uploader(self, session_id: str):
-        """Name the token's holder in the session's meta, once something of theirs is stored."""
-        if self.uploader:
+        """Name the token's holder in the meta of a session this connection created, once something is stored.
+
+        A session is never re-attributed: one created without a token stays no one's."""
+        session = self.factory.store.get(session_id)
+        if self.uploader and session_id in self._created and session.meta.get("uploader") is None:
             self.factory.store.update_meta(session_id, uploader=self.uploader)
 
     def _reply(self, result: defer.Deferred, size: int):
@@ -208,16 +243,17 @@ class UploadFactory(WebSocketServerFactory):
     protocol = UploadProtocol
     _log = Logger()
 
-    def __init__(self, store, clock, max_message_size: int, admit, uploader_of=lambda request: None,
+    def __init__(self, store, clock, max_message_size: int, admit, principal_of=lambda request: ANYONE,
                  budget: InflightBudget | None = None, **kw):
         """`admit(request, protocol)` returns the client's address, or raises `ConnectionDeny` to refuse it;
-        `budget` bounds the bytes of messages in flight over all connections (default: 1 GiB)."""
+        `principal_of(request)` is who the client's token stands for; `budget` bounds the bytes of messages
+        in flight over all connections (default: 1 GiB)."""
         super().__init__(**kw)
         self.store = store
         self.budget = budget or InflightBudget(DEFAULT_INFLIGHT_BYTES)
         self.clock = clock
         self.admit = admit
-        self.uploader_of = uploader_of
+        self.principal_of = principal_of
         self.connections: set = set()
         self.messages_in = 0
         self.bytes_in = 0

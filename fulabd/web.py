@@ -5,7 +5,6 @@ WebSocket upgrades to the upload or viewer endpoint by request path.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
 
 import orjson
 from autobahn.twisted.resource import WebSocketResource
@@ -13,21 +12,20 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.logger import Logger
 from twisted.web import resource, server, util
 
-from fulabd import edn, ui
+from fulabd import edn, endpoints, ui
+from fulabd.access import Decision, Gate
+from fulabd.channel import GatedChannel, GatedRequest, head_of
+from fulabd.endpoints import STREAM_PATH, is_upload_path
 from fulabd.listing import BadListingRequest, parse_query
-from fulabd.messages import INVALID_PATH, UNAUTHORIZED, now_iso
+from fulabd.messages import INVALID_PATH, now_iso
+from fulabd.netaddr import host_of
+from fulabd.tokens import ADMIN
 
-UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
-STREAM_PATH = "/fulab/lab/stream/ws"
 UI_PATH = "/fulab/lab/"
-OPEN_PATHS = (b"/healthz",)  # answered without a token, for load balancers and service managers
 REFUSED_MESSAGE_LIMIT = 64 * 1024  # a refused client has nothing to say
+STATUS_DETAILS = ("root", "listeners", "tls")  # for `admin` tokens only: where files are, which ports
 
 _log = Logger()
-
-
-def is_upload_path(path: str) -> bool:
-    return path in UPLOAD_PATHS or path.endswith("/lab/upload/ws")
 
 
 def is_websocket(request) -> bool:
@@ -66,8 +64,9 @@ class RefusedFactory(WebSocketServerFactory):
         super().__init__()
         self.explain = explain
         self.reason = reason
+        # The gate judged the Origin already; a `null` one (a sandboxed page) is told why like any other.
         self.setProtocolOptions(maxMessagePayloadSize=REFUSED_MESSAGE_LIMIT,
-                                maxFramePayloadSize=REFUSED_MESSAGE_LIMIT)
+                                maxFramePayloadSize=REFUSED_MESSAGE_LIMIT, allowNullOrigin=True)
 
 
 def invalid_path(path: str) -> dict:
@@ -76,11 +75,8 @@ def invalid_path(path: str) -> dict:
                       f"viewers to {STREAM_PATH}?session=ID or /?path=PATH"}
 
 
-def unauthorized(path: str) -> dict:
-    return {"type": "error", "err": UNAUTHORIZED, "path": path,
-            "detail": "this server needs an access token: send the header `Authorization: Bearer TOKEN` "
-                      "(fulab-upload --token or FULAB_TOKEN) or add ?token=TOKEN to the URL; "
-                      "if yours was refused, ask the operator for a valid one"}
+def refusal(decision: Decision, path: str) -> dict:
+    return {"type": "error", "err": decision.err, "path": path, "detail": decision.detail}
 
 
 class UpgradeRequired(resource.Resource):
@@ -115,16 +111,18 @@ class WebSocketDispatch(resource.Resource):
             return self.websocket_for(request)
         if request.uri == b"/":  # a browser pointed at the port gets the UI (`/?path=` upgrades are viewers)
             return util.Redirect(UI_PATH.encode())
-        path = urlsplit(request.uri.decode("utf-8", "replace")).path
+        path = endpoints.request_path(request.uri)
         if is_upload_path(path) or path == STREAM_PATH:
             return UpgradeRequired()
         return super().getChildWithDefault(name, request)
 
     def websocket_for(self, request):
-        path = urlsplit(request.uri.decode("utf-8", "replace")).path
-        if self.stream is not None and (path == STREAM_PATH or b"path" in request.args):
+        path = endpoints.request_path(request.uri)  # as the gate saw it
+        params = {name.decode("utf-8", "replace") for name in request.args}
+        endpoint = endpoints.websocket_endpoint(path, params)
+        if endpoint is endpoints.STREAM_SOCKET and self.stream is not None:
             return self.stream
-        if is_upload_path(path):
+        if endpoint is endpoints.UPLOAD_SOCKET:
             return self.upload
         return self.refused
 
@@ -243,7 +241,11 @@ class Status(resource.Resource):
         self.status = status
 
     def render_GET(self, request):
-        return render_data(request, self.status())
+        status = self.status()
+        principal = getattr(request, "principal", None)
+        if principal is not None and not principal.may(ADMIN):
+            status = {key: value for key, value in status.items() if key not in STATUS_DETAILS}
+        return render_data(request, status)
 
 
 def build_tree(dispatch: WebSocketDispatch, listing, clock, active_window: float, status,
@@ -272,12 +274,32 @@ def build_tree(dispatch: WebSocketDispatch, listing, clock, active_window: float
     return lab
 
 
-class Unauthorized(resource.Resource):
+class Refused(resource.Resource):
+    """The gate's refusal of a plain HTTP request, as JSON (or EDN)."""
+
     isLeaf = True
 
+    def __init__(self, decision: Decision):
+        super().__init__()
+        self.decision = decision
+
     def render(self, request):
-        request.setHeader(b"www-authenticate", b'Bearer realm="fulab"')
-        return render_data(request, {"ok": False} | unauthorized(request.path.decode("utf-8", "replace")), code=401)
+        decision = self.decision
+        if decision.err == "unauthorized":
+            request.setHeader(b"www-authenticate", b'Bearer realm="fulab"')
+        body = render_data(request, {"ok": False} | refusal(decision, request.path.decode("utf-8", "replace")),
+                           code=decision.code)
+        if decision.code == 503:  # WebSocket clients show only the status line of a refused handshake
+            request.setResponseCode(503, decision.detail.encode("utf-8", "replace"))
+        return body
+
+
+def refused_resource(decision: Decision, websocket: bool) -> resource.Resource:
+    """What answers a refused request: a refused token or scope on a WebSocket is said over the WebSocket."""
+    if websocket and decision.err in ("unauthorized", "forbidden"):
+        reason = decision.err.encode()
+        return WebSocketResource(RefusedFactory(lambda path: refusal(decision, path), reason))
+    return Refused(decision)
 
 
 class Health(resource.Resource):
@@ -301,18 +323,57 @@ class Health(resource.Resource):
 
 
 class LabSite(server.Site):
-    """A Site that does not write an access-log line per request (the UI polls, and URLs may hold
-    `?token=`), and that asks its `gate` (when it has one) before serving anything."""
+    """The daemon's site: every connection counted against the caps, every request head decided by the
+    `gate` before anything else, and no access-log line per request (the UI polls, and URLs may hold
+    `?token=`)."""
 
-    def __init__(self, root, gate=None, **kw):
-        super().__init__(root, **kw)
-        self.gate = gate
-        self.unauthorized_websocket = WebSocketResource(RefusedFactory(unauthorized, b"unauthorized"))
+    protocol = GatedChannel
+
+    def __init__(self, root, gate: Gate | None = None, head_timeout: float | None = None, **kw):
+        super().__init__(root, requestFactory=GatedRequest, **kw)
+        self.gate = gate or Gate()
+        self.head_timeout = head_timeout if head_timeout is not None else kw.get("timeout")
+
+    def accepted(self, channel: GatedChannel) -> bool:
+        """A connection was accepted: it may wait for its head, unless too many already do."""
+        limits, peer = self.gate.limits, host_of(channel.transport.getPeer())
+        if not limits.may_wait(peer, per_peer=not self.gate.proxies.trusts(peer)):
+            self.gate.refused["over-limit"] += 1
+            return False
+        limits.waiting[peer] += 1
+        channel.waiting_peer = peer
+        return True
+
+    def released(self, channel: GatedChannel):
+        """A connection closed (or its head was decided): it no longer counts."""
+        self._stop_waiting(channel)
+        if channel.address is not None:
+            self.gate.limits.closed(channel.address)
+            channel.address = None
+
+    def _stop_waiting(self, channel: GatedChannel):
+        peer, channel.waiting_peer = channel.waiting_peer, None
+        if peer is not None:
+            self.gate.limits.waiting[peer] -= 1
+            if not self.gate.limits.waiting[peer]:
+                del self.gate.limits.waiting[peer]
+
+    def decide(self, channel: GatedChannel, request, command: bytes, uri: bytes) -> Decision:
+        """The gate's decision on a head; a connection's first head also counts it against the caps."""
+        decision = self.gate.decide(head_of(channel, request, command, uri))
+        if channel.waiting_peer is None:
+            return decision
+        self._stop_waiting(channel)
+        decision = self.gate.count(decision)
+        if not decision.refused and not self.gate.is_probe(decision.principal):
+            channel.address = decision.address
+        return decision
 
     def getResourceFor(self, request):
-        if self.gate is not None and request.path not in OPEN_PATHS and not self.gate.request_allowed(request):
+        decision = request.decision
+        if decision is not None and decision.refused:
             request.site = self
-            return self.unauthorized_websocket if is_websocket(request) else Unauthorized()
+            return refused_resource(decision, is_websocket(request))
         return super().getResourceFor(request)
 
     def log(self, request):

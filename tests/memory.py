@@ -160,7 +160,7 @@ class Lab:
         self.gate = Gate()
         self.catalog = Catalog([StoreSource(self.store)])
         self.uploads = UploadFactory(self.store, clock=self.clock, max_message_size=max_message_size,
-                                     admit=self.gate.admit, uploader_of=self.gate.uploader_of, reactor=self.clock)
+                                     admit=self.gate.admit, principal_of=self.gate.handshake_principal, reactor=self.clock)
         self.stream = StreamFactory(self.catalog, self.hub, clock=self.clock, admit=self.gate.admit,
                                     reactor=self.clock)
         self.summaries = Summaries(self.catalog, PriceTable.shipped(), clock=self.clock,

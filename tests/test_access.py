@@ -16,7 +16,8 @@ from twisted.python import usage
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from fulabd.access import TrustedProxies, fingerprint, load_tokens, parse_network
+from fulabd.netaddr import TrustedProxies, parse_network
+from fulabd.tokens import fingerprint, load_tokens
 from fulabd.tap import Options
 from tests.fixtures import Daemon, sample_files, sample_lines
 

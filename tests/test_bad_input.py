@@ -38,9 +38,11 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*\.(jsonl|meta\.edn|par\.ed
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
     """One daemon for the whole module: every attack lands on the same process.  Once they all
-    ran (whichever ran), it stops and leaves only well-formed files in its root."""
+    ran (whichever ran), it stops and leaves only well-formed files in its root.  Every attack comes
+    from 127.0.0.1, so the connection caps are off (they are tested in test_limits and test_gate)."""
     home = tmp_path_factory.mktemp("bad-input")
-    server = Daemon(home / "remote", "--max-message-size", str(MAX_MESSAGE), "--handshake-timeout", "2").start()
+    server = Daemon(home / "remote", "--max-message-size", str(MAX_MESSAGE), "--handshake-timeout", "2",
+                    "--max-connections", "0", "--max-connections-per-ip", "0").start()
     yield server
     server.stop()
     check_files(server, while_running=False)

@@ -3,6 +3,8 @@ The daemon's limits, on a real daemon: connection caps, handshake and ping
 timeouts, the free-disk floor, and the self-probe getting through all of them.
 """
 
+import contextlib
+import http.client
 import os
 import secrets
 import socket
@@ -13,7 +15,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from tests.fixtures import Daemon, frame, get_json, open_raw, read_frames, sample_files, sample_lines
+from tests.fixtures import Daemon, frame, open_raw, read_frames, sample_files, sample_lines
 
 pytestmark = pytest.mark.slow  # every test here starts a daemon (or more)
 
@@ -43,13 +45,13 @@ def test_caps_count_each_client_behind_a_trusted_proxy(tmp_path):
                 with pytest.raises(InvalidStatus) as refused:
                     from_client(server, "203.0.113.2")
                 assert refused.value.response.status_code == 503
-                assert "maximum of 3 WebSocket connections" in refused.value.response.reason_phrase
+                assert "maximum of 3 connections" in refused.value.response.reason_phrase
                 for ws in (a1, a2, b1):
                     assert call(ws, {"type": "ping"})["type"] == "pong"
             server.wait_for_log(r"upload connection from 203\.0\.113\.2 closed")
             with from_client(server, "203.0.113.3") as c1:
                 assert call(c1, {"type": "ping"})["type"] == "pong"
-        server.wait_for_log(r"refused a WebSocket from 203\.0\.113\.1: 203\.0\.113\.1 already has")
+        server.wait_for_log(r"refused a connection from 203\.0\.113\.1: 203\.0\.113\.1 already has")
     finally:
         server.stop()
 
@@ -72,15 +74,22 @@ def test_the_self_probe_gets_through_tokens_and_full_caps(tmp_path):
     server = Daemon(tmp_path / "remote", "--token-file", str(tmp_path / "tokens"), "--max-connections", "1",
                     "--restart-interval", "0.2").start()
     try:
-        with connect(server.url + UPLOAD + "?token=" + token):
+        # The one connection allowed: a keep-alive HTTP connection (they count too), asking the status on it.
+        with contextlib.closing(http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)) as held:
+            def read_status() -> dict:
+                held.request("GET", "/fulab/lab/status?token=" + token)
+                return orjson.loads(held.getresponse().read())
+
             def probes() -> int:  # passing probes log nothing: the status counts them
-                return get_json(server.http + "/fulab/lab/status?token=" + token)["listeners"][0]["probes"]
+                return read_status()["listeners"][0]["probes"]
 
             wanted, deadline = probes() + 3, time.monotonic() + 60
+            with pytest.raises(InvalidStatus):
+                connect(server.url + UPLOAD + "?token=" + token)  # the caps are full
             while probes() < wanted:
                 assert time.monotonic() < deadline, "the self-probe did not pass three times in 60 s"
                 time.sleep(0.1)
-        status = get_json(server.http + "/fulab/lab/status?token=" + token)
+            status = read_status()
         assert status["restarts"] == 0 and all(port["failures"] == 0 for port in status["listeners"])
         assert not any("did not answer" in line or "Bearer" in line for line in server.log)
     finally:
@@ -95,7 +104,7 @@ def test_a_client_that_stalls_in_the_handshake_is_dropped_and_open_websockets_ar
             stalled.sendall(b"GET /fulab/lab/upload/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
             assert stalled.recv(1) == b""
             stalled.close()
-            server.wait_for_log(r"Timing out client")
+            server.wait_for_log(r"dropped a connection from 127\.0\.0\.1: no complete request head within 0\.5 s")
             assert call(ws, {"type": "ping"})["type"] == "pong"
     finally:
         server.stop()

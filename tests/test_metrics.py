@@ -32,7 +32,7 @@ def scrape(server) -> dict:
 @pytest.fixture
 def quiet(tmp_path):
     """A daemon whose self-probe does not run during the test (it would count as a connection)."""
-    server = Daemon(tmp_path / "remote", "--restart-interval", "600", "--max-connections-per-ip", "1").start()
+    server = Daemon(tmp_path / "remote", "--restart-interval", "600", "--max-connections-per-ip", "2").start()
     yield server
     server.stop()
 
@@ -50,11 +50,13 @@ def test_metrics_follow_an_upload(quiet):
         assert orjson.loads(ws.recv(timeout=30))["count"] == len(lines)
         ws.send("not json")
         assert orjson.loads(ws.recv(timeout=30))["err"] == "bad-json"
-        with pytest.raises(InvalidStatus):
-            connect(quiet.url + UPLOAD)
-        during = scrape(quiet)
+        with connect(quiet.url + UPLOAD), pytest.raises(InvalidStatus):
+            connect(quiet.url + UPLOAD)  # the third connection from this address: over the cap of 2
+        quiet.wait_for_log(r"upload connection from 127\.0\.0\.1 closed")
+        during = scrape(quiet)  # a connection too: 2 with the upload
     assert during["fulab_upload_connections"] == 1 and during["fulab_websocket_connections"] == 1
-    assert during["fulab_websocket_connections_opened_total"] == before["fulab_websocket_connections_opened_total"] + 1
+    assert during["fulab_connections"] == 2
+    assert during["fulab_websocket_connections_opened_total"] == before["fulab_websocket_connections_opened_total"] + 2
     assert during["fulab_messages_received_total"] == 2
     assert during["fulab_received_bytes_total"] == len(init.encode()) + len("not json")
     assert during["fulab_lines_stored_total"] == len(lines)
@@ -63,7 +65,7 @@ def test_metrics_follow_an_upload(quiet):
     assert during[("fulab_refused_total", "over-limit")] == 1
     assert during["fulab_sessions"] == 1 and during["fulab_viewers"] == 0
     assert during["fulab_fsync_seconds_count"] >= 1 and during["fulab_fsync_seconds_sum"] > 0
-    quiet.wait_for_log(r"upload connection from 127\.0\.0\.1 closed")
+    quiet.wait_for_log(r"upload connection from 127\.0\.0\.1 closed", count=2)
     after = scrape(quiet)
     assert after["fulab_upload_connections"] == 0 and after["fulab_websocket_connections"] == 0
 

@@ -11,11 +11,29 @@ const LIST_REFRESH_MS = 3000;
 const LIST_FULL_MS = 60000;
 
 const params = new URLSearchParams(location.search);
-const token = params.get("token");
+const token = takeToken();
+
+// The access token (`/fulab/lab/?token=T`, for a daemon run with --token-file): kept in this tab's
+// sessionStorage and dropped from the address bar, so that no link the page shows or shares carries it.
+// Only requests to the daemon's API and streams send it.
+function takeToken() {
+  const given = params.get("token");
+  let kept = null;
+  try {
+    if (given) sessionStorage.setItem("fulab-token", given);
+    kept = sessionStorage.getItem("fulab-token");
+  } catch (e) { /* storage disabled: the token lives as long as this page */ }
+  if (given) {
+    const shown = new URL(location.href);
+    shown.searchParams.delete("token");
+    history.replaceState(history.state, "", shown.pathname + shown.search + shown.hash);
+  }
+  return given || kept;
+}
 
 // -- small helpers -----------------------------------------------------------
 
-// A URL relative to this page's folder (`/fulab/lab/` or wherever a proxy puts it), with the token.
+// An API or stream URL relative to this page's folder (`/fulab/lab/` or wherever a proxy puts it), with the token.
 function apiUrl(path, query) {
   const url = new URL(path, location.href);
   url.search = "";
@@ -24,8 +42,10 @@ function apiUrl(path, query) {
   return url;
 }
 
+// A link to a page of the UI: never with the token (the tab keeps it in sessionStorage).
 function pageUrl(query) {
-  const url = apiUrl("./", query);
+  const url = new URL("./", location.href);
+  url.search = new URLSearchParams(query || {}).toString();
   return url.pathname + url.search;
 }
 

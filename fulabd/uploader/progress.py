@@ -21,6 +21,7 @@ ADVICE = {
     "invalid-path": "the URL is not an upload endpoint; use a URL ending in /fulab/lab/upload/ws",
     "gap": "the server lost track of this session's position; resuming",
     "bad-event": "the server refused a line; report this as a bug with the file",
+    "forbidden": "ask the server's operator for a token with the scope named, or upload under a new session id",
 }
 
 CONNECT_ADVICE = {
