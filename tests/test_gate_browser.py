@@ -122,6 +122,13 @@ def test_the_ui_opened_with_a_token_loads_and_keeps_the_token_out_of_urls(tmp_pa
         assert "token" not in browser.current_url and "session=" in browser.current_url
         browser.refresh()  # the tab still has its token: the stream opens again without one in the URL
         WebDriverWait(browser, 30).until(EC.visibility_of_element_located((By.CSS_SELECTOR, "article.event")))
+        links = browser.execute_script("return [...document.querySelectorAll('a[href]')].map(a => a.href)")
+        assert any("/export" in link for link in links) and not any(token in link for link in links)
+        browser.execute_script("""window.saved = null; const real = URL.createObjectURL;
+            URL.createObjectURL = (blob) => { blob.text().then((text) => { window.saved = text; }); return real(blob); };""")
+        browser.find_element(By.ID, "export-md").click()  # fetched with the token in a header, then saved
+        saved = WebDriverWait(browser, 30).until(lambda b: b.execute_script("return window.saved"))
+        assert saved.startswith("# ") and "| session |" in saved
     finally:
         server.stop()
     assert token not in "\n".join(server.log)

@@ -42,6 +42,25 @@ function apiUrl(path, query) {
   return url;
 }
 
+// A file to download from the API (an export): a link that carries no token; with a token, a click fetches the
+// file with it in the Authorization header and saves what came, so the token is in no URL the page shows.
+function downloadLink(link, path, query, filename) {
+  const url = apiUrl(path, query);
+  url.searchParams.delete("token");
+  link.href = url;
+  if (!token) return;
+  link.addEventListener("click", async (event) => {
+    event.preventDefault();
+    const response = await fetch(url, { headers: { Authorization: `Bearer ${token}` }, cache: "no-store" });
+    if (!response.ok) return;
+    const saved = el("a");
+    saved.href = URL.createObjectURL(await response.blob());
+    saved.download = filename;
+    saved.click();
+    setTimeout(() => URL.revokeObjectURL(saved.href), 60000);
+  });
+}
+
 // A link to a page of the UI: never with the token (the tab keeps it in sessionStorage).
 function pageUrl(query) {
   const url = new URL("./", location.href);
@@ -214,7 +233,7 @@ function sessionRow(s) {
 
 $("home").href = pageUrl({});
 wireSearchBox(params, { pageUrl });
-if (params.get("session")) showSession(params.get("session"), { apiUrl, pageUrl, formatSize });
+if (params.get("session")) showSession(params.get("session"), { apiUrl, pageUrl, formatSize, downloadLink });
 else if (params.has("search")) showSearch(params, { apiUrl, pageUrl });
 else if (params.get("view") === "pars") showParList(params, { apiUrl, pageUrl });
 else showList();

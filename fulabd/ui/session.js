@@ -66,7 +66,8 @@ export function showSession(id, helpers) {
   $("load-before").addEventListener("click", () => restart(Math.max(0, view.base - EARLIER_STEP)));
   $("jump-latest").addEventListener("click", () => { view.following = true; renderTail(); });
   for (const format of ["md", "html"]) {
-    $(`export-${format}`).href = api.apiUrl(`sessions/${encodeURIComponent(id)}/export`, { format });
+    api.downloadLink($(`export-${format}`), `sessions/${encodeURIComponent(id)}/export`, { format },
+      `${id.replace(/[^A-Za-z0-9._-]/g, "_")}.${format}`);
   }
   setupPars({ apiUrl: api.apiUrl, sessionId: () => view.id, goTo: goToLine });
   loadMeta();

@@ -10,6 +10,7 @@ handed to the reactor, coalesced per file.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -112,6 +113,7 @@ class Watcher(Service):
                 for path in written_session_files(event):
                     watcher.reactor.callFromThread(watcher.changed, path)
 
+        logging.getLogger("watchdog.observers.inotify").addFilter(not_the_stop_race)
         observer = Observer()
         handler = Handler()
         try:
@@ -187,3 +189,9 @@ class Watcher(Service):
             if signature != self._seen.get(path):
                 self._seen[path] = signature
                 sender.pump()
+
+
+def not_the_stop_race(record) -> bool:
+    """watchdog's inotify thread, stopped while it waits for an event, logs an error as it returns (a race in
+    watchdog's own stop, harmless: nothing is lost); keep it off a user's terminal at every Ctrl-C."""
+    return "called when the thread is inactive" not in record.getMessage()
