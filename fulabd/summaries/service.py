@@ -55,6 +55,7 @@ class _Tracked:
         self.accumulator: Accumulator | None = None  # None while catching up from the file
         self.waiting: list[tuple[int, list[bytes]]] = []  # live lines that arrived while catching up
         self.last_line_at: float | None = None
+        self.queued = False  # waiting in Summaries._queue (a flag: `in` on the queue costs O(sessions))
 
 
 class Summaries(service.Service):
@@ -198,7 +199,8 @@ class Summaries(service.Service):
 
     def _catch_up(self, tracked: _Tracked) -> None:
         tracked.accumulator = None
-        if tracked not in self._queue:
+        if not tracked.queued:
+            tracked.queued = True
             self._queue.append(tracked)
         self._next()
 
@@ -216,6 +218,7 @@ class Summaries(service.Service):
             self._read = 0
             return
         tracked = self._queue.popleft()
+        tracked.queued = False
         self._catching_up = True
         self._read += 1
         session = tracked.session
@@ -225,7 +228,7 @@ class Summaries(service.Service):
     def _caught_up(self, result, tracked: _Tracked, session) -> None:
         self._catching_up = False
         if isinstance(result, Accumulator):
-            if tracked.session is session and tracked.accumulator is None and tracked not in self._queue:
+            if tracked.session is session and tracked.accumulator is None and not tracked.queued:
                 tracked.accumulator = result
                 waiting, tracked.waiting = tracked.waiting, []
                 for first, lines in waiting:
