@@ -74,7 +74,9 @@ def main(argv=None) -> int:
             folder = work / key
             folder.mkdir()
             options = {"size_mb": args.index_mb} if module is search and args.index_mb else {}
-            rows += module.run(folder, args.quick, **options)
+            done = module.run(folder, args.quick, **options)
+            print(table(done), file=sys.stderr, flush=True)  # as it goes: a later scenario's failure loses nothing
+            rows += done
             shutil.rmtree(folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -241,6 +241,8 @@ def scan(folders: list[str], known: dict[str, tuple[int, int]]) -> tuple[list[Ar
 class ArchiveSource(service.Service):
     """The archives in the given folders (not recursive), as a catalog source."""
 
+    confined = False  # files found in folders may be symlinks to anywhere: each is checked
+
     _log = Logger()
 
     def __init__(self, folders: list[str], clock, run_in_thread=None, interval: float = RESCAN_SECONDS):

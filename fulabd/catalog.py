@@ -22,6 +22,10 @@ class SessionSource(Protocol):
     `size` (bytes), `modified` (epoch seconds), `par_count`, `uploaders` and `stored`.
     """
 
+    confined: bool
+    """True when its sessions' files cannot lie outside its roots (the store creates them itself, relative to
+    its root and never through a symlink): the catalog then need not check each one by its real path."""
+
     @property
     def roots(self) -> list[str]:
         """The folders its sessions' files lie in; a session outside them is never served."""
@@ -40,6 +44,8 @@ class SessionSource(Protocol):
 
 class StoreSource:
     """The session store seen as a source of sessions for listings and viewers."""
+
+    confined = True
 
     def __init__(self, store):
         self.store = store
@@ -101,6 +107,8 @@ class Catalog:
         self.sources = sources
 
     def _served(self, source, session) -> bool:
+        if source.confined:
+            return True
         real = os.path.realpath(session.path)
         return any(inside(real, os.path.realpath(root)) for root in source.roots)
 

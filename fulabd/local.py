@@ -77,6 +77,8 @@ def index_file(path: str, source: str) -> LocalSession:
 class LocalSources(service.Service):
     """Every `*.jsonl` under the given folders, indexed in threads and followed as it grows."""
 
+    confined = False  # files found in folders may be symlinks to anywhere: each is checked
+
     _log = Logger()
 
     def __init__(self, folders: list[tuple[str, str]], hub, reactor, run_in_thread=None):
