@@ -28,6 +28,7 @@ from twisted.internet import task, threads
 from twisted.logger import Logger
 from twisted.web import resource
 
+from fulabd.catalog import find_session
 from fulabd.messages import now_iso
 from fulabd.store import safe_id
 from fulabd.web import render_data
@@ -309,8 +310,7 @@ class ArchiveSource(service.Service):
         return list(self._sessions.values())
 
     def lookup(self, ident: str) -> ArchiveSession | None:
-        return next((session for session in self._sessions.values()
-                     if ident in (session.safe_id, session.session_id)), None)
+        return find_session(self._sessions.values(), ident)
 
     def read_lines(self, session: ArchiveSession, start: int, max_lines: int | None = None,
                    max_bytes: int | None = None) -> list[bytes]:

@@ -68,6 +68,12 @@ class StoreSource:
         return self.store.pars(session)
 
 
+def find_session(sessions, ident: str):
+    """The session of `sessions` whose safe id or session id is `ident`, or None (for sources that keep no index
+    by id: a scan)."""
+    return next((session for session in sessions if ident in (session.safe_id, session.session_id)), None)
+
+
 def inside(path: str, root: str) -> bool:
     return path.startswith(root.rstrip(os.sep) + os.sep)
 

@@ -23,7 +23,7 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
 from fulabd import edn, formats
-from fulabd.catalog import NotInside, open_inside
+from fulabd.catalog import NotInside, find_session, open_inside
 from fulabd.store import line_ends, safe_id
 
 GROW_BYTES = 4 * 1024 * 1024  # read of appended data per reactor turn
@@ -126,8 +126,7 @@ class LocalSources(service.Service):
         return list(self._sessions.values())
 
     def lookup(self, ident: str) -> LocalSession | None:
-        return next((session for session in self._sessions.values()
-                     if ident in (session.safe_id, session.session_id)), None)
+        return find_session(self._sessions.values(), ident)
 
     def read_lines(self, session: LocalSession, start: int, max_lines: int | None = None,
                    max_bytes: int | None = None) -> list[bytes]:

@@ -45,7 +45,7 @@ BY_NAME: dict[str, AgentFormat] = {agent.name: agent for agent in FORMATS}
 
 def head_lines(head: bytes) -> list[dict]:
     """The first complete lines of a file's head (at most HEAD_BYTES of it), parsed."""
-    return parse_lines(head[:HEAD_BYTES])[:HEAD_LINES]
+    return parse_lines(head[:HEAD_BYTES], HEAD_LINES)
 
 
 def detect(path: PurePath, lines: list[dict]) -> AgentFormat | None:

@@ -68,10 +68,11 @@ TITLE_KINDS = ("custom-title", "ai-title", "summary")
 TITLE_LENGTH = 120
 
 
-def parse_lines(head: bytes) -> list[dict]:
-    """The complete lines of a file's head, parsed; a line that is not a JSON object counts as {}."""
+def parse_lines(head: bytes, limit: int = -1) -> list[dict]:
+    """The complete lines of a file's head (the first `limit` of them), parsed; a line that is not a JSON object
+    counts as {}.  Only what is kept is split and parsed: a 1 MiB head of short lines is thousands of them."""
     values = []
-    for raw in head.split(b"\n")[:-1]:
+    for raw in head.split(b"\n", limit)[:-1]:
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError:
