@@ -278,7 +278,7 @@ def makeService(config, reactor=None) -> service.MultiService:
     hub.listeners.append(summaries)
     queries = None
     if not config["no-index"]:
-        index = SqliteIndex(os.path.join(store.root, ".index"))
+        index = SqliteIndex(os.path.join(store.root, ".index"), writing=False)
         feeder = IndexFeeder(index, Catalog(indexed).sessions, reactor, ready=store.loaded)
         hub.listeners.append(feeder)
         feeder.setServiceParent(parent)

@@ -1,16 +1,15 @@
 """
 The search index in memory and on a real SQLite file, without a daemon: the
-query language, what a line gives to the index, snippets, the feeder's
-fall-back to the file when its queue is full, and rewritten local files.
+query language, what a line gives to the index, snippets, ranking and the
+refusal of an SQLite without FTS5.  The index worker and its feeder are in
+`test_index_worker.py`.
 """
 
 import orjson
 import pytest
-from twisted.internet.task import Clock
 
 from fulabd.index import Filters, Term
 from fulabd.index.extract import TOOL_RESULT_CHARS, line_documents
-from fulabd.index.feeder import IndexFeeder, WorkQueue
 from fulabd.index.http import prior_learning
 from fulabd.index.query import BadQuery, parse_query
 from fulabd.index.sqlite import SqliteIndex, snippet_parts
@@ -59,12 +58,6 @@ def test_the_prior_learning_block_is_the_old_one():
                      "**What happened:** \n\n**Perspectives:** \n\n**Learned:** \n\n**Forward:** \n")
 
 
-def test_the_work_queue_refuses_rather_than_blocks():
-    queue = WorkQueue(max_bytes=100, max_items=10)
-    assert queue.offer("a", 60) and not queue.offer("b", 60) and queue.offer("c", 40)
-    assert queue.take(1000) == ["a", "c"]
-
-
 @pytest.fixture
 def index(tmp_path):
     opened = SqliteIndex(str(tmp_path / ".index"))
@@ -82,52 +75,11 @@ def search(index, word: str) -> list[int]:
     return [hit["line"] for hit in index.search(parse_query(word), Filters(), 100, None).items]
 
 
-def test_a_full_queue_falls_back_to_the_file(tmp_path, index):
-    lines = [line("user", f"word{i} alpha") for i in range(50)]
-    session = local_session(tmp_path, lines)
-    feeder = IndexFeeder(index, lambda: [session], Clock(), queue_bytes=50)
-    feeder.sweep()
-    feeder._process(feeder._queue.take(1 << 20))
-    assert sorted(search(index, "alpha")) == list(range(50))
-    with open(session.path, "ab") as f:
-        f.write(line("user", "late beta") + b"\n" + line("user", "later gamma") + b"\n")
-    grown = index_file(session.path, "claude")
-    feeder.lines_appended(grown, 50, [line("user", "late beta")])  # too big for the queue: dropped
-    assert feeder._queue.empty() and not feeder.caught_up()
-    feeder.sessions = lambda: [grown]
-    feeder.sweep()  # hands over the file instead
-    feeder._process(feeder._queue.take(1 << 20))
-    assert (search(index, "beta"), search(index, "gamma")) == ([50], [51])
-    assert len(search(index, "alpha")) == 50  # nothing indexed twice
-    assert feeder.caught_up()
-
-
-def test_a_gap_in_the_hubs_lines_is_read_from_the_file(tmp_path, index):
-    lines = [line("user", f"word{i}") for i in range(5)]
-    session = local_session(tmp_path, lines)
-    feeder = IndexFeeder(index, lambda: [session], Clock())
-    with index.batch():
-        index.add_lines(feeder_info(session), 0, lines[:2])
-    feeder._process([("lines", feeder_info(session), 4, lines[4:])])
-    assert [search(index, f"word{i}") for i in range(5)] == [[0], [1], [2], [3], [4]]
-
-
 def feeder_info(session):
-    from fulabd.index.feeder import session_info
+    from fulabd.index.feeder import session_news
+    from fulabd.index.worker import Target
 
-    return session_info(session)
-
-
-def test_a_rewritten_local_file_is_indexed_afresh(tmp_path, index):
-    session = local_session(tmp_path, [line("user", "first version"), line("user", "more")])
-    feeder = IndexFeeder(index, lambda: [session], Clock())
-    feeder.sweep()
-    feeder._process(feeder._queue.take(1 << 20))
-    rewritten = local_session(tmp_path, [line("user", "second edition"), line("user", "more"), line("user", "x")])
-    feeder.sessions = lambda: [rewritten]
-    feeder.sweep()
-    feeder._process(feeder._queue.take(1 << 20))
-    assert (search(index, "version"), search(index, "edition"), search(index, "more")) == ([], [0], [1])
+    return Target(session_news(session)).info
 
 
 def test_only_the_most_recently_indexed_matches_are_ranked(tmp_path, index, monkeypatch):

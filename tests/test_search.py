@@ -6,12 +6,15 @@ give the same results; the query language, filters, pagination and hostile
 queries; the old `/rap` shape.
 """
 
+import os
 import random
 import shutil
+import signal
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import orjson
 import pytest
@@ -288,6 +291,22 @@ def test_a_daemon_killed_mid_indexing_loses_nothing_and_duplicates_nothing(tmp_p
             assert sorted(lines) == list(range(int(word[6:]), count, 100))
     finally:
         daemon.stop()
+
+
+def index_worker_pid(daemon) -> int:
+    children = Path(f"/proc/{daemon.process.pid}/task/{daemon.process.pid}/children").read_text().split()
+    [pid] = [int(child) for child in children if b"fulabd.index.worker" in Path(f"/proc/{child}/cmdline").read_bytes()]
+    return pid
+
+
+def test_an_index_worker_that_dies_is_started_again_and_catches_up(daemon, stored):
+    os.kill(index_worker_pid(daemon), signal.SIGKILL)
+    daemon.wait_for_log(r"the index worker stopped .*started again in")
+    upload(daemon, "claude-2", [user_line("after the crash came the quetzalcoatlus")])
+    answer = wait_for(lambda: api(daemon, "search", q="quetzalcoatlus"), lambda answer: answer["hits"])
+    assert located(answer["hits"]) == [("claude-2", 0, "user")]
+    assert located(api(daemon, "search", q=PLANTED)["hits"]) == [("claude-1", 12, "user")]  # nothing twice
+    assert caught_up(daemon)["caught-up"]
 
 
 def test_no_index_turns_search_off(tmp_path):

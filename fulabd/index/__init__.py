@@ -74,10 +74,11 @@ class IndexUnusable(Exception):
 class SearchIndex(Protocol):
     """Full-text index of sessions.
 
-    Calls block; one writer thread calls the writing methods, any number of
-    threads may search at the same time.  Writes inside `batch()` are one
-    transaction: all of them are kept, or none.  Lines are given in order:
-    `add_lines` always continues where `progress(key).lines` stands.
+    Calls block.  One writer calls the writing methods (the index worker, a
+    process of its own); any number of threads, in other processes too, may
+    search at the same time.  Writes inside `batch()` are one transaction: all
+    of them are kept, or none.  Lines are given in order: `add_lines` always
+    continues where `progress(key).lines` stands.
     """
 
     def progress(self, key: str) -> Progress: ...
@@ -93,6 +94,9 @@ class SearchIndex(Protocol):
     def forget(self, key: str) -> None: ...
 
     def reset(self) -> None: ...
+
+    def reopen(self) -> None:
+        """In a process that only searches: the writer made the index anew (`reset`)."""
 
     def search(self, terms: list[Term], filters: Filters, limit: int, cursor: str | None) -> Page:
         """Hits, best match first and newest first among equals: dicts with `session-id`, `id`, `title`,

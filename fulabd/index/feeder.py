@@ -1,355 +1,236 @@
 """
 Keeping the search index up to date, never on the ack path.
 
-The feeder listens on the hub (`Hub.listeners`): durable lines and PARs are
-queued, in the reactor, on a bounded queue and taken off it by one writer
-thread that writes them to the index in transactions.  The session files are
-the truth: when the queue is full, the session is only marked as behind and
-the writer later reads what it missed from the file.  The same reading brings
-the index up to date at start-up (each session's indexed line count and bytes
-are in the index itself), rebuilds a deleted or damaged index, and picks up
-local sessions, whose files may be rewritten.
+The index is written by a worker process (`fulabd.index.worker`) that reads the
+session files itself.  The feeder, a hub listener (`Hub.listeners`), only tells
+it which sessions changed: at most every FLUSH_SECONDS, a line per changed
+session however many lines it got, so that the reactor's share of indexing is
+a dictionary update per ack and no line is copied across.  A sweep every
+SWEEP_SECONDS compares every session with what the worker was told: it finds
+local files that grew or were rewritten, and sessions that are gone.  A worker
+that dies is logged and started again, and told everything again; meanwhile
+searches answer from the index as it stands, with `caught-up` false.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import threading
-from collections import deque
 
+import orjson
 from twisted.application import service
-from twisted.internet import defer, task, threads
-from twisted.logger import Logger
+from twisted.internet import defer, error, protocol, task
+from twisted.logger import Logger, LogLevel
 
-from fulabd import edn
-from fulabd.index import IndexUnusable, SessionInfo
-from fulabd.index.sqlite import fingerprint
+import fulabd
 
-QUEUE_BYTES = 64 << 20      # line bytes waiting for the writer; past this, sessions catch up from their files
-QUEUE_ITEMS = 10_000
-BATCH_BYTES = 16 << 20      # per transaction (bigger ones index faster: fewer FTS5 segment merges)
-END = 1 << 62               # "up to the end of the file"
-READ_BYTES = 16 << 20       # read from a session file at a time (one transaction) when catching up
-SWEEP_SECONDS = 10.0        # how often the sessions are compared with what was handed to the writer
-PROGRESS_SECONDS = 5.0      # between progress lines in the log while catching up
-RETRY_SECONDS = 5.0         # the writer's pause after a failed write
-SWITCH_INTERVAL = 0.0005    # seconds a thread may hold the GIL while another waits (Python's default: 0.005)
+FLUSH_SECONDS = 0.1       # between the reactor's reports of changed sessions
+SWEEP_SECONDS = 10.0      # how often every session is compared with what the worker was told
+RESTART_SECONDS = 1.0     # before a dead worker is started again, doubling up to MAX_RESTART_SECONDS
+MAX_RESTART_SECONDS = 60.0
+STOP_SECONDS = 10.0       # a worker still running this long after its input ended is killed
 
 
-def session_info(session) -> SessionInfo:
+def session_news(session) -> dict:
+    """What the worker is told of a session: who it is and how much of it is durable."""
     meta = session.meta
     project = meta.get("project") or meta.get("cwd")
-    return SessionInfo(session.path, session.session_id, session.safe_id, meta.get("source"),
-                       project if isinstance(project, str) else None)
+    return {"op": "session", "key": session.path, "session-id": session.session_id, "listing-id": session.safe_id,
+            "source": meta.get("source"), "project": project if isinstance(project, str) else None,
+            "lines": session.count, "bytes": session.size, "pars": session.par_count}
 
 
-class WorkQueue:
-    """A queue bounded by items and bytes that never blocks the side that offers."""
-
-    def __init__(self, max_bytes: int, max_items: int):
-        self.max_bytes = max_bytes
-        self.max_items = max_items
-        self._items: deque = deque()
-        self._bytes = 0
-        self._closed = False
-        self._ready = threading.Condition()
-
-    def offer(self, item, size: int) -> bool:
-        with self._ready:
-            if self._closed or len(self._items) >= self.max_items or self._bytes + size > self.max_bytes:
-                return False
-            self._items.append((item, size))
-            self._bytes += size
-            self._ready.notify()
-            return True
-
-    def take(self, max_bytes: int) -> list | None:
-        """Waits for items and takes them, up to about `max_bytes`; None once closed."""
-        with self._ready:
-            self._ready.wait_for(lambda: self._items or self._closed)
-            if self._closed:
-                return None
-            taken, size = [], 0
-            while self._items and (not taken or size + self._items[0][1] <= max_bytes):
-                item, item_size = self._items.popleft()
-                taken.append(item)
-                size += item_size
-            self._bytes -= size
-            return taken
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def empty(self) -> bool:
-        with self._ready:
-            return not self._items
-
-    def close(self) -> None:
-        with self._ready:
-            self._closed = True
-            self._ready.notify_all()
+def spawn_worker(reactor, folder: str, process: protocol.ProcessProtocol) -> None:
+    """Start `python -m fulabd.index.worker FOLDER` with this daemon's Python and this daemon's fulabd."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fulabd.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
+    reactor.spawnProcess(process, sys.executable, [sys.executable, "-m", "fulabd.index.worker", folder], env=env)
 
 
-def read_lines(path: str, offset: int, count: int, until: int):
-    """Lists of the complete lines of `path` from byte `offset`: at most `count` lines, none past byte `until`."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        pending, consumed = b"", offset
-        while count > 0 and consumed + len(pending) < until:
-            data = f.read(min(READ_BYTES, until - consumed - len(pending)))
-            if not data:
-                return
-            pending += data
-            cut = pending.rfind(b"\n")
-            if cut < 0:
-                continue  # one line longer than a read
-            lines = pending[:cut].split(b"\n")[:count]
-            used = sum(len(line) + 1 for line in lines)
-            pending, consumed, count = pending[used:], consumed + used, count - len(lines)
-            yield lines
+class WorkerProcess(protocol.ProcessProtocol):
+    """The daemon's end of the worker's pipes: JSON lines both ways."""
 
+    def __init__(self, feeder: "IndexFeeder"):
+        self.feeder = feeder
+        self._out = b""
+        self._err = b""
 
-def par_path_of(key: str) -> str:
-    """The PAR sidecar beside a session file (uploaded or local)."""
-    return key[:-len(".jsonl")] + ".par.edn"
+    def connectionMade(self):
+        self.feeder.worker_started(self)
 
+    def tell(self, messages: list[dict]) -> None:
+        self.transport.write(b"".join(orjson.dumps(message) + b"\n" for message in messages))
 
-def read_pars(par_path: str) -> list[dict]:
-    try:
-        with open(par_path, "rb") as f:
-            pars = edn.loads(f.read())
-    except FileNotFoundError:
-        return []
-    pars = [pars] if isinstance(pars, dict) else pars if isinstance(pars, list) else []
-    return [par for par in pars if isinstance(par, dict)]
+    def outReceived(self, data: bytes):
+        *lines, self._out = (self._out + data).split(b"\n")
+        for line in lines:
+            try:
+                message = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                self.feeder.worker_said_garbage(line)
+            else:
+                self.feeder.heard(message)
+
+    def errReceived(self, data: bytes):
+        *lines, self._err = (self._err + data).split(b"\n")
+        for line in lines:
+            self.feeder.worker_said_garbage(line)
+
+    def processEnded(self, reason):
+        self.feeder.worker_ended(self, reason)
 
 
 class IndexFeeder(service.Service):
-    """Feeds a `SearchIndex` from the hub and, when needed, from the session files of `sessions()`."""
+    """Tells the index worker what changed among the sessions of `sessions()`."""
 
     _log = Logger()
 
-    def __init__(self, index, sessions, reactor, queue_bytes: int = QUEUE_BYTES,
-                 sweep_seconds: float = SWEEP_SECONDS, ready=lambda: defer.succeed(None)):
-        """`sessions()` lists every session to index; `ready()` fires once it lists those found at start-up
-        (the store loads in a thread)."""
+    def __init__(self, index, sessions, reactor, spawn=None, ready=lambda: defer.succeed(None),
+                 flush_seconds: float = FLUSH_SECONDS, sweep_seconds: float = SWEEP_SECONDS):
+        """`index` is the daemon's reading side, reopened when the worker rebuilds the index; `spawn(process)`
+        starts a worker connected to the `ProcessProtocol` given; `ready()` fires once `sessions()` lists
+        those found at start-up (the store loads in a thread)."""
         self.index = index
         self.sessions = sessions
         self.reactor = reactor
+        self.spawn = spawn or (lambda process: spawn_worker(reactor, index.folder, process))
         self.ready = ready
+        self.flush_seconds = flush_seconds
         self.sweep_seconds = sweep_seconds
-        self._queue = WorkQueue(queue_bytes, QUEUE_ITEMS)
-        self._handed: dict[str, tuple[int, int]] = {}  # key -> (lines, PARs) handed to the writer; the reactor's
-        self._behind: set[str] = set()
-        self._busy = False
-        self._swept = False
+        self._told: dict[str, tuple[int, int, int]] = {}  # key -> (lines, bytes, PARs) the worker was told
+        self._changed: dict[str, object] = {}             # key -> session, to tell at the next flush
+        self._flushing = None
         self._sweeper = None
-        self._writer = None
-        self._stopping = threading.Event()
-        self._from_files = [0, 0, 0.0]  # bytes and sessions read from files since `started`, for the log
-        self._logged_at = 0.0
-
-    # -- the reactor's side ---------------------------------------------------------
+        self._worker: WorkerProcess | None = None
+        self._syncs = self._idle = 0     # syncs sent, and the last one the worker answered
+        self._swept = False
+        self._ready = False
+        self._restart_delay = RESTART_SECONDS
+        self._restarting = None
+        self._stopped: defer.Deferred | None = None
 
     def startService(self):
         super().startService()
-        # The writer holds the GIL while it turns lines into documents; the reactor, which gives the GIL up at
-        # every system call, waits up to a switch interval to get it back each time: keep that wait short.
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
-        self._writer = threading.Thread(target=self._run, name="fulabd-index", daemon=True)
-        self._writer.start()
+        self._start_worker()
         self._sweeper = task.LoopingCall(self.sweep)
         self._sweeper.clock = self.reactor
-        self.ready().addCallback(lambda _: self._sweeper.start(self.sweep_seconds, now=True)).addErrback(
+        self.ready().addCallback(self._now_ready).addErrback(
             lambda f: self._log.failure("the search index's sweep stopped", f))
+
+    def _now_ready(self, _):
+        self._ready = True
+        return self._sweeper.start(self.sweep_seconds, now=True)
 
     def stopService(self):
         super().stopService()
+        for call in (self._flushing, self._restarting):
+            if call is not None and call.active():
+                call.cancel()
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
-        self._stopping.set()
-        self._queue.close()
-        return threads.deferToThread(self._writer.join) if self._writer is not None else None
+        if self._worker is None:
+            return None
+        self._stopped = defer.Deferred()
+        self._worker.transport.closeStdin()  # the worker finishes its transaction and exits
+        killer = self.reactor.callLater(STOP_SECONDS, self._kill)
+        return self._stopped.addBoth(lambda result: killer.cancel() if killer.active() else None)
+
+    def _kill(self):
+        if self._worker is not None:
+            self._log.warn("the index worker did not stop within {seconds:g} s; killing it", seconds=STOP_SECONDS)
+            try:
+                self._worker.transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+
+    # -- the hub's listener interface --------------------------------------------
 
     def lines_appended(self, session, first: int, lines: list[bytes]) -> None:
-        handed = self._handed.get(session.path, (0, 0))  # a new session starts at (0, 0)
-        if session.path in self._behind or handed[0] != first:
-            self._behind.add(session.path)  # the sweep hands over the file instead
-            return
-        size = sum(len(line) + 1 for line in lines)
-        if self._queue.offer(("lines", session_info(session), first, lines), size):
-            self._handed[session.path] = (first + len(lines), handed[1])
-        else:
-            self._behind.add(session.path)
+        self._changed[session.path] = session
+        self._schedule()
 
     def par_added(self, session, index: int, par: dict) -> None:
-        handed = self._handed.get(session.path, (0, 0))
-        if session.path in self._behind or handed[1] != index:
-            self._behind.add(session.path)
-            return
-        if self._queue.offer(("par", session_info(session), index, par), 1024):
-            self._handed[session.path] = (handed[0], index + 1)
-        else:
-            self._behind.add(session.path)
+        self._changed[session.path] = session
+        self._schedule()
+
+    # -- telling the worker ----------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._flushing is None and self._worker is not None:
+            self._flushing = self.reactor.callLater(self.flush_seconds, self.flush)
+
+    def flush(self) -> None:
+        """Tell the worker of every session changed since the last flush."""
+        self._flushing = None
+        if self._worker is None:
+            return  # told again in full when a worker is back
+        news = []
+        for key, session in self._changed.items():
+            now = (session.count, session.size, session.par_count)
+            if self._told.get(key) != now:
+                news.append(session_news(session))
+                self._told[key] = now
+        self._changed.clear()
+        if news:
+            self._syncs += 1
+            self._worker.tell([*news, {"op": "sync", "n": self._syncs}])
 
     def sweep(self) -> None:
-        """Hand the writer every session that changed without the hub's items reaching it."""
+        """Find what changed without the hub saying so (local files), and what is gone."""
+        if self._worker is None:
+            return
         seen = set()
         for session in self.sessions():
-            key = session.path
-            seen.add(key)
-            now = (session.count, session.par_count)
-            if key in self._behind or self._handed.get(key) != now:
-                item = ("file", session_info(session), session.count, session.size)
-                if not self._queue.offer(item, 0):
-                    break  # full: the next sweep goes on
-                self._handed[key] = now
-                self._behind.discard(key)
-        else:
-            for key in set(self._handed) - seen:
-                if self._queue.offer(("forget", key), 0):
-                    del self._handed[key]
+            seen.add(session.path)
+            if self._told.get(session.path) != (session.count, session.size, session.par_count):
+                self._changed[session.path] = session
+        gone = [key for key in self._told if key not in seen and key not in self._changed]
+        for key in gone:
+            del self._told[key]
+        if gone:
+            self._worker.tell([{"op": "forget", "key": key} for key in gone])
+        self.flush()
+        if not self._swept:
             self._swept = True
+            self._syncs += 1
+            self._worker.tell([{"op": "sync", "n": self._syncs}])
 
     def caught_up(self) -> bool:
         """Everything durable so far is searchable (as of the last sweep)."""
-        return self._swept and not self._behind and not self._busy and self._queue.empty()
+        return self._worker is not None and self._swept and not self._changed and self._idle == self._syncs
 
-    def _start_over(self) -> None:
-        """After the index was wiped: hand over every session again."""
-        self._handed.clear()
-        self._behind.clear()
+    # -- the worker's side ------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        self._restarting = None
+        self.spawn(WorkerProcess(self))
+
+    def worker_started(self, worker: WorkerProcess) -> None:
+        self._worker = worker
+        if self._ready:  # a worker started again: tell it everything
+            self.sweep()
+
+    def heard(self, message: dict) -> None:
+        if "idle" in message:
+            self._idle = max(self._idle, message["idle"])
+            self._restart_delay = RESTART_SECONDS  # it works: a later death is not part of a crash loop
+        elif message.get("reset"):
+            self.index.reopen()
+        elif "log" in message:
+            self._log.emit(LogLevel.levelWithName(message["log"]), "{text}", text=message["text"])
+
+    def worker_said_garbage(self, line: bytes) -> None:
+        if line.strip():
+            self._log.error("index worker: {line}", line=line.decode("utf-8", "replace"))
+
+    def worker_ended(self, worker: WorkerProcess, reason) -> None:
+        self._worker = None
+        self._told.clear()
         self._swept = False
-        self.sweep()
-
-    # -- the writer thread --------------------------------------------------------
-
-    def _run(self) -> None:
-        self._forget_missing()
-        while (items := self._queue.take(BATCH_BYTES)) is not None:
-            self._busy = True
-            try:
-                self._process(items)
-            except IndexUnusable as e:
-                self._log.error("the search index is damaged ({error}); rebuilding it from the session files",
-                                error=e)
-                self.index.reset()
-                self.reactor.callFromThread(self._start_over)
-            except Exception:
-                self._log.failure("could not update the search index; retrying from the session files in "
-                                  "{seconds} s", seconds=RETRY_SECONDS)
-                keys = {item[1].key for item in items if item[0] != "forget"}
-                self._stopping.wait(RETRY_SECONDS)
-                self.reactor.callFromThread(self._behind.update, keys)
-            finally:
-                self._busy = False
-            if self._from_files[0] and self._queue.empty():
-                self._log_files_read("caught up")
-        self.index.close()
-
-    def _log_files_read(self, what: str) -> None:
-        done, sessions, started = self._from_files
-        seconds = max(self.reactor.seconds() - started, 1e-3)
-        self._log.info("search index: {what}: {mb:.1f} MB from {sessions} session files in {seconds:.1f} s "
-                       "({rate:.1f} MB/s)", what=what, mb=done / 2**20, sessions=sessions, seconds=seconds,
-                       rate=done / 2**20 / seconds)
-        if what == "caught up":
-            self._from_files = [0, 0, 0.0]
-
-    def _forget_missing(self) -> None:
-        """Sessions whose files were deleted while the daemon was down are not searchable any more."""
-        try:
-            gone = [key for key in self.index.keys() if not os.path.exists(key)]
-            if gone:
-                with self.index.batch():
-                    for key in gone:
-                        self.index.forget(key)
-                self._log.info("search index: forgot {count} sessions whose files are gone", count=len(gone))
-        except IndexUnusable as e:
-            self._log.error("the search index is damaged ({error}); rebuilding it", error=e)
-            self.index.reset()
-
-    def _process(self, items: list) -> None:
-        run = []
-        for item in items:
-            if item[0] in ("lines", "par"):
-                run.append(item)
-                continue
-            self._write(run)
-            run = []
-            if item[0] == "file":
-                self._catch_up(*item[1:])
-            else:
-                with self.index.batch():
-                    self.index.forget(item[1])
-        self._write(run)
-
-    def _write(self, items: list) -> None:
-        if not items:
+        if self._stopped is not None:
+            self._stopped.callback(None)
             return
-        with self.index.batch():
-            for kind, info, position, payload in items:
-                if kind == "lines":
-                    self._add_lines(info, position, payload)
-                else:
-                    self._add_par(info, position, payload)
-
-    def _add_lines(self, info: SessionInfo, first: int, lines: list[bytes]) -> None:
-        progress = self.index.progress(info.key)
-        if first > progress.lines:  # items were dropped: the gap comes from the file
-            for chunk in read_lines(info.key, progress.bytes, first - progress.lines, END):
-                self.index.add_lines(info, self.index.progress(info.key).lines, chunk)
-            progress = self.index.progress(info.key)
-        if first + len(lines) > progress.lines >= first:
-            self.index.add_lines(info, progress.lines, lines[progress.lines - first:])
-
-    def _add_par(self, info: SessionInfo, index: int, par: dict) -> None:
-        progress = self.index.progress(info.key)
-        if index > progress.pars:
-            self._add_pars_from(info, progress.pars)
-            progress = self.index.progress(info.key)
-        if index == progress.pars:
-            self.index.add_par(info, index, par)
-
-    def _add_pars_from(self, info: SessionInfo, start: int) -> None:
-        for index, par in enumerate(read_pars(par_path_of(info.key))[start:], start):
-            self.index.add_par(info, index, par)
-
-    def _catch_up(self, info: SessionInfo, count: int, size: int) -> None:
-        """Index what the session's files hold beyond what is indexed; a rewritten file is indexed afresh."""
-        progress = self.index.progress(info.key)
-        try:
-            if count < progress.lines or size < progress.bytes or not self._same_head(info.key, progress):
-                with self.index.batch():
-                    self.index.forget(info.key)
-                self._log.info("search index: {path} was rewritten; indexing it afresh", path=info.key)
-                progress = self.index.progress(info.key)
-            if count > progress.lines:
-                self._read_file(info, progress, count, size)
-            if self.index.progress(info.key).pars < len(read_pars(par_path_of(info.key))):
-                with self.index.batch():
-                    self._add_pars_from(info, self.index.progress(info.key).pars)
-        except FileNotFoundError:
-            pass  # deleted meanwhile: the next sweep forgets it
-
-    def _same_head(self, path: str, progress) -> bool:
-        if progress.lines == 0 or progress.head is None:
-            return True
-        first = next(read_lines(path, 0, 1, progress.bytes), [b""])[0]
-        return fingerprint(first) == progress.head
-
-    def _read_file(self, info: SessionInfo, progress, count: int, size: int) -> None:
-        if not self._from_files[0]:
-            self._from_files[2] = self._logged_at = self.reactor.seconds()
-        self._from_files[1] += 1
-        for lines in read_lines(info.key, progress.bytes, count - progress.lines, size):
-            if self._stopping.is_set():
-                return  # the rest is indexed at the next start
-            with self.index.batch():
-                self.index.add_lines(info, self.index.progress(info.key).lines, lines)
-            self._from_files[0] += sum(len(line) + 1 for line in lines)
-            if self.reactor.seconds() - self._logged_at >= PROGRESS_SECONDS:
-                self._logged_at = self.reactor.seconds()
-                self._log_files_read("indexing")
+        self._log.error("the index worker stopped ({reason}); searches may miss recent lines until it is started "
+                        "again in {seconds:g} s", reason=reason.getErrorMessage(), seconds=self._restart_delay)
+        self._restarting = self.reactor.callLater(self._restart_delay, self._start_worker)
+        self._restart_delay = min(self._restart_delay * 2, MAX_RESTART_SECONDS)

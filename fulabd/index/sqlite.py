@@ -89,11 +89,15 @@ def snippet_parts(snippet: str) -> list[dict]:
 
 
 class SqliteIndex:
-    """`SearchIndex` on SQLite FTS5: one writer thread, a connection per reading thread."""
+    """`SearchIndex` on SQLite FTS5: one writer, a connection per reading thread.
+
+    The writer and the readers may be in different processes (WAL mode lets readers read while the writer
+    writes): the daemon opens it with `writing=False`, to search, and the index worker to write."""
 
     _log = Logger()
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, writing: bool = True):
+        """Opens the index, made anew if it is damaged or of an older layout; without `writing`, only that."""
         check_fts5()
         self.folder = folder
         self.path = os.path.join(folder, FILE_NAME)
@@ -108,6 +112,9 @@ class SqliteIndex:
                             path=self.path, error=e)
             self._remove_files()
             self._writer = self._open()
+        if not writing:
+            self._writer.close()
+            self._writer = None
 
     # -- files -------------------------------------------------------------------
 
@@ -149,8 +156,13 @@ class SqliteIndex:
         self._generation += 1
         self._writer = self._open()
 
+    def reopen(self) -> None:
+        """The index's files were made anew by another process: readers open them again."""
+        self._generation += 1
+
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
     def _reader(self) -> sqlite3.Connection:
         readers = self._readers
