@@ -23,6 +23,7 @@ from bench.common import MB, Row, read_lines, session_file, start_daemon
 from tests.fixtures import REPO, Uploader
 
 NAME = "1 bulk backfill"
+ROUNDS = 3
 
 
 def run(work: Path, quick: bool) -> list[Row]:
@@ -33,9 +34,11 @@ def run(work: Path, quick: bool) -> list[Row]:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     label = f"{total / MB:.0f} MB, {len(lines):,} lines"
 
-    raw = rawcopy.copy(source, work / "rawcopy.out")
-    assert hashlib.sha256((work / "rawcopy.out").read_bytes()).hexdigest() == digest
-    (work / "rawcopy.out").unlink()
+    def raw_copy() -> float:
+        seconds = rawcopy.copy(source, work / "rawcopy.out")
+        assert hashlib.sha256((work / "rawcopy.out").read_bytes()).hexdigest() == digest
+        (work / "rawcopy.out").unlink()
+        return seconds
 
     def measured(name: str, upload) -> float:
         daemon = start_daemon(work / name)
@@ -54,7 +57,10 @@ def run(work: Path, quick: bool) -> list[Row]:
                             "--quiet").start()
         assert uploader.wait(600) == 0, "\n".join(uploader.output)
 
-    uploader = measured("fulab-upload", with_uploader)
+    # This machine's disk swings tenfold from one minute to the next (dd of 200 MB with fdatasync: 51 MB/s, then
+    # 558 MB/s): the ceiling and fulab-upload take turns, and the best of each is compared.
+    rounds = [(raw_copy(), measured("fulab-upload", with_uploader)) for _ in range(1 if quick else ROUNDS)]
+    raw, uploader = min(r for r, _ in rounds), min(u for _, u in rounds)
     batches = measured("events", lambda d: asyncio.run(clients.events_batches(d.url, "bulk", lines)))
     per_line = measured("event-per-line", lambda d: asyncio.run(clients.event_per_line(d.url, "bulk", lines)))
 
@@ -63,11 +69,13 @@ def run(work: Path, quick: bool) -> list[Row]:
     rate = lambda seconds: total / MB / seconds  # noqa: E731
     ratio = rate(uploader) / rate(raw)
     return [
-        Row(NAME, f"fulab-upload --once, {label}, to durable ack", rate(uploader), "MB/s",
+        Row(NAME, f"fulab-upload --once, {label}, to durable ack (best of {len(rounds)})", rate(uploader), "MB/s",
             target=">= 0.3x raw TCP copy", met=ratio >= 0.3,
-            extra={"seconds": uploader, "vs raw TCP copy": ratio, "vs event per line": uploader and per_line / uploader}),
-        Row(NAME, "raw TCP copy into a file + fdatasync (ceiling)", rate(raw), "MB/s", kind="baseline",
-            extra={"seconds": raw}),
+            extra={"seconds": uploader, "vs raw TCP copy": ratio, "vs event per line": uploader and per_line / uploader,
+                   "every round's MB/s": [round(rate(u), 1) for _, u in rounds]}),
+        Row(NAME, f"raw TCP copy into a file + fdatasync (ceiling; best of {len(rounds)}, taking turns with the "
+                  "above)", rate(raw), "MB/s", kind="baseline",
+            extra={"seconds": raw, "every round's MB/s": [round(rate(r), 1) for r, _ in rounds]}),
         Row(NAME, "old protocol pattern: one event frame per line, pipelined", rate(per_line), "MB/s",
             kind="baseline", extra={"seconds": per_line}),
         Row(NAME, "events batches from a websockets client (no file reading)", rate(batches), "MB/s",

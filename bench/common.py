@@ -46,10 +46,19 @@ def client_cpu() -> int:
 
 
 def start_daemon(root: Path, *args: str) -> Daemon:
-    """The real daemon, on core 0, with its store at `root`."""
+    """The real daemon, on core 0, with its store at `root`: every thread of it, and its index worker."""
     daemon = Daemon(root, *args).start()
-    pin(daemon.process.pid, DAEMON_CPU)
+    pin_tree(daemon.process.pid, DAEMON_CPU)
     return daemon
+
+
+def pin_tree(pid: int, cpu: int) -> None:
+    """`pin` every thread of `pid` and of its child processes (affinity is per thread, and a thread or child
+    started before the pin keeps its own)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pin(int(task.name), cpu)
+        for child in (task / "children").read_text().split():
+            pin_tree(int(child), cpu)
 
 
 def rss(pid: int) -> int:
