@@ -23,6 +23,7 @@ from fulabd.tokens import ADMIN, ANYONE
 UNBOUNDED_PACKED = 1 << 30  # what packed lines may inflate to when --max-message-size is 0 (no limit)
 DEFAULT_INFLIGHT_BYTES = 1024 << 20
 BUDGET_LOG_INTERVAL = 60.0
+HISTORY_CONNECTIONS = 64  # upload connections at once that may use zstd-history: 64 MiB of the daemon's memory
 
 
 class UploadProtocol(WebSocketServerProtocol):
@@ -36,7 +37,8 @@ class UploadProtocol(WebSocketServerProtocol):
         self._created: set[str] = set()   # sessions this connection's messages created
         self._peer = "?"
         self._quiet = False
-        self.packed = False
+        self.unpacker: packed.Unpacker | None = None  # set when this connection agreed to packed frames
+        self._history = False  # it holds one of the factory's HISTORY_CONNECTIONS
         self.held = False
 
     def onConnect(self, request):
@@ -44,8 +46,12 @@ class UploadProtocol(WebSocketServerProtocol):
         self.principal = self.factory.principal_of(request)
         self.uploader = self.principal.name
         self._quiet = self.uploader == SELF_PROBE  # the listener's self-probe, every few seconds: not logged
-        self.packed = packed.offered(request.headers.get(packed.HEADER.lower()))
-        return (None, {packed.HEADER: packed.ENCODING}) if self.packed else None
+        offer = packed.encodings(request.headers.get(packed.HEADER.lower()))
+        self._history = packed.WITH_HISTORY in offer and self.factory.take_history()
+        if self._history or packed.ENCODING in offer:
+            self.unpacker = packed.Unpacker(history=self._history)
+            return None, {packed.HEADER: packed.WITH_HISTORY if self._history else packed.ENCODING}
+        return None
 
     def onOpen(self):
         self.factory.connections.add(self)
@@ -55,6 +61,9 @@ class UploadProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self.factory.budget.forget(self)
+        if self._history:
+            self._history = False
+            self.factory.histories -= 1
         if self not in self.factory.connections:
             return
         self.factory.connections.discard(self)
@@ -103,16 +112,18 @@ class UploadProtocol(WebSocketServerProtocol):
         size = self.factory.budget.message_received(self)
         self.factory.messages_in += 1
         self.factory.bytes_in += len(payload)
-        if isBinary and not self.packed:
+        if isBinary and self.unpacker is None:
             self._reply(defer.fail(ProtocolError(messages.BAD_JSON, "binary frames are accepted only after a "
                                                                     f"{packed.HEADER} handshake; send JSON text frames")),
                         size)
             return
         try:
-            message = packed.decode(payload, self.maxMessagePayloadSize or UNBOUNDED_PACKED) if isBinary \
+            message = self.unpacker.decode(payload, self.maxMessagePayloadSize or UNBOUNDED_PACKED) if isBinary \
                 else messages.parse(payload)
         except ProtocolError as e:
-            if e.code == TOO_LARGE:
+            if isBinary and self._history and e.code != TOO_LARGE:
+                self._history_lost(e, size)
+            elif e.code == TOO_LARGE:
                 self.factory.budget.release(size)
                 self._max_message_size_exceeded(f"more than {e.extra['limit']}", e.extra["limit"], e.detail)
             else:
@@ -231,6 +242,14 @@ class UploadProtocol(WebSocketServerProtocol):
                     self.factory.acks += 1
                 self.sendMessage(messages.encode(reply))
 
+    def _history_lost(self, error: ProtocolError, size: int):
+        """A packed frame that could not be read leaves this end's history behind the client's: later frames
+        cannot be read either.  Say why and close; the client resumes on a new connection."""
+        self.factory.budget.release(size)
+        self.factory.errors[error.code] = self.factory.errors.get(error.code, 0) + 1
+        self.sendMessage(messages.encode(error.reply(self._session_id)))
+        self._fail_connection(self.CLOSE_STATUS_CODE_INVALID_PAYLOAD, "unreadable packed frame; reconnect and resume")
+
     def _max_message_size_exceeded(self, msg_size, max_msg_size, reason):
         self.factory.errors[TOO_LARGE] = self.factory.errors.get(TOO_LARGE, 0) + 1
         error = ProtocolError(TOO_LARGE, f"message of {msg_size} bytes exceeds the server's limit of {max_msg_size}; "
@@ -261,8 +280,17 @@ class UploadFactory(WebSocketServerFactory):
         self.acks = 0
         self.errors: dict[str, int] = {}
         self._budget_logged_at = float("-inf")
+        self.histories = 0  # connections holding a zstd-history (HISTORY_CONNECTIONS at most)
         self.setProtocolOptions(maxMessagePayloadSize=max_message_size, maxFramePayloadSize=max_message_size,
                                 failByDrop=False)
+
+    def take_history(self) -> bool:
+        """Whether one more connection may keep a zstd history (packed.HISTORY_BYTES of memory each); past
+        HISTORY_CONNECTIONS, connections get frames compressed on their own, which cost the daemon nothing."""
+        if self.histories >= HISTORY_CONNECTIONS:
+            return False
+        self.histories += 1
+        return True
 
     def budget_full(self):
         """Say so when the memory budget holds connections: at most once a minute, it is normal under load."""

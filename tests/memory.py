@@ -99,6 +99,9 @@ class Client(WebSocketClientProtocol):
         self.close_code: int | None = None
         self.lab: Lab | None = None
 
+    def onConnect(self, response):
+        self.response_headers = response.headers
+
     def onOpen(self):
         self.opened = True
 
@@ -187,10 +190,11 @@ class Lab:
         self.flush()
         return client
 
-    def client(self, path: str = "/fulab/lab/upload/ws", stall_after: int | None = None) -> Client:
-        """A WebSocket client of `path` (with its query), open.  With `stall_after`, it stops reading
-        after that many messages (until `unstall`)."""
-        factory = WebSocketClientFactory(f"ws://127.0.0.1:5056{path}", reactor=self.clock)
+    def client(self, path: str = "/fulab/lab/upload/ws", stall_after: int | None = None,
+               headers: dict | None = None) -> Client:
+        """A WebSocket client of `path` (with its query), open, that sent `headers` in its handshake.  With
+        `stall_after`, it stops reading after that many messages (until `unstall`)."""
+        factory = WebSocketClientFactory(f"ws://127.0.0.1:5056{path}", headers=headers, reactor=self.clock)
 
         def build():
             client = Client()

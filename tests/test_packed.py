@@ -19,13 +19,13 @@ UPLOAD = "/fulab/lab/upload/ws"
 
 def test_lines_travel_byte_for_byte():
     lines = [b'{"a":1}', b"", "caf\u00e9 \u2603".encode(), b"\xff\xfe not UTF-8", b"x" * 100_000]
-    message = packed.decode(packed.Packer().encode({"type": "events", "session-id": "s", "seq": 7}, lines), 1 << 20)
+    message = packed.Unpacker().decode(packed.Packer().encode({"type": "events", "session-id": "s", "seq": 7}, lines), 1 << 20)
     assert (message.kind, message.session_id, message.seq, message.lines) == ("events", "s", 7, lines)
 
 
 def test_an_init_keeps_its_metadata():
     payload = packed.Packer().encode({"type": "init", "session-id": "s", "project": "p", "cwd": "/w"}, [b"{}"])
-    message = packed.decode(payload, 1 << 20)
+    message = packed.Unpacker().decode(payload, 1 << 20)
     assert (message.kind, message.seq, message.meta, message.lines) == ("init", 0, {"project": "p", "cwd": "/w"},
                                                                         [b"{}"])
 
@@ -38,7 +38,7 @@ def test_a_compression_bomb_is_refused_without_inflating_it():
     tracemalloc.start()
     try:
         with pytest.raises(ProtocolError) as refused:
-            packed.decode(bomb, limit)
+            packed.Unpacker().decode(bomb, limit)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -56,7 +56,7 @@ def test_a_compression_bomb_is_refused_without_inflating_it():
 ])
 def test_malformed_frames_get_a_documented_error(payload, code):
     with pytest.raises(ProtocolError) as refused:
-        packed.decode(payload, 1 << 20)
+        packed.Unpacker().decode(payload, 1 << 20)
     assert refused.value.code == code
 
 
@@ -72,11 +72,17 @@ def test_the_daemon_agrees_only_when_asked(daemon):
         asking.send(packed.Packer().encode({"type": "init", "session-id": "p"}, [b'{"n":0}', b'{"n":1}']))
         assert orjson.loads(asking.recv(30)) == {"type": "ack", "session-id": "p", "count": 2, "appended": 2,
                                                  "dedup": False}
+    with connect(daemon.url + UPLOAD, additional_headers={packed.HEADER: "zstd-history, zstd"}) as newer:
+        assert newer.response.headers.get(packed.HEADER) == "zstd-history"
+        packer = packed.Packer(history=True)
+        for seq in (2, 3):
+            newer.send(packer.encode({"type": "events", "session-id": "p", "seq": seq}, [b'{"n":%d}' % seq]))
+            assert orjson.loads(newer.recv(30))["count"] == seq + 1
     with connect(daemon.url + UPLOAD) as old:
         assert packed.HEADER not in old.response.headers
-        old.send(packed.Packer().encode({"type": "events", "session-id": "p", "seq": 2}, [b"{}"]))
+        old.send(packed.Packer().encode({"type": "events", "session-id": "p", "seq": 4}, [b"{}"]))
         assert orjson.loads(old.recv(30))["err"] == "bad-json"
-    assert (daemon.root / "p.jsonl").read_bytes() == b'{"n":0}\n{"n":1}\n'
+    assert (daemon.root / "p.jsonl").read_bytes() == b"".join(b'{"n":%d}\n' % n for n in range(4))
 
 
 @pytest.mark.slow
@@ -112,3 +118,93 @@ def test_the_uploader_stores_every_sample_byte_identical(daemon, tmp_path, compr
     assert (stored.read_bytes() == odd.read_bytes()) is compress  # only packed frames carry invalid UTF-8 exactly
     for path in sample_files():
         assert any(copy.read_bytes() == path.read_bytes() for copy in daemon.root.glob("*.jsonl")), path.name
+
+
+# -- zstd-history: each frame compressed with the connection's frames before it ------------
+
+
+def batches() -> list[list[bytes]]:
+    lines = [line.encode() for path in sample_files() for line in path.read_text().splitlines()]
+    return [lines[start:start + 40] for start in range(0, len(lines), 40)]
+
+
+def test_with_history_frames_round_trip_in_order_and_are_smaller():
+    with_history, alone = packed.Packer(history=True), packed.Packer()
+    unpacker = packed.Unpacker(history=True)
+    sizes = {"history": 0, "alone": 0}
+    for seq, lines in enumerate(batches()):
+        header = {"type": "events", "session-id": "s", "seq": seq}
+        payload = with_history.encode(header, lines)
+        assert unpacker.decode(payload, 1 << 30).lines == lines
+        sizes["history"] += len(payload)
+        sizes["alone"] += len(alone.encode(header, lines))
+    assert sizes["history"] < 0.9 * sizes["alone"], sizes
+
+
+def test_a_frame_read_against_another_history_is_refused_not_misread():
+    packer = packed.Packer(history=True)
+    first, second = batches()[:2]
+    packer.encode({"type": "events", "session-id": "s", "seq": 0}, first)
+    payload = packer.encode({"type": "events", "session-id": "s", "seq": 1}, first + second)
+    for unpacker in (packed.Unpacker(history=True), packed.Unpacker()):  # one that missed the first frame
+        with pytest.raises(ProtocolError) as refused:
+            unpacker.decode(payload, 1 << 30)
+        assert refused.value.code == BAD_MESSAGE
+
+
+def test_the_level_rises_while_the_encoder_waits_for_its_link_and_falls_while_it_waits_for_its_cpu():
+    """Each frame: `compressing` seconds of encoding after `waiting` seconds since the last one."""
+    frames = [(0.01, 0.2)] * 4 + [(0.1, 0.01)] * 4  # a slow link (mostly waiting for acks), then a fast one
+    ticks, now = [], 0.0
+    for compressing, waiting in frames:
+        now += waiting
+        ticks += [now, now + compressing]
+        now += compressing
+    clock = iter(ticks)
+    packer = packed.Packer(history=True, clock=lambda: next(clock))
+    levels = []
+    for _ in frames:
+        packer.encode({"type": "events", "session-id": "s", "seq": 0}, [b"{}"])
+        levels.append(packer.level)
+    assert levels == [3, 6, 9, 9, 6, 3, 3, 3]
+
+
+def test_the_daemon_grants_history_to_a_bounded_number_of_connections(tmp_path, monkeypatch):
+    from fulabd import upload
+    from tests.memory import Lab
+
+    monkeypatch.setattr(upload, "HISTORY_CONNECTIONS", 1)
+    lab = Lab(tmp_path / "remote")
+    offer = {packed.HEADER: "zstd-history, zstd"}
+    first = lab.client(headers=offer)
+    second = lab.client(headers=offer)
+    assert (first.response_headers[packed.HEADER.lower()], second.response_headers[packed.HEADER.lower()]) == (
+        "zstd-history", "zstd")
+    first.sendClose()
+    lab.flush()
+    third = lab.client(headers=offer)
+    assert third.response_headers[packed.HEADER.lower()] == "zstd-history"
+    assert lab.client(headers={packed.HEADER: "zstd"}).response_headers[packed.HEADER.lower()] == "zstd"
+
+
+def test_an_unreadable_frame_with_history_ends_the_connection_and_nothing_is_lost(tmp_path):
+    from tests.memory import Lab
+
+    lab = Lab(tmp_path / "remote")
+    client = lab.client(headers={packed.HEADER: "zstd-history, zstd"})
+    packer = packed.Packer(history=True)
+    client.sendMessage(packer.encode({"type": "init", "session-id": "h"}, [b'{"n":0}']), isBinary=True)
+    lost = packed.Packer(history=True).encode({"type": "events", "session-id": "h", "seq": 1}, [b'{"n":1}'])
+    packer.encode({"type": "events", "session-id": "h", "seq": 1}, [b'{"n":1}'])  # the client's history moves on
+    client.sendMessage(lost[:-3] + b"xyz", isBinary=True)
+    lab.flush()
+    replies = client.take()
+    assert replies[0]["type"] == "ack" and replies[1]["err"] == "bad-message"
+    assert client.close_code == 1007
+    again = lab.client(headers={packed.HEADER: "zstd-history, zstd"})
+    assert again.call({"type": "resume", "session-id": "h"})["count"] == 1
+    again.sendMessage(packed.Packer(history=True).encode({"type": "events", "session-id": "h", "seq": 1},
+                                                        [b'{"n":1}']), isBinary=True)
+    lab.flush()
+    assert again.take()[0]["count"] == 2
+    assert (tmp_path / "remote" / "h.jsonl").read_bytes() == b'{"n":0}\n{"n":1}\n'

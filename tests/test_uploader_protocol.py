@@ -27,7 +27,9 @@ class RecordingClient(UploadClientProtocol):
         self.traffic: list[tuple[str, dict]] = []
 
     def send(self, payload, on_reply, binary=False):
-        self.traffic.append(("sent", as_text_message(payload) if binary else orjson.loads(payload)))
+        if binary and not hasattr(self, "unpacker"):  # the server's end of the packed frames, to read them alike
+            self.unpacker = packed.Unpacker(history=self.packer.history is not None)
+        self.traffic.append(("sent", as_text_message(payload, self.unpacker) if binary else orjson.loads(payload)))
         super().send(payload, on_reply, binary)
 
     def onMessage(self, payload, isBinary):
@@ -35,10 +37,10 @@ class RecordingClient(UploadClientProtocol):
         super().onMessage(payload, isBinary)
 
 
-def as_text_message(payload: bytes) -> dict:
+def as_text_message(payload: bytes, unpacker: packed.Unpacker) -> dict:
     """A packed frame as the JSON message it stands for (the tests read both alike)."""
     header, _, _ = payload.partition(b"\n")
-    message = packed.decode(payload, 1 << 30)
+    message = unpacker.decode(payload, 1 << 30)
     return dict(orjson.loads(header), events=[line.decode() for line in message.lines])
 
 

@@ -87,8 +87,9 @@ class UploadClientProtocol(WebSocketClientProtocol):
         self.packer = None  # set when the server agreed to packed frames (fulabd.packed)
 
     def onConnect(self, response):
-        if self.factory.compress and packed.offered(response.headers.get(packed.HEADER.lower())):
-            self.packer = packed.Packer()
+        agreed = packed.encodings(response.headers.get(packed.HEADER.lower())) if self.factory.compress else []
+        if packed.WITH_HISTORY in agreed or packed.ENCODING in agreed:
+            self.packer = packed.Packer(history=packed.WITH_HISTORY in agreed)
 
     @property
     def legacy(self) -> bool:
@@ -216,7 +217,7 @@ class UploadClientFactory(WebSocketClientFactory):
                  compress: bool = True, **kw):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if compress:
-            headers[packed.HEADER] = packed.ENCODING
+            headers[packed.HEADER] = f"{packed.WITH_HISTORY}, {packed.ENCODING}"
         super().__init__(url, headers=headers, **kw)
         self.uploads = uploads
         self.has_token = bool(token)

@@ -226,7 +226,8 @@ class Sender:
         if packer is not None and not self.legacy:
             header = {"type": "init", "session-id": self.session_id, **self.identity.meta} if seq == 0 \
                 else {"type": "events", "session-id": self.session_id, "seq": seq}
-            self._send_batch(seq, lines, end, [packer.encode(header, lines)], binary=True)
+            if not self._over_limit(seq, sum(len(line) + 1 for line in lines)):  # before the history takes it
+                self._send_batch(seq, lines, end, [packer.encode(header, lines)], binary=True)
             return
         events = []
         for offset, line in enumerate(lines):
@@ -244,13 +245,21 @@ class Sender:
             messages = [{"type": "events", "session-id": self.session_id, "seq": seq, "events": events}]
         self._send_batch(seq, lines, end, [orjson.dumps(message) for message in messages])
 
+    def _over_limit(self, seq: int, size: int) -> bool:
+        """A message of `size` bytes (a packed frame counts its lines' bytes) is over the server's limit: the
+        session is blocked, with why."""
+        limit = self.budget.server_limit
+        if limit is None or size <= limit:
+            return False
+        self._block({"err": "too-large", "detail": f"line {seq} is {size - 1} bytes, over the server's message "
+                                                   f"limit of {limit} bytes"})
+        return True
+
     def _send_batch(self, seq: int, lines: list[bytes], end: Position, payloads: list[bytes], binary: bool = False):
         """Send one batch's messages (several only for an old server); the last one's ack covers the batch."""
         size = sum(len(line) + 1 for line in lines)
-        limit = self.budget.server_limit
-        if limit is not None and (size if binary else max(map(len, payloads))) > limit:
-            return self._block({"err": "too-large", "detail": f"line {seq} is {size - 1} bytes, over the server's "
-                                                              f"message limit of {limit} bytes"})
+        if not binary and self._over_limit(seq, max(map(len, payloads))):
+            return
         batch = Batch(end, len(lines), size)
         self.inflight.append(batch)
         self.budget.take(size)
