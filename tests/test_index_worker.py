@@ -53,10 +53,9 @@ def test_the_worker_reads_what_it_is_told_from_the_file_once(tmp_path, index):
     session = session_file(tmp_path, "s", [f"alpha word{i}" for i in range(50)])
     worker.told(session_news(session))
     worker.told({"op": "sync", "n": 1})
+    assert said == [{"heard": 1}]  # read at once: the daemon may send more
     worker.step()
-    assert lines_with(index, "alpha") == list(range(50)) and {"idle": 1} not in said  # not yet: it was busy
-    worker.step()
-    assert said[-1] == {"idle": 1}
+    assert lines_with(index, "alpha") == list(range(50)) and said[-1] == {"idle": 1}
 
     with open(session.path, "ab") as f:
         f.write(line("late beta") + b"\n" + line("not durable yet gamma") + b"\n")
@@ -90,6 +89,39 @@ def test_a_long_backfill_takes_turns_with_other_sessions(tmp_path, index, monkey
     for _ in range(100):
         worker.step()
     assert index.progress(big.path).lines == 200 and lines_with(index, "bulk199") == [199]
+
+
+def test_a_sync_is_answered_once_what_came_before_it_is_done_even_while_news_keeps_coming(tmp_path, index,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(worker_module, "BATCH_BYTES", 2_000)
+    monkeypatch.setattr(worker_module, "READ_BYTES", 2_000)
+    said = Said()
+    worker = Worker(index, said, clock=lambda: 0.0)
+    big = session_file(tmp_path, "big", [f"bulk{i} " + "x" * 100 for i in range(60)])
+    worker.told(session_news(big))
+    worker.told({"op": "sync", "n": 1})
+    live = session_file(tmp_path, "live", ["first"])
+    for step in range(20):
+        worker.step()
+        if {"idle": 1} in said:
+            break
+        with open(live.path, "ab") as f:  # a live session that never stops
+            f.write(line(f"more{step}") + b"\n")
+        worker.told(session_news(index_file(live.path, "claude")))
+    assert {"idle": 1} in said and index.progress(big.path).lines == 60
+
+
+def test_a_session_with_an_unreadable_sidecar_does_not_hold_up_the_others(tmp_path, index):
+    said = Said()
+    worker = Worker(index, said, clock=lambda: 0.0)
+    torn, fine = session_file(tmp_path, "torn", ["torn words"]), session_file(tmp_path, "fine", ["fine words"])
+    (tmp_path / "torn.par.edn").write_bytes(b'[{:title "half')
+    worker.told(session_news(torn) | {"pars": 1})
+    worker.told(session_news(fine))
+    worker.told({"op": "sync", "n": 1})
+    worker.step()
+    assert lines_with(index, "fine") == [0] and said[-1] == {"idle": 1}
+    assert any("torn.par.edn cannot be read" in m.get("text", "") for m in said)
 
 
 def test_forgotten_sessions_leave_the_index(tmp_path, index):
@@ -175,18 +207,37 @@ def test_the_feeder_tells_each_changed_session_once_per_flush(tmp_path):
     clock = Clock()
     session = session_file(tmp_path, "s", ["one", "two"])
     feeder, [(process, pipes)] = feeder_for([session], clock)
-    assert [m["op"] for m in pipes.told()] == ["session", "sync", "sync"]  # the first sweep, and its own sync
+    assert pipes.told() == [session_news(session), {"op": "sync", "n": 1}]  # the first sweep
+    process.outReceived(b'{"heard": 1}\n{"idle": 1}\n')
+    assert feeder.caught_up()
     for _ in range(3):
         feeder.lines_appended(session, 0, [])
     assert pipes.told() == [] and not feeder.caught_up()
     session.count, session.size = 3, session.size + 10
     clock.advance(feeder.flush_seconds)
-    told = pipes.told()
-    assert told == [session_news(session), {"op": "sync", "n": 3}]
-    process.outReceived(b'{"idle": 2}\n{"idl')
-    assert not feeder.caught_up()
-    process.outReceived(b'e": 3}\n')
+    assert pipes.told() == [session_news(session), {"op": "sync", "n": 2}]
+    feeder.lines_appended(session, 3, [])
+    clock.advance(feeder.flush_seconds)
+    assert pipes.told() == []  # the worker has not read the last news: these wait for it
+    process.outReceived(b'{"heard": 2}\n{"idl')
+    assert pipes.told() == [session_news(session), {"op": "sync", "n": 3}] and not feeder.caught_up()
+    process.outReceived(b'e": 2}\n{"heard": 3}\n{"idle": 3}\n')
     assert feeder.caught_up()
+
+
+def test_a_par_counted_before_it_was_durable_is_told_again_once_it_is(tmp_path):
+    clock = Clock()
+    session = session_file(tmp_path, "s", ["one"])
+    feeder, [(process, pipes)] = feeder_for([session], clock)
+    process.outReceived(b'{"heard": 1}\n')
+    pipes.told()
+    session.par_count = 1  # accepted, not yet in the sidecar: a sweep tells it (the worker finds none)
+    clock.advance(feeder.sweep_seconds)
+    assert pipes.told()[0]["pars"] == 1
+    process.outReceived(b'{"heard": 2}\n')
+    feeder.par_added(session, 0, {})  # now durable: the same count is told again
+    clock.advance(feeder.flush_seconds)
+    assert pipes.told() == [session_news(session), {"op": "sync", "n": 3}]
 
 
 def test_the_sweep_finds_grown_local_files_and_forgets_gone_ones(tmp_path):
@@ -195,6 +246,7 @@ def test_the_sweep_finds_grown_local_files_and_forgets_gone_ones(tmp_path):
     sessions = [stays, goes]
     feeder, [(process, pipes)] = feeder_for(sessions, clock)
     pipes.told()
+    process.outReceived(b'{"heard": 1}\n')
     sessions.remove(goes)
     stays.count += 1
     clock.advance(feeder.sweep_seconds)
@@ -215,7 +267,16 @@ def test_a_worker_that_dies_is_started_again_and_told_everything(tmp_path):
     assert len(workers) == 1  # the restart waits
     clock.advance(1.0)
     assert len(workers) == 2
-    assert [m["op"] for m in workers[1][1].told()] == ["session", "sync", "sync"]
+    assert [m["op"] for m in workers[1][1].told()] == ["session", "sync"]
+    workers[1][0].processEnded(Failure(RuntimeError("crashed again")))
+    clock.advance(1.0)
+    assert len(workers) == 2  # a crash loop backs off: 2 s now
+    clock.advance(1.0)
+    assert len(workers) == 3
+    clock.advance(120)  # a worker that ran for a while and then died is not part of the loop
+    workers[2][0].processEnded(Failure(RuntimeError("died after two minutes")))
+    clock.advance(1.0)
+    assert len(workers) == 4
 
 
 def test_the_worker_is_asked_to_stop_and_killed_if_it_does_not(tmp_path):

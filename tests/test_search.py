@@ -286,6 +286,7 @@ def test_a_daemon_killed_mid_indexing_loses_nothing_and_duplicates_nothing(tmp_p
         daemon.kill()
         daemon.start()
         caught_up(daemon, q="common7")
+        assert not any("is damaged" in line for line in daemon.log)  # resumed where it was, not rebuilt
         for word in ("common7", "common42", "common99"):
             lines = [hit["line"] for hit in every_hit(daemon, q=word, limit=100)]
             assert sorted(lines) == list(range(int(word[6:]), count, 100))
@@ -307,6 +308,23 @@ def test_an_index_worker_that_dies_is_started_again_and_catches_up(daemon, store
     assert located(answer["hits"]) == [("claude-2", 0, "user")]
     assert located(api(daemon, "search", q=PLANTED)["hits"]) == [("claude-1", 12, "user")]  # nothing twice
     assert caught_up(daemon)["caught-up"]
+    worker = index_worker_pid(daemon)
+    daemon.stop()
+    assert not Path(f"/proc/{worker}").exists()
+    assert not any("did not stop" in line for line in daemon.log)  # it ended with its input, unkilled
+
+
+def test_a_worker_given_unreadable_news_says_so_and_ends(tmp_path):
+    import subprocess
+    import sys
+
+    from fulabd.index.feeder import WORKER
+
+    done = subprocess.run([sys.executable, "-c", WORKER, str(Path(__file__).resolve().parent.parent),
+                           str(tmp_path / ".index")], input=b"this is not json\n", capture_output=True, timeout=60)
+    said = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0 and {"reset": True} in said
+    assert any("unreadable news" in message.get("text", "") for message in said), said
 
 
 def test_no_index_turns_search_off(tmp_path):

@@ -40,11 +40,16 @@ def session_news(session) -> dict:
             "lines": session.count, "bytes": session.size, "pars": session.par_count}
 
 
+WORKER = ("import sys; sys.path[:0] = [p for p in sys.argv[1:2] if p not in sys.path]; "
+          "from fulabd.index.worker import main; sys.exit(main(sys.argv[2:]))")
+
+
 def spawn_worker(reactor, folder: str, process: protocol.ProcessProtocol) -> None:
-    """Start `python -m fulabd.index.worker FOLDER` with this daemon's Python and this daemon's fulabd."""
+    """Start the index worker with this daemon's Python and this daemon's fulabd (found where this one was,
+    ahead of the rest only if it is not on the path already)."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(fulabd.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")])))
-    reactor.spawnProcess(process, sys.executable, [sys.executable, "-m", "fulabd.index.worker", folder], env=env)
+    reactor.spawnProcess(process, sys.executable, [sys.executable, "-c", WORKER, package_parent, folder],
+                         env=os.environ)
 
 
 class WorkerProcess(protocol.ProcessProtocol):
@@ -77,7 +82,7 @@ class WorkerProcess(protocol.ProcessProtocol):
             self.feeder.worker_said_garbage(line)
 
     def processEnded(self, reason):
-        self.feeder.worker_ended(self, reason)
+        self.feeder.worker_ended(reason)
 
 
 class IndexFeeder(service.Service):
@@ -99,10 +104,13 @@ class IndexFeeder(service.Service):
         self.sweep_seconds = sweep_seconds
         self._told: dict[str, tuple[int, int, int]] = {}  # key -> (lines, bytes, PARs) the worker was told
         self._changed: dict[str, object] = {}             # key -> session, to tell at the next flush
+        self._gone: set[str] = set()                      # keys to tell the worker to forget
         self._flushing = None
         self._sweeper = None
         self._worker: WorkerProcess | None = None
-        self._syncs = self._idle = 0     # syncs sent, and the last one the worker answered
+        self._syncs = self._idle = 0     # syncs sent, and the last one the worker answered done
+        self._heard = 0                  # the last sync the worker read: news waits while one is unread
+        self._started_at = 0.0
         self._swept = False
         self._ready = False
         self._restart_delay = RESTART_SECONDS
@@ -146,10 +154,15 @@ class IndexFeeder(service.Service):
     # -- the hub's listener interface --------------------------------------------
 
     def lines_appended(self, session, first: int, lines: list[bytes]) -> None:
-        self._changed[session.path] = session
-        self._schedule()
+        self._changed_durably(session)
 
     def par_added(self, session, index: int, par: dict) -> None:
+        self._changed_durably(session)
+
+    def _changed_durably(self, session) -> None:
+        """The hub speaks once a change is durable: the worker is told again even if what it was told looks
+        the same (a PAR is counted before it is durable, so a sweep may have told its count too early)."""
+        self._told.pop(session.path, None)
         self._changed[session.path] = session
         self._schedule()
 
@@ -160,17 +173,20 @@ class IndexFeeder(service.Service):
             self._flushing = self.reactor.callLater(self.flush_seconds, self.flush)
 
     def flush(self) -> None:
-        """Tell the worker of every session changed since the last flush."""
+        """Tell the worker of every session changed, or gone, since the last flush."""
         self._flushing = None
         if self._worker is None:
             return  # told again in full when a worker is back
-        news = []
+        if self._heard < self._syncs:
+            return  # the worker has not read the last news yet: these wait, merged, for its "heard"
+        news = [{"op": "forget", "key": key} for key in self._gone]
         for key, session in self._changed.items():
             now = (session.count, session.size, session.par_count)
             if self._told.get(key) != now:
                 news.append(session_news(session))
                 self._told[key] = now
         self._changed.clear()
+        self._gone.clear()
         if news:
             self._syncs += 1
             self._worker.tell([*news, {"op": "sync", "n": self._syncs}])
@@ -184,36 +200,42 @@ class IndexFeeder(service.Service):
             seen.add(session.path)
             if self._told.get(session.path) != (session.count, session.size, session.par_count):
                 self._changed[session.path] = session
-        gone = [key for key in self._told if key not in seen and key not in self._changed]
-        for key in gone:
+        for key in [key for key in self._told if key not in seen and key not in self._changed]:
             del self._told[key]
-        if gone:
-            self._worker.tell([{"op": "forget", "key": key} for key in gone])
+            self._gone.add(key)
+        self._swept = True
         self.flush()
-        if not self._swept:
-            self._swept = True
-            self._syncs += 1
-            self._worker.tell([{"op": "sync", "n": self._syncs}])
 
     def caught_up(self) -> bool:
         """Everything durable so far is searchable (as of the last sweep)."""
-        return self._worker is not None and self._swept and not self._changed and self._idle == self._syncs
+        return (self._worker is not None and self._swept and not self._changed and not self._gone
+                and self._idle == self._syncs)
 
     # -- the worker's side ------------------------------------------------------------
 
     def _start_worker(self) -> None:
         self._restarting = None
-        self.spawn(WorkerProcess(self))
+        try:
+            self.spawn(WorkerProcess(self))
+        except Exception:
+            self._log.failure("could not start the index worker; trying again in {seconds:g} s",
+                              seconds=self._restart_delay)
+            self._again()
 
     def worker_started(self, worker: WorkerProcess) -> None:
         self._worker = worker
+        self._started_at = self.reactor.seconds()
+        self._syncs = self._heard = self._idle = 0
         if self._ready:  # a worker started again: tell it everything
             self.sweep()
 
     def heard(self, message: dict) -> None:
-        if "idle" in message:
+        if "heard" in message:
+            self._heard = max(self._heard, message["heard"])
+            if self._changed and self._flushing is None:
+                self.flush()
+        elif "idle" in message:
             self._idle = max(self._idle, message["idle"])
-            self._restart_delay = RESTART_SECONDS  # it works: a later death is not part of a crash loop
         elif message.get("reset"):
             self.index.reopen()
         elif "log" in message:
@@ -223,14 +245,20 @@ class IndexFeeder(service.Service):
         if line.strip():
             self._log.error("index worker: {line}", line=line.decode("utf-8", "replace"))
 
-    def worker_ended(self, worker: WorkerProcess, reason) -> None:
+    def worker_ended(self, reason) -> None:
         self._worker = None
         self._told.clear()
+        self._gone.clear()  # a new worker is told only of what is there
         self._swept = False
         if self._stopped is not None:
             self._stopped.callback(None)
             return
+        if self.reactor.seconds() - self._started_at >= MAX_RESTART_SECONDS:
+            self._restart_delay = RESTART_SECONDS  # it worked for a while: not part of a crash loop
         self._log.error("the index worker stopped ({reason}); searches may miss recent lines until it is started "
                         "again in {seconds:g} s", reason=reason.getErrorMessage(), seconds=self._restart_delay)
+        self._again()
+
+    def _again(self) -> None:
         self._restarting = self.reactor.callLater(self._restart_delay, self._start_worker)
         self._restart_delay = min(self._restart_delay * 2, MAX_RESTART_SECONDS)

@@ -17,6 +17,7 @@ import os
 import re
 import sqlite3
 import threading
+import urllib.parse
 from contextlib import contextmanager
 
 import orjson
@@ -97,29 +98,42 @@ class SqliteIndex:
     _log = Logger()
 
     def __init__(self, folder: str, writing: bool = True):
-        """Opens the index, made anew if it is damaged or of an older layout; without `writing`, only that."""
+        """Opens the index to write, made anew if it is damaged or of an older layout; without `writing`, only to
+        search, never writing (a search before the writer made the index finds nothing)."""
         check_fts5()
         self.folder = folder
         self.path = os.path.join(folder, FILE_NAME)
+        self.made_anew = False              # this writer created the file, or replaced it
         self._generation = 0
         self._readers = threading.local()
         self._cache: dict[str, list] = {}   # key -> [sid, lines, bytes, pars, head, title, info], the writer's
+        self._writer = None
+        if not writing:
+            return
         os.makedirs(folder, exist_ok=True)
+        self.made_anew = not os.path.exists(self.path)
         try:
             self._writer = self._open()
+        except sqlite3.OperationalError:
+            raise  # locked, or out of space: not damage; the file is left as it is
         except sqlite3.DatabaseError as e:
             self._log.error("the search index {path} is damaged ({error}); rebuilding it from the session files",
                             path=self.path, error=e)
             self._remove_files()
+            self.made_anew = True
             self._writer = self._open()
-        if not writing:
-            self._writer.close()
-            self._writer = None
 
     # -- files -------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        connection.execute("PRAGMA busy_timeout = 5000")
+        return connection
+
+    def _connect_to_read(self) -> sqlite3.Connection:
+        """Read-only: a reader never creates the file nor changes it."""
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        connection = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         connection.execute("PRAGMA busy_timeout = 5000")
         return connection
 
@@ -131,11 +145,14 @@ class SqliteIndex:
                 connection.close()
                 self._log.info("the search index {path} has an older layout; rebuilding it", path=self.path)
                 self._remove_files()
+                self.made_anew = True
                 connection = self._connect()
+                version = 0
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")  # a crash may lose the last commits, never mix them
-            connection.executescript(SCHEMA)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version == 0:
+                connection.executescript(SCHEMA)
+                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError:
             connection.close()
             raise
@@ -169,9 +186,21 @@ class SqliteIndex:
         if getattr(readers, "generation", None) != self._generation:
             if getattr(readers, "connection", None) is not None:
                 readers.connection.close()
-            readers.connection = self._connect()
+            readers.connection = self._connect_to_read()
             readers.generation = self._generation
         return readers.connection
+
+    def _read(self, sql: str, values: list) -> list:
+        """Rows of a query; none while the writer has not made the index yet."""
+        if not os.path.exists(self.path):
+            return []
+        with self._damage_is_unusable():
+            try:
+                return self._reader().execute(sql, values).fetchall()
+            except sqlite3.OperationalError as e:
+                if "no such table" in str(e):
+                    return []
+                raise
 
     @contextmanager
     def _damage_is_unusable(self):
@@ -182,7 +211,7 @@ class SqliteIndex:
         except sqlite3.DatabaseError as e:
             raise IndexUnusable(f"{self.path}: {e}") from e
 
-    # -- writing (the writer thread) ------------------------------------------------
+    # -- writing (the writer) ----------------------------------------------------------
 
     @contextmanager
     def batch(self):
@@ -296,9 +325,7 @@ class SqliteIndex:
                f"snippet(docs, 0, ?, ?, '…', {SNIPPET_WORDS}) {matching} "
                f"AND d.rowid >= coalesce((SELECT d.rowid {matching} ORDER BY d.rowid DESC LIMIT 1 OFFSET ?), 0) "
                "ORDER BY bm25(docs), d.t DESC, d.rowid DESC LIMIT ? OFFSET ?")
-        with self._damage_is_unusable():
-            rows = self._reader().execute(sql, [MARK_OPEN, MARK_CLOSE, *values, *values, MAX_RANKED - 1,
-                                                limit + 1, offset]).fetchall()
+        rows = self._read(sql, [MARK_OPEN, MARK_CLOSE, *values, *values, MAX_RANKED - 1, limit + 1, offset])
         items = [{"session-id": row[0], "id": row[1], "title": row[2], "source": row[3], "project": row[4],
                   "line": row[5], "kind": row[6], "timestamp": row[7],
                   **({"par-index": row[8]} if row[8] is not None else {}), "snippet": snippet_parts(row[9])}
@@ -320,8 +347,7 @@ class SqliteIndex:
         sql = ("SELECT s.session_id, s.listing_id, s.title, s.source, s.project, p.par_index, p.par "
                f"FROM pars p JOIN sessions s ON s.sid = p.sid {'WHERE ' + ' AND '.join(where) if where else ''} "
                "ORDER BY p.t DESC NULLS LAST, p.rowid DESC LIMIT ? OFFSET ?")
-        with self._damage_is_unusable():
-            rows = self._reader().execute(sql, [*values, limit + 1, offset]).fetchall()
+        rows = self._read(sql, [*values, limit + 1, offset])
         items = [{"session-id": row[0], "id": row[1], "title": row[2], "source": row[3], "project": row[4],
                   "index": row[5], "par": orjson.loads(row[6])} for row in rows[:limit]]
         return Page(items, self._cursor(offset + limit, token) if len(rows) > limit else None)

@@ -11,14 +11,17 @@ be rewritten in place.
 Its standard input carries the daemon's news, one JSON object a line:
     {"op": "session", "key", "session-id", "listing-id", "source", "project", "lines", "bytes", "pars"}
     {"op": "forget", "key"}      the session's files are gone
-    {"op": "sync", "n"}          answered with {"idle": n} once everything said before it is indexed
-and its standard output the worker's, one JSON object a line: {"idle": n}, {"reset": true} (the index was
-damaged and is made anew: readers must reopen it), and {"log": level, "text"}.  At the end of its input
-the worker finishes the transaction at hand and exits.
+    {"op": "sync", "n"}          answered with {"heard": n} at once, and {"idle": n} once everything said
+                                 before it is indexed
+and its standard output the worker's, one JSON object a line: those answers, {"reset": true} (at start, and
+when a damaged index was made anew: readers must reopen it), and {"log": level, "text"}.  One worker writes
+at a time (a lock file beside the index).  At the end of its input the worker finishes the transaction at
+hand and exits.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import threading
@@ -35,7 +38,9 @@ NICENESS = 10               # the worker yields the CPU to the daemon (about 1:1
 READ_BYTES = 16 << 20       # read from a session file at a time
 BATCH_BYTES = 16 << 20      # of lines per transaction (bigger ones index faster: fewer FTS5 segment merges)
 PROGRESS_SECONDS = 5.0      # between progress lines in the log while catching up
+HEAD_SECONDS = 10.0         # between checks that a session's first line is still the one indexed
 RETRY_SECONDS = 5.0         # the pause after a failed write
+LOCK_NAME = "writer.lock"   # held by the one worker that writes the index
 
 
 def read_lines(path: str, offset: int, count: int, until: int):
@@ -63,13 +68,21 @@ def par_path_of(key: str) -> str:
 
 
 def read_pars(par_path: str) -> list[dict]:
+    """The PARs of a sidecar; an unreadable one is a `ValueError` that says so."""
     try:
         with open(par_path, "rb") as f:
             pars = edn.loads(f.read())
     except FileNotFoundError:
         return []
+    except ValueError as e:  # not EDN, or not UTF-8
+        raise ValueError(f"its PAR sidecar {par_path} cannot be read ({e})") from None
     pars = [pars] if isinstance(pars, dict) else pars if isinstance(pars, list) else []
     return [par for par in pars if isinstance(par, dict)]
+
+
+def first_line(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.readline().rstrip(b"\n")
 
 
 class Target:
@@ -95,8 +108,9 @@ class Worker:
         self._pending: dict[str, Target | None] = {}  # key -> what to index (None: forget it), oldest first
         self._backlog: dict[str, Target | None] = {}  # what earlier steps left: after the news, in turns
         self._known: dict[str, Target] = {}           # every live session's latest target: to rebuild from
-        self._sync: int | None = None
+        self._sync: int | None = None     # the last sync told, not answered yet
         self._ended = False
+        self._heads: dict[str, float] = {}  # key -> when its first line was last checked
         self._read = [0, 0, 0.0, 0.0]  # bytes and sessions read from files, since when, last logged
 
     # -- news from the daemon (any thread) --------------------------------------------
@@ -110,6 +124,7 @@ class Worker:
                 self._pending[message["key"]] = None
             elif op == "sync":
                 self._sync = message["n"]
+                self.say({"heard": message["n"]})  # the daemon sends more news once this one is read
             self._news.notify()
 
     def end(self) -> None:
@@ -126,7 +141,9 @@ class Worker:
         self.index.close()
 
     def step(self, wait: bool = False) -> bool:
-        """Index a transaction's worth of the news (first waiting for some, with `wait`); False once ended."""
+        """Index a transaction's worth of the news (first waiting for some, with `wait`); False once ended.
+
+        A sync is answered by the step that leaves nothing behind of what was told before it."""
         with self._news:
             if wait:
                 self._news.wait_for(lambda: self._pending or self._backlog or self._sync is not None
@@ -136,15 +153,9 @@ class Worker:
             work = {**self._pending, **{key: target for key, target in self._backlog.items()
                                         if key not in self._pending}}
             self._pending, self._backlog = {}, {}
-            sync = self._sync if not work else None
-            if sync is not None:
-                self._sync = None
-        if sync is not None:
-            self._log_read("caught up")
-            self.say({"idle": sync})
-            return True
+            sync = self._sync
         try:
-            left = self._index(work)
+            left = self._index(work) if work else {}
         except IndexUnusable as e:
             self.say({"log": "error", "text": f"the search index is damaged ({e}); rebuilding it from the "
                                               "session files"})
@@ -157,6 +168,12 @@ class Worker:
                 self._news.wait_for(lambda: self._ended, RETRY_SECONDS if wait else 0)
             left = work
         self._backlog = left  # news that arrived meanwhile goes first, and is newer
+        if sync is not None and not left:
+            with self._news:
+                if self._sync == sync:
+                    self._sync = None
+            self._log_read("caught up")
+            self.say({"idle": sync})
         return True
 
     def _index(self, work: dict) -> dict:
@@ -173,7 +190,12 @@ class Worker:
                     self.index.forget(key)
                 else:
                     self._known[key] = target
-                    done, more = self._catch_up(target, budget)
+                    try:
+                        done, more = self._catch_up(target, budget)
+                    except (OSError, ValueError) as e:  # this session's files, not the index: the others go on
+                        self.say({"log": "warn", "text": f"search index: could not index {key}: {e}; it is "
+                                                         "tried again when it changes"})
+                        continue
                     budget -= done
                     if more:
                         unfinished[key] = target
@@ -202,10 +224,15 @@ class Worker:
             return 0, False  # deleted meanwhile: the daemon's sweep says "forget"
 
     def _same_head(self, path: str, progress) -> bool:
+        """Whether the file still starts with the line indexed first (a local file may be rewritten in place);
+        checked at most every HEAD_SECONDS."""
         if progress.lines == 0 or progress.head is None:
             return True
-        first = next(read_lines(path, 0, 1, progress.bytes), [b""])[0]
-        return fingerprint(first) == progress.head
+        now = self.clock()
+        if now - self._heads.get(path, float("-inf")) < HEAD_SECONDS:
+            return True
+        self._heads[path] = now
+        return fingerprint(first_line(path)) == progress.head
 
     def _read_file(self, info: SessionInfo, progress, target: Target, budget: int) -> int:
         if not self._read[0]:
@@ -257,6 +284,7 @@ def main(argv: list[str]) -> int:
     import time
 
     os.nice(NICENESS)
+    os.makedirs(argv[0], exist_ok=True)
     out = sys.stdout.buffer
     lock = threading.Lock()
 
@@ -273,12 +301,24 @@ def main(argv: list[str]) -> int:
         say({"log": event["log_level"].name, "text": text})
 
     globalLogBeginner.beginLoggingTo([forward], redirectStandardIO=False)
-    worker = Worker(SqliteIndex(argv[0]), say, time.monotonic)
+    only_writer = open(os.path.join(argv[0], LOCK_NAME), "a+b")  # held until the process ends
+    try:
+        fcntl.flock(only_writer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # a worker of a daemon that was killed still finishes its transaction
+        say({"log": "info", "text": "search index: waiting for the previous index worker to finish"})
+        fcntl.flock(only_writer, fcntl.LOCK_EX)
+    index = SqliteIndex(argv[0])
+    say({"reset": True})  # whatever this worker found or made, the daemon's readers start from it
+    worker = Worker(index, say, time.monotonic)
 
     def listen():
-        for line in sys.stdin.buffer:
-            worker.told(orjson.loads(line))
-        worker.end()
+        try:
+            for line in sys.stdin.buffer:
+                worker.told(orjson.loads(line))
+        except Exception as e:
+            say({"log": "error", "text": f"index worker: unreadable news from the daemon ({e!r}); stopping"})
+        finally:
+            worker.end()
 
     threading.Thread(target=listen, name="fulabd-index-news", daemon=True).start()
     worker.run()
