@@ -23,22 +23,22 @@ from pathlib import Path
 RECORD = b"x" * 199 + b"\n"
 
 
-def fdatasync_latencies(folder: Path, seconds: float, threads: int = 16, files: int = 50) -> list[float]:
-    """Each fdatasync's duration in seconds; thread `t` appends to files t, t+threads, … in turn."""
+def synced_appends(folder: Path, seconds: float, threads: int, files: int) -> list[list[tuple[float, float]]]:
+    """For each file, the (start, end) of every fdatasync done to it for `seconds`, each after a 200-byte
+    append; thread `t` syncs files t, t+threads, … in turn."""
     folder.mkdir(parents=True, exist_ok=True)
     fds = [os.open(folder / f"disk-{number}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
            for number in range(files)]
-    latencies: list[list[float]] = [[] for _ in range(threads)]
+    syncs: list[list[tuple[float, float]]] = [[] for _ in range(files)]
     deadline = time.perf_counter() + seconds
 
     def loop(thread: int):
-        mine = fds[thread::threads]
         while time.perf_counter() < deadline:
-            for fd in mine:
-                os.write(fd, RECORD)
+            for number in range(thread, files, threads):
+                os.write(fds[number], RECORD)
                 started = time.perf_counter()
-                os.fdatasync(fd)
-                latencies[thread].append(time.perf_counter() - started)
+                os.fdatasync(fds[number])
+                syncs[number].append((started, time.perf_counter()))
 
     workers = [threading.Thread(target=loop, args=(thread,)) for thread in range(min(threads, files))]
     try:
@@ -51,37 +51,19 @@ def fdatasync_latencies(folder: Path, seconds: float, threads: int = 16, files: 
             os.close(fd)
         for number in range(files):
             (folder / f"disk-{number}.log").unlink()
-    return [latency for per_thread in latencies for latency in per_thread]
+    return syncs
+
+
+def fdatasync_latencies(folder: Path, seconds: float, threads: int = 16, files: int = 50) -> list[float]:
+    """Each fdatasync's duration in seconds."""
+    return [end - start for per_file in synced_appends(folder, seconds, threads, files) for start, end in per_file]
 
 
 def line_floor(folder: Path, seconds: float, files: int = 50, samples: int = 200_000) -> list[float]:
     """What lines due at random moments would wait on this disk with an ideal daemon: one thread per file
     syncs it back to back (one sync in flight per session); a line due at `t` on a file waits until the end
     of the first sync of that file that starts after `t`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fds = [os.open(folder / f"floor-{number}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o600)
-           for number in range(files)]
-    syncs: list[list[tuple[float, float]]] = [[] for _ in range(files)]
-    deadline = time.perf_counter() + seconds
-
-    def loop(number: int):
-        while time.perf_counter() < deadline:
-            os.write(fds[number], RECORD)
-            started = time.perf_counter()
-            os.fdatasync(fds[number])
-            syncs[number].append((started, time.perf_counter()))
-
-    workers = [threading.Thread(target=loop, args=(number,)) for number in range(files)]
-    try:
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-    finally:
-        for fd in fds:
-            os.close(fd)
-        for number in range(files):
-            (folder / f"floor-{number}.log").unlink()
+    syncs = synced_appends(folder, seconds, files, files)
     rng = random.Random(0)
     starts = [[start for start, _ in per_file] for per_file in syncs]
     first = max(per_file[0][0] for per_file in syncs)
