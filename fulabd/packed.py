@@ -10,8 +10,8 @@ byte whatever its encoding.  A client sends packed frames only on a connection
 whose handshake response carried `Fulab-Packed: zstd`, so old servers never
 see one, and old clients, which never ask, never get anything new.
 
-With `Fulab-Packed: zstd-history`, each frame's body is compressed with the
-connection's last MiB of packed lines as a zstd prefix, so that what repeats
+With `Fulab-Packed: zstd-history`, each frame's body is compressed with up to
+the connection's last MiB of packed lines as a zstd prefix, so that what repeats
 from one batch to the next (keys, file contents read again) costs almost
 nothing: a fifth fewer bytes on the wire at the same level.  It costs the
 daemon a MiB per connection, so it grants it to HISTORY_CONNECTIONS at most.
@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import time
+from collections import deque
 
 import orjson
 import zstandard
@@ -35,7 +36,8 @@ HEADER = "Fulab-Packed"  # request header: the encodings a client can send; resp
 ENCODING = "zstd"                # each frame's body compressed on its own
 WITH_HISTORY = "zstd-history"    # each frame's body compressed with the frames before it on the connection
 HISTORY_BYTES = 1 << 20          # of a connection's last packed lines that the next frame may refer to
-LEVELS = (3, 6, 9)               # an encoder's levels: higher while its link, not its CPU, is what it waits for
+REFRESH_BYTES = 256 << 10        # of lines after which that prefix is renewed
+LEVELS = (3, 6)            # an encoder's levels: 6 while its link, not its CPU, is what it waits for (9 was slower)
 LEVEL = LEVELS[0]
 MAX_WINDOW = 8 << 20  # a frame declaring a larger zstd window is refused, so a frame cannot make us allocate more
 READ_CHUNK = 1 << 20
@@ -52,50 +54,75 @@ def offered(value: str | None) -> bool:
 
 
 class History:
-    """The last HISTORY_BYTES of a connection's packed lines, which both ends keep alike: what the next
-    frame's body was compressed with, as a zstd raw-content prefix."""
+    """A connection's packed lines that the next frame may refer to, kept alike at both ends: the last
+    HISTORY_BYTES of lines as they stood when the prefix was last renewed.  It is renewed after the frame
+    that brings REFRESH_BYTES of lines since the last renewal (renewing a MiB costs a few milliseconds, which a
+    stream of one-line frames must not pay on each)."""
 
-    def __init__(self, size: int = HISTORY_BYTES):
+    def __init__(self, size: int = HISTORY_BYTES, refresh: int = REFRESH_BYTES):
         self.size = size
-        self.data = b""
-
-    def prefix(self) -> zstandard.ZstdCompressionDict | None:
-        return zstandard.ZstdCompressionDict(self.data, dict_type=zstandard.DICT_TYPE_RAWCONTENT) \
-            if self.data else None
+        self.refresh = refresh
+        self.prefix: bytes | None = None
+        self.renewals = 0  # a coder made for one prefix is good until the next
+        self._recent: deque[bytes] = deque()
+        self._recent_bytes = 0
+        self._since = 0
 
     def add(self, lines: bytes) -> None:
-        self.data = (self.data + lines)[-self.size:]
+        self._recent.append(lines)
+        self._recent_bytes += len(lines)
+        self._since += len(lines)
+        while self._recent_bytes - len(self._recent[0]) >= self.size:
+            self._recent_bytes -= len(self._recent.popleft())
+        if self._since >= self.refresh:
+            data = b"".join(self._recent)[-self.size:]
+            self._recent = deque([data])
+            self._recent_bytes = len(data)
+            self.prefix = data
+            self.renewals += 1
+            self._since = 0
 
 
 class Packer:
     """Encodes messages for one connection (`history`: the server agreed to `zstd-history`).
 
-    Its level adapts as zstd's own `--adapt` does: while compressing takes under a fifth of the time between
-    frames (the link or the server is what the uploader waits for), the next level up costs nothing felt and
-    sends fewer bytes; over half, it comes down again."""
+    Its level adapts as zstd's own `--adapt` does: while compressing takes under 30 % of the time between
+    frames (the link or the server is what the uploader waits for), the level up costs nothing felt and sends
+    fewer bytes; over 70 %, it comes down again."""
 
     def __init__(self, history: bool = False, clock=time.perf_counter):
         self.history = History() if history else None
         self.clock = clock
         self.level = LEVEL
         self._last: float | None = None
+        self._compressors: dict[tuple[int, int], zstandard.ZstdCompressor] = {}  # by (renewal, level)
 
     def encode(self, header: dict, lines: list[bytes]) -> bytes:
         body = b"\n".join([*lines, b""])  # one copy of the lines, none of each line
         started = self.clock()
-        prefix = self.history.prefix() if self.history is not None else None
-        # A checksum, with history: a frame read against another history fails instead of yielding other lines.
-        compressed = zstandard.ZstdCompressor(level=self.level, dict_data=prefix,
-                                              write_checksum=self.history is not None).compress(body)
+        compressed = self._compressor().compress(body)
         if self.history is not None:
             self.history.add(body)
         self._adapt(started, self.clock())
         return orjson.dumps(header) + b"\n" + compressed
 
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        key = (self.history.renewals if self.history is not None else 0, self.level)
+        compressor = self._compressors.get(key)
+        if compressor is None:
+            self._compressors = {k: c for k, c in self._compressors.items() if k[0] == key[0]}
+            prefix = as_dictionary(self.history.prefix) if self.history is not None else None
+            if prefix is not None:
+                prefix.precompute_compress(level=self.level)  # once, not at every frame
+            # A checksum, with history: a frame read against another history fails instead of yielding other lines.
+            compressor = self._compressors[key] = zstandard.ZstdCompressor(
+                level=self.level, dict_data=prefix, write_checksum=self.history is not None)
+        return compressor
+
     def _adapt(self, started: float, done: float) -> None:
         if self._last is not None and done > self._last:
             busy = (done - started) / (done - self._last)
-            step = 1 if busy < 0.2 else -1 if busy > 0.5 else 0
+            step = 1 if busy < 0.3 else -1 if busy > 0.7 else 0
             self.level = LEVELS[min(max(LEVELS.index(self.level) + step, 0), len(LEVELS) - 1)]
         self._last = done
 
@@ -105,6 +132,8 @@ class Unpacker:
 
     def __init__(self, history: bool = False):
         self.history = History() if history else None
+        self._decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        self._renewals = 0
 
     def decode(self, payload: bytes, max_size: int) -> messages.Append:
         """The Append a packed frame carries; its lines may hold `max_size` bytes at most once inflated.
@@ -112,12 +141,20 @@ class Unpacker:
         With history, a frame that cannot be decoded leaves the two ends' histories apart: the caller must
         end the connection (the client starts afresh on its next one)."""
         message, body = split(payload)
-        raw = inflate(body, max_size, self.history.prefix() if self.history is not None else None)
+        if self.history is not None and self.history.renewals != self._renewals:
+            self._renewals = self.history.renewals
+            self._decompressor = zstandard.ZstdDecompressor(dict_data=as_dictionary(self.history.prefix),
+                                                            max_window_size=MAX_WINDOW)
+        raw = inflate(body, max_size, self._decompressor)
         if self.history is not None:
             self.history.add(raw)
         if raw and not raw.endswith(b"\n"):
             raise ProtocolError(BAD_MESSAGE, "the packed lines must each end with a newline")
         return dataclasses.replace(message, lines=raw.split(b"\n")[:-1])
+
+
+def as_dictionary(prefix: bytes | None) -> zstandard.ZstdCompressionDict | None:
+    return zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT) if prefix else None
 
 
 def split(payload: bytes) -> tuple[messages.Append, bytes]:
@@ -133,9 +170,8 @@ def split(payload: bytes) -> tuple[messages.Append, bytes]:
     return messages.parse(orjson.dumps(dict(header, events=[]))), body
 
 
-def inflate(body: bytes, max_size: int, prefix: zstandard.ZstdCompressionDict | None = None) -> bytes:
+def inflate(body: bytes, max_size: int, decompressor: zstandard.ZstdDecompressor) -> bytes:
     """Decompress `body`, holding at most `max_size` + one chunk bytes whatever the frame claims."""
-    decompressor = zstandard.ZstdDecompressor(dict_data=prefix, max_window_size=MAX_WINDOW)
     out = bytearray()
     try:
         with decompressor.stream_reader(io.BytesIO(body), read_across_frames=True) as reader:

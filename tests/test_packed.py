@@ -143,9 +143,10 @@ def test_with_history_frames_round_trip_in_order_and_are_smaller():
 
 def test_a_frame_read_against_another_history_is_refused_not_misread():
     packer = packed.Packer(history=True)
-    first, second = batches()[:2]
+    first = [line for batch in batches() for line in batch]
+    assert sum(map(len, first)) > packed.REFRESH_BYTES  # so the next frame refers to it
     packer.encode({"type": "events", "session-id": "s", "seq": 0}, first)
-    payload = packer.encode({"type": "events", "session-id": "s", "seq": 1}, first + second)
+    payload = packer.encode({"type": "events", "session-id": "s", "seq": 1}, first[:200])
     for unpacker in (packed.Unpacker(history=True), packed.Unpacker()):  # one that missed the first frame
         with pytest.raises(ProtocolError) as refused:
             unpacker.decode(payload, 1 << 30)
@@ -166,7 +167,16 @@ def test_the_level_rises_while_the_encoder_waits_for_its_link_and_falls_while_it
     for _ in frames:
         packer.encode({"type": "events", "session-id": "s", "seq": 0}, [b"{}"])
         levels.append(packer.level)
-    assert levels == [3, 6, 9, 9, 6, 3, 3, 3]
+    assert levels == [3, 6, 6, 6, 3, 3, 3, 3]
+
+
+def test_one_line_frames_do_not_pay_for_renewing_the_history():
+    packer = packed.Packer(history=True)
+    packer.encode({"type": "events", "session-id": "s", "seq": 0}, [b"x" * (packed.REFRESH_BYTES - 100)])
+    renewals = packer.history.renewals
+    for seq in range(1, 20):
+        packer.encode({"type": "events", "session-id": "s", "seq": seq}, [b"{\"n\":%d}" % seq])
+    assert packer.history.renewals == renewals + 1  # once, when the lines passed REFRESH_BYTES
 
 
 def test_the_daemon_grants_history_to_a_bounded_number_of_connections(tmp_path, monkeypatch):
