@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 from websockets.asyncio.client import connect
 
+from bench import disk
 from bench.common import Row, percentile, start_daemon
 from bench.live import small_lines
 from tests.fixtures import Uploader, get_json, real_sample_files
@@ -45,11 +46,16 @@ def run(work: Path, quick: bool) -> list[Row]:
         uploader.kill()
         daemon.stop()
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
+    floor = disk.line_floor(work / "disk", 2.0 if quick else 10.0, files=1)
     return [
         Row(NAME, f"file append -> viewer frame p50 ({count} lines at {RATE:g}/s, inotify uploader)", p50, "ms",
             higher_is_better=False),
         Row(NAME, "file append -> viewer frame p99", p99, "ms", higher_is_better=False, target="< 100 ms",
             met=p99 < 100, extra={"max ms": max(latencies) * 1000, "lines": len(latencies)}),
+        *(Row(NAME, f"the disk alone, same run: a line due at a random moment on a file synced back to back, {name}",
+              value * 1000, "ms", kind="context", higher_is_better=False)
+          for name, value in (("p50", percentile(floor, 50)), ("p99", percentile(floor, 99)),
+                              ("max", max(floor, default=0)))),
         Row(NAME, "old lab: upload -> /?path= viewer p50 (futon3-lab.md §10; not measured here)", 364, "ms",
             kind="context", higher_is_better=False),
     ]
