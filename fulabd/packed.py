@@ -13,8 +13,10 @@ see one, and old clients, which never ask, never get anything new.
 With `Fulab-Packed: zstd-history`, each frame's body is compressed with up to
 the connection's last MiB of packed lines as a zstd prefix, so that what repeats
 from one batch to the next (keys, file contents read again) costs almost
-nothing: a fifth fewer bytes on the wire at the same level.  It costs the
-daemon a MiB per connection, so it grants it to HISTORY_CONNECTIONS at most.
+nothing: the bench's 100 MB session is 19.0 MB at level 3 against 22.1 MB
+with each frame alone.  It costs the daemon 2 to 3 MiB per connection (the
+lines, and the prefix's dictionary), so it grants it to HISTORY_CONNECTIONS
+at most.
 
 Both ends use this module: `fulab-upload` to encode, the daemon to decode.
 """
@@ -128,50 +130,76 @@ class Packer:
 
 
 class Unpacker:
-    """Decodes one connection's packed frames, in the order they arrived (`history`: as `zstd-history`)."""
+    """Decodes one connection's packed frames, in the order they arrived (`history`: as `zstd-history`).
+
+    A decompressor is made for each frame, so an idle connection holds no zstd buffers; only the prefix's
+    dictionary is kept between frames, until the history renews it."""
 
     def __init__(self, history: bool = False):
         self.history = History() if history else None
-        self._decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        self._prefix: zstandard.ZstdCompressionDict | None = None
         self._renewals = 0
 
     def decode(self, payload: bytes, max_size: int) -> messages.Append:
         """The Append a packed frame carries; its lines may hold `max_size` bytes at most once inflated.
 
-        With history, a frame that cannot be decoded leaves the two ends' histories apart: the caller must
-        end the connection (the client starts afresh on its next one)."""
-        message, body = split(payload)
-        if self.history is not None and self.history.renewals != self._renewals:
-            self._renewals = self.history.renewals
-            self._decompressor = zstandard.ZstdDecompressor(dict_data=as_dictionary(self.history.prefix),
-                                                            max_window_size=MAX_WINDOW)
-        raw = inflate(body, max_size, self._decompressor)
-        if self.history is not None:
-            self.history.add(raw)
+        With history, the body is inflated, and taken by the history, before the header is read, so that a
+        bad header is an ordinary error; a body that cannot be inflated leaves the two ends' histories apart:
+        `HistoryLost`, and the caller must end the connection (the client starts afresh on its next one)."""
+        head, newline, body = payload.partition(b"\n")
+        if not newline:
+            raise self._lost(BAD_MESSAGE, "a packed frame is a JSON header, a newline, then the zstd-compressed "
+                                          "lines")
+        if self.history is None:
+            message = parse_header(head)
+            raw = inflate(body, max_size, None)
+        else:
+            raw = self._inflate_with_history(body, max_size)
+            message = parse_header(head)
         if raw and not raw.endswith(b"\n"):
             raise ProtocolError(BAD_MESSAGE, "the packed lines must each end with a newline")
         return dataclasses.replace(message, lines=raw.split(b"\n")[:-1])
+
+    def _inflate_with_history(self, body: bytes, max_size: int) -> bytes:
+        if self.history.renewals != self._renewals:
+            self._renewals = self.history.renewals
+            self._prefix = as_dictionary(self.history.prefix)
+        try:
+            if not zstandard.get_frame_parameters(body).has_checksum:
+                raise ProtocolError(BAD_MESSAGE, "a zstd-history frame must carry a content checksum")
+            raw = inflate(body, max_size, self._prefix)
+        except ProtocolError as e:
+            raise HistoryLost(e.code, e.detail, **e.extra) from None
+        except zstandard.ZstdError as e:
+            raise HistoryLost(BAD_MESSAGE, f"the packed body is not valid zstd data: {e}") from None
+        self.history.add(raw)
+        return raw
+
+    def _lost(self, code: str, detail: str) -> ProtocolError:
+        return (HistoryLost if self.history is not None else ProtocolError)(code, detail)
+
+
+class HistoryLost(ProtocolError):
+    """A zstd-history frame whose body could not be read: the connection's two histories are now apart."""
 
 
 def as_dictionary(prefix: bytes | None) -> zstandard.ZstdCompressionDict | None:
     return zstandard.ZstdCompressionDict(prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT) if prefix else None
 
 
-def split(payload: bytes) -> tuple[messages.Append, bytes]:
-    """A packed frame's message (without its lines yet) and its compressed body."""
-    head, newline, body = payload.partition(b"\n")
-    if not newline:
-        raise ProtocolError(BAD_MESSAGE, "a packed frame is a JSON header, a newline, then the zstd-compressed lines")
+def parse_header(head: bytes) -> messages.Append:
+    """A packed frame's message, without its lines yet."""
     header = messages.decode(head)
     if header.get("type") not in ("init", "events"):
         raise ProtocolError(UNKNOWN_TYPE, "a packed frame carries an init or events message; send others as text")
     if "events" in header:
         raise ProtocolError(BAD_MESSAGE, "a packed frame's lines travel in its compressed body, not in \"events\"")
-    return messages.parse(orjson.dumps(dict(header, events=[]))), body
+    return messages.parse(orjson.dumps(dict(header, events=[])))
 
 
-def inflate(body: bytes, max_size: int, decompressor: zstandard.ZstdDecompressor) -> bytes:
+def inflate(body: bytes, max_size: int, prefix: zstandard.ZstdCompressionDict | None) -> bytes:
     """Decompress `body`, holding at most `max_size` + one chunk bytes whatever the frame claims."""
+    decompressor = zstandard.ZstdDecompressor(dict_data=prefix, max_window_size=MAX_WINDOW)
     out = bytearray()
     try:
         with decompressor.stream_reader(io.BytesIO(body), read_across_frames=True) as reader:

@@ -23,7 +23,7 @@ from fulabd.tokens import ADMIN, ANYONE
 UNBOUNDED_PACKED = 1 << 30  # what packed lines may inflate to when --max-message-size is 0 (no limit)
 DEFAULT_INFLIGHT_BYTES = 1024 << 20
 BUDGET_LOG_INTERVAL = 60.0
-HISTORY_CONNECTIONS = 64  # upload connections at once that may use zstd-history: 64 MiB of the daemon's memory
+HISTORY_CONNECTIONS = 64  # upload connections at once that may use zstd-history (2 to 3 MiB of memory each)
 
 
 class UploadProtocol(WebSocketServerProtocol):
@@ -121,7 +121,7 @@ class UploadProtocol(WebSocketServerProtocol):
             message = self.unpacker.decode(payload, self.maxMessagePayloadSize or UNBOUNDED_PACKED) if isBinary \
                 else messages.parse(payload)
         except ProtocolError as e:
-            if isBinary and self._history and e.code != TOO_LARGE:
+            if isinstance(e, packed.HistoryLost) and e.code != TOO_LARGE:
                 self._history_lost(e, size)
             elif e.code == TOO_LARGE:
                 self.factory.budget.release(size)
@@ -243,18 +243,23 @@ class UploadProtocol(WebSocketServerProtocol):
                 self.sendMessage(messages.encode(reply))
 
     def _history_lost(self, error: ProtocolError, size: int):
-        """A packed frame that could not be read leaves this end's history behind the client's: later frames
-        cannot be read either.  Say why and close; the client resumes on a new connection."""
+        """A packed frame whose body could not be read leaves this end's history behind the client's: later
+        frames cannot be read either.  Close, saying why in the close reason (an error reply would go out ahead
+        of the replies still due, and be taken for one of them); the client resumes on a new connection."""
         self.factory.budget.release(size)
         self.factory.errors[error.code] = self.factory.errors.get(error.code, 0) + 1
-        self.sendMessage(messages.encode(error.reply(self._session_id)))
-        self._fail_connection(self.CLOSE_STATUS_CODE_INVALID_PAYLOAD, "unreadable packed frame; reconnect and resume")
+        self._log.info("upload connection from {peer}: unreadable zstd-history frame ({detail}); closing",
+                       peer=self._peer, detail=error.detail)
+        if self.state == self.STATE_OPEN:
+            self._fail_connection(self.CLOSE_STATUS_CODE_INVALID_PAYLOAD,
+                                  f"unreadable packed frame ({error.code}); reconnect and resume")
 
     def _max_message_size_exceeded(self, msg_size, max_msg_size, reason):
         self.factory.errors[TOO_LARGE] = self.factory.errors.get(TOO_LARGE, 0) + 1
         error = ProtocolError(TOO_LARGE, f"message of {msg_size} bytes exceeds the server's limit of {max_msg_size}; "
                                          "send the lines in smaller events batches", limit=max_msg_size)
-        self.sendMessage(messages.encode(error.reply(self._session_id)))
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(messages.encode(error.reply(self._session_id)))
         super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
 
@@ -285,8 +290,8 @@ class UploadFactory(WebSocketServerFactory):
                                 failByDrop=False)
 
     def take_history(self) -> bool:
-        """Whether one more connection may keep a zstd history (packed.HISTORY_BYTES of memory each); past
-        HISTORY_CONNECTIONS, connections get frames compressed on their own, which cost the daemon nothing."""
+        """Whether one more connection may keep a zstd history (2 to 3 MiB of memory each); past
+        HISTORY_CONNECTIONS, connections get frames compressed on their own, which hold nothing between frames."""
         if self.histories >= HISTORY_CONNECTIONS:
             return False
         self.histories += 1

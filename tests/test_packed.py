@@ -141,6 +141,22 @@ def test_with_history_frames_round_trip_in_order_and_are_smaller():
     assert sizes["history"] < 0.9 * sizes["alone"], sizes
 
 
+def test_with_history_a_bad_header_is_an_ordinary_error_and_the_histories_stay_together():
+    packer, unpacker = packed.Packer(history=True), packed.Unpacker(history=True)
+    lines = [line for batch in batches() for line in batch]
+    with pytest.raises(ProtocolError) as refused:
+        unpacker.decode(packer.encode({"type": "par", "session-id": "s"}, lines), 1 << 30)
+    assert refused.value.code == UNKNOWN_TYPE and not isinstance(refused.value, packed.HistoryLost)
+    later = packer.encode({"type": "events", "session-id": "s", "seq": 0}, lines[:50])
+    assert unpacker.decode(later, 1 << 30).lines == lines[:50]
+
+
+def test_a_history_frame_without_a_checksum_is_refused():
+    body = zstandard.ZstdCompressor(write_checksum=False).compress(b'{"n":0}\n')
+    with pytest.raises(packed.HistoryLost):
+        packed.Unpacker(history=True).decode(b'{"type":"events","session-id":"s","seq":0}\n' + body, 1 << 20)
+
+
 def test_a_frame_read_against_another_history_is_refused_not_misread():
     packer = packed.Packer(history=True)
     first = [line for batch in batches() for line in batch]
@@ -208,9 +224,8 @@ def test_an_unreadable_frame_with_history_ends_the_connection_and_nothing_is_los
     packer.encode({"type": "events", "session-id": "h", "seq": 1}, [b'{"n":1}'])  # the client's history moves on
     client.sendMessage(lost[:-3] + b"xyz", isBinary=True)
     lab.flush()
-    replies = client.take()
-    assert replies[0]["type"] == "ack" and replies[1]["err"] == "bad-message"
-    assert client.close_code == 1007
+    assert [reply["type"] for reply in client.take()] == ["ack"]  # no error reply: it would be out of order
+    assert client.close_code == 1007 and lab.uploads.errors == {"bad-message": 1}
     again = lab.client(headers={packed.HEADER: "zstd-history, zstd"})
     assert again.call({"type": "resume", "session-id": "h"})["count"] == 1
     again.sendMessage(packed.Packer(history=True).encode({"type": "events", "session-id": "h", "seq": 1},
@@ -218,3 +233,20 @@ def test_an_unreadable_frame_with_history_ends_the_connection_and_nothing_is_los
     lab.flush()
     assert again.take()[0]["count"] == 2
     assert (tmp_path / "remote" / "h.jsonl").read_bytes() == b'{"n":0}\n{"n":1}\n'
+
+
+def test_after_a_1007_the_uploader_offers_only_frames_compressed_alone():
+    from twisted.internet.task import Clock
+
+    from fulabd.uploader.connection import UploadClientFactory
+
+    class Uploads:
+        def disconnected(self, connection, why):
+            self.why = why
+
+    factory = UploadClientFactory("ws://127.0.0.1:5056/fulab/lab/upload/ws", uploads=Uploads(), reactor=Clock())
+    assert factory.headers[packed.HEADER] == "zstd-history, zstd"
+    protocol = factory.buildProtocol(None)
+    protocol.packer, protocol.opened, protocol.confirmed = packed.Packer(history=True), True, True
+    protocol.onClose(False, 1007, "unreadable packed frame (bad-message); reconnect and resume")
+    assert factory.headers[packed.HEADER] == "zstd"

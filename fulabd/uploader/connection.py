@@ -143,6 +143,9 @@ class UploadClientProtocol(WebSocketClientProtocol):
                 self.factory.uploads.reporter.server_error(reply)
 
     def onClose(self, wasClean, code, reason):
+        if code == self.CLOSE_STATUS_CODE_INVALID_PAYLOAD and self.packer is not None \
+                and self.packer.history is not None:
+            self.factory.without_history()  # our histories went apart once: plain zstd from now on
         self._replies.clear()
         working = self.confirmed and not self.refused
         if self.opened:
@@ -226,6 +229,12 @@ class UploadClientFactory(WebSocketClientFactory):
         self.setProtocolOptions(autoPingInterval=ping_interval, autoPingTimeout=ping_interval,
                                 openHandshakeTimeout=HANDSHAKE_TIMEOUT, closeHandshakeTimeout=5,
                                 maxMessagePayloadSize=0, maxFramePayloadSize=0, failByDrop=True)
+
+    def without_history(self) -> None:
+        """Offer only frames compressed on their own (after a server closed a connection over a zstd-history
+        frame it could not read: a bug on one side, which must not make every reconnect fail alike)."""
+        if packed.HEADER in self.headers:
+            self.headers[packed.HEADER] = packed.ENCODING
 
     def refusal(self, what: str) -> tuple[str, str]:
         """The reason and the advice for a server that refused this uploader's credentials."""

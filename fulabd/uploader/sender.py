@@ -22,6 +22,7 @@ from fulabd.uploader.identity import Identity
 from fulabd.uploader.tail import LineReader, Position, Replaced
 
 MAX_FRAME_BYTES = 1 << 20
+PACKED_OVERHEAD = 4096  # a packed frame's JSON header and zstd's own bytes, beyond 1/128 of its lines
 CHECK_LINES = 8
 RETRY_SECONDS = 5
 FULL_RETRY_SECONDS = 60
@@ -226,7 +227,9 @@ class Sender:
         if packer is not None and not self.legacy:
             header = {"type": "init", "session-id": self.session_id, **self.identity.meta} if seq == 0 \
                 else {"type": "events", "session-id": self.session_id, "seq": seq}
-            if not self._over_limit(seq, sum(len(line) + 1 for line in lines)):  # before the history takes it
+            size = sum(len(line) + 1 for line in lines)
+            # Checked before the history takes the lines, with room for the header and zstd's worst case.
+            if not self._over_limit(seq, size, overhead=(size >> 7) + PACKED_OVERHEAD):
                 self._send_batch(seq, lines, end, [packer.encode(header, lines)], binary=True)
             return
         events = []
@@ -245,11 +248,11 @@ class Sender:
             messages = [{"type": "events", "session-id": self.session_id, "seq": seq, "events": events}]
         self._send_batch(seq, lines, end, [orjson.dumps(message) for message in messages])
 
-    def _over_limit(self, seq: int, size: int) -> bool:
-        """A message of `size` bytes (a packed frame counts its lines' bytes) is over the server's limit: the
-        session is blocked, with why."""
+    def _over_limit(self, seq: int, size: int, overhead: int = 0) -> bool:
+        """A message of `size` bytes (a packed frame counts its lines' bytes, plus `overhead`) is over the
+        server's limit: the session is blocked, with why."""
         limit = self.budget.server_limit
-        if limit is None or size <= limit:
+        if limit is None or size + overhead <= limit:
             return False
         self._block({"err": "too-large", "detail": f"line {seq} is {size - 1} bytes, over the server's message "
                                                    f"limit of {limit} bytes"})
