@@ -50,11 +50,6 @@ def encodings(value: str | None) -> list[str]:
     return [part.strip().lower() for part in (value or "").split(",") if part.strip()]
 
 
-def offered(value: str | None) -> bool:
-    """Whether a `Fulab-Packed` header value names an encoding this module speaks."""
-    return any(name in (ENCODING, WITH_HISTORY) for name in encodings(value))
-
-
 class History:
     """A connection's packed lines that the next frame may refer to, kept alike at both ends: the last
     HISTORY_BYTES of lines as they stood when the prefix was last renewed.  It is renewed after the frame
