@@ -150,9 +150,8 @@ class SqliteIndex:
                 version = 0
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("PRAGMA synchronous = NORMAL")  # a crash may lose the last commits, never mix them
-            if version == 0:
-                connection.executescript(SCHEMA)
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version == 0:  # in one transaction: a reader never sees half a schema (an FTS5 table without its own)
+                connection.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         except sqlite3.DatabaseError:
             connection.close()
             raise
