@@ -470,6 +470,13 @@ def close_code(frames) -> int | None:
     return struct.unpack("!H", closes[0][:2])[0] if closes and len(closes[0]) >= 2 else None
 
 
+def interruptible():
+    """In a child: Ctrl-C (SIGINT) as a terminal's foreground process gets it, even when the tests themselves
+    run in the background (`cmd &` or `nohup` ignore SIGINT, and an ignored signal stays ignored in children,
+    so the uploader would never see the SIGINT a test sends it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Uploader:
     """The real `fulab-upload` command in a subprocess; its output is collected line by line."""
 
@@ -484,7 +491,8 @@ class Uploader:
     def start(self) -> "Uploader":
         env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen([sys.executable, str(REPO / "bin" / "fulab-upload"), *self.args],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                        preexec_fn=interruptible)
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         Uploader.running.add(self)
         return self
