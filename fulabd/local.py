@@ -24,6 +24,7 @@ from watchdog.observers import Observer
 
 from fulabd import edn, formats
 from fulabd.catalog import NotInside, find_session, open_inside
+from fulabd.par_schema import sidecar_pars
 from fulabd.store import line_ends, safe_id
 
 GROW_BYTES = 4 * 1024 * 1024  # read of appended data per reactor turn
@@ -256,9 +257,8 @@ class LocalSources(service.Service):
         except Exception as e:
             self._log.warn("could not read {path} ({error}); its PARs are not shown", path=session.par_path, error=e)
             return
-        pars = [pars] if isinstance(pars, dict) else pars if isinstance(pars, list) else []
         known = len(session.pars)
-        session.pars = [par for par in pars if isinstance(par, dict)]
+        session.pars = sidecar_pars(pars)
         session.par_count = len(session.pars)
         for index in range(known, len(session.pars)):
             self.hub.par_added(session, index, session.pars[index])

@@ -128,3 +128,9 @@ def lines_of(value) -> list[int]:
             and value[0] <= value[1]):
         return list(value)
     raise bad("lines", "\"lines\" must be [first, last]: two line numbers (0-based, first <= last)")
+
+
+def sidecar_pars(value) -> list[dict]:
+    """The PARs of a `.par.edn` sidecar's decoded value: its maps (one map alone is a list of one)."""
+    pars = [value] if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [par for par in pars if isinstance(par, dict)]

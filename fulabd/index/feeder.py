@@ -44,6 +44,11 @@ WORKER = ("import sys; sys.path[:0] = [p for p in sys.argv[1:2] if p not in sys.
           "from fulabd.index.worker import main; sys.exit(main(sys.argv[2:]))")
 
 
+def durable_state(session) -> tuple[int, int, int]:
+    """What the worker's news says of a session's size: lines, bytes and PARs."""
+    return session.count, session.size, session.par_count
+
+
 def spawn_worker(reactor, folder: str, process: protocol.ProcessProtocol) -> None:
     """Start the index worker with this daemon's Python and this daemon's fulabd (found where this one was,
     ahead of the rest only if it is not on the path already)."""
@@ -181,7 +186,7 @@ class IndexFeeder(service.Service):
             return  # the worker has not read the last news yet: these wait, merged, for its "heard"
         news = [{"op": "forget", "key": key} for key in self._gone]
         for key, session in self._changed.items():
-            now = (session.count, session.size, session.par_count)
+            now = durable_state(session)
             if self._told.get(key) != now:
                 news.append(session_news(session))
                 self._told[key] = now
@@ -198,7 +203,7 @@ class IndexFeeder(service.Service):
         seen = set()
         for session in self.sessions():
             seen.add(session.path)
-            if self._told.get(session.path) != (session.count, session.size, session.par_count):
+            if self._told.get(session.path) != durable_state(session):
                 self._changed[session.path] = session
         for key in [key for key in self._told if key not in seen and key not in self._changed]:
             del self._told[key]

@@ -33,6 +33,7 @@ from zope.interface import provider
 from fulabd import edn
 from fulabd.index import IndexUnusable, SessionInfo
 from fulabd.index.sqlite import SqliteIndex, fingerprint
+from fulabd.par_schema import sidecar_pars
 
 NICENESS = 10               # the worker yields the CPU to the daemon (about 1:10 when both want it)
 READ_BYTES = 16 << 20       # read from a session file at a time
@@ -76,8 +77,7 @@ def read_pars(par_path: str) -> list[dict]:
         return []
     except ValueError as e:  # not EDN, or not UTF-8
         raise ValueError(f"its PAR sidecar {par_path} cannot be read ({e})") from None
-    pars = [pars] if isinstance(pars, dict) else pars if isinstance(pars, list) else []
-    return [par for par in pars if isinstance(par, dict)]
+    return sidecar_pars(pars)
 
 
 def first_line(path: str) -> bytes:

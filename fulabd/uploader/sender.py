@@ -229,7 +229,7 @@ class Sender:
                 else {"type": "events", "session-id": self.session_id, "seq": seq}
             size = sum(len(line) + 1 for line in lines)
             # Checked before the history takes the lines, with room for the header and zstd's worst case.
-            if not self._over_limit(seq, size, overhead=(size >> 7) + PACKED_OVERHEAD):
+            if not self._over_limit(seq, size, needed=size + (size >> 7) + PACKED_OVERHEAD):
                 self._send_batch(seq, lines, end, [packer.encode(header, lines)], binary=True)
             return
         events = []
@@ -248,11 +248,11 @@ class Sender:
             messages = [{"type": "events", "session-id": self.session_id, "seq": seq, "events": events}]
         self._send_batch(seq, lines, end, [orjson.dumps(message) for message in messages])
 
-    def _over_limit(self, seq: int, size: int, overhead: int = 0) -> bool:
-        """A message of `size` bytes (a packed frame counts its lines' bytes, plus `overhead`) is over the
-        server's limit: the session is blocked, with why."""
+    def _over_limit(self, seq: int, size: int, needed: int) -> bool:
+        """Lines of `size` bytes whose message takes `needed` bytes are over the server's limit: the session is
+        blocked, with why."""
         limit = self.budget.server_limit
-        if limit is None or size + overhead <= limit:
+        if limit is None or needed <= limit:
             return False
         self._block({"err": "too-large", "detail": f"line {seq} is {size - 1} bytes, over the server's message "
                                                    f"limit of {limit} bytes"})
@@ -261,7 +261,7 @@ class Sender:
     def _send_batch(self, seq: int, lines: list[bytes], end: Position, payloads: list[bytes], binary: bool = False):
         """Send one batch's messages (several only for an old server); the last one's ack covers the batch."""
         size = sum(len(line) + 1 for line in lines)
-        if not binary and self._over_limit(seq, max(map(len, payloads))):
+        if not binary and self._over_limit(seq, size, needed=max(map(len, payloads))):
             return
         batch = Batch(end, len(lines), size)
         self.inflight.append(batch)
