@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from fulabd import deflate, events, messages
+from fulabd.closing import ClosesGracefully
 from fulabd.messages import INVALID_PATH
 
 FIRST_FRAME_BYTES = 1024 * 1024   # events in the init/delta frame, about
@@ -48,7 +49,7 @@ VIEWER_MESSAGE_LIMIT = 64 * 1024
 
 
 @implementer(IPushProducer)
-class StreamProtocol(WebSocketServerProtocol):
+class StreamProtocol(ClosesGracefully, WebSocketServerProtocol):
     _log = Logger()
 
     def __init__(self):

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from fulabd import messages, packed
 from fulabd.access import SELF_PROBE
 from fulabd.budget import InflightBudget
+from fulabd.closing import ClosesGracefully
 from fulabd.messages import FORBIDDEN, MISSING_SESSION_ID, TOO_LARGE, ProtocolError
 from fulabd.tokens import ADMIN, ANYONE
 
@@ -26,7 +27,7 @@ BUDGET_LOG_INTERVAL = 60.0
 HISTORY_CONNECTIONS = 64  # upload connections at once that may use zstd-history (2 to 3 MiB of memory each)
 
 
-class UploadProtocol(WebSocketServerProtocol):
+class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
     _log = Logger()  # autobahn claims .log
 
     def __init__(self):

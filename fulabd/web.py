@@ -15,6 +15,7 @@ from twisted.web import resource, server, util
 from fulabd import edn, endpoints, ui
 from fulabd.access import Decision, Gate
 from fulabd.channel import GatedChannel, GatedRequest, head_of
+from fulabd.closing import ClosesGracefully
 from fulabd.endpoints import STREAM_PATH, is_upload_path
 from fulabd.listing import BadListingRequest, parse_query
 from fulabd.messages import INVALID_PATH, now_iso
@@ -48,7 +49,7 @@ def render_data(request, data: dict, code: int = 200) -> bytes:
     return orjson.dumps(data)
 
 
-class RefusedProtocol(WebSocketServerProtocol):
+class RefusedProtocol(ClosesGracefully, WebSocketServerProtocol):
     """A WebSocket that is not served: say why, then close with 1008 (policy violation)."""
 
     def onOpen(self):

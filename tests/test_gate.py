@@ -300,6 +300,24 @@ def test_pages_of_other_origins_are_refused_and_clients_without_origin_are_not(t
         assert [par["title"] for par in pars] == ["own page", "allowed page", "curl"]
 
 
+def test_a_refused_peer_that_does_not_answer_the_close_still_reads_why(tmp_path):
+    """A slow peer that reads nothing until the closing handshake has timed out still finds the refusal and
+    the 1008 close frame, then the end of the stream: the connection ends with a FIN, not a reset (which
+    would make its kernel discard the unread frames, and a browser report 1006)."""
+    with running(tmp_path / "remote") as server, socket.create_connection(("127.0.0.1", server.port)) as peer:
+        peer.sendall(f"GET /fulab/lab/stream/ws?session={SESSION} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                     "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\nOrigin: http://evil.example\r\n\r\n".encode())
+        server.wait_for_log("did not answer the close frame in time")
+        received = b""
+        while chunk := peer.recv(65536):
+            received += chunk
+    head, _, frames = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    assert frames[0] == 0x81 and b'"err":"unauthorized"' in frames
+    assert frames[-(4 + len(b"unauthorized")):-len(b"unauthorized")] == bytes([0x88, 2 + len(b"unauthorized"), 0x03, 0xF0])
+
+
 def test_behind_a_trusted_proxy_the_forwarded_host_and_scheme_are_the_origin(tmp_path):
     with running(tmp_path / "remote", "--trusted-proxy", "127.0.0.1") as server:
         with connect(server.url + UPLOAD) as ws:

@@ -1,0 +1,32 @@
+"""
+How the daemon ends a WebSocket whose peer does not answer its close frame.
+
+Autobahn resets the TCP connection when the closing handshake times out.  A
+reset makes the peer's kernel discard what it has received but not yet read,
+the close frame included, so a slow peer (a browser under load) reports 1006
+instead of the code it was sent.  Here the connection is ended with a FIN
+instead, which delivers the frame; a peer that does not read even that is
+reset `RESET_AFTER` seconds later, so it cannot hold the connection.
+"""
+
+from __future__ import annotations
+
+import txaio
+from autobahn.websocket.protocol import WebSocketProtocol
+
+RESET_AFTER = 10.0
+
+
+class ClosesGracefully:
+    """Mixed into a `WebSocketServerProtocol`: its closing-handshake timeout ends the TCP with a FIN."""
+
+    def onCloseHandshakeTimeout(self):
+        self.closeHandshakeTimeoutCall = None
+        if self.state == WebSocketProtocol.STATE_CLOSED:
+            return
+        self.wasClean = False
+        self.wasNotCleanReason = "the peer did not answer the close frame in time"
+        self.wasCloseHandshakeTimeout = True
+        self.dropConnection(abort=False)
+        transport = self.transport
+        txaio.call_later(RESET_AFTER, lambda: transport.connected and transport.abortConnection())
