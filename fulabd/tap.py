@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 import fulabd
-from fulabd import access, netaddr, origins, pars, remote, supervisor, tls, tokens, ui, web
+from fulabd import access, interpreter, netaddr, origins, pars, remote, supervisor, tls, tokens, ui, web
 from fulabd.archive import ArchivedListing, ArchiveSource
 from fulabd.budget import InflightBudget
 from fulabd.catalog import Catalog, StoreSource
@@ -82,9 +82,6 @@ def check_root(root: str):
     except OSError as e:
         raise usage.UsageError(f"cannot use --root {root}: cannot create files in {existing} ({e.strerror or e}); "
                                "give a folder this user can write to, or fix its permissions") from None
-
-
-SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the interpreter lock while another waits
 
 
 class Options(usage.Options):
@@ -245,11 +242,7 @@ def makeService(config, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
     started = reactor.seconds()
-    # The daemon's threads (the store's start-up load, summaries read from files, searches) hold the interpreter
-    # lock while they parse; the reactor, which gives it up at every system call, then waits up to a switch
-    # interval to get it back: keep that wait short (a 2 ms sleep plus 5 socket round trips beside a busy thread
-    # overran by p99 89 ms at Python's default 5 ms, and by 5.9 ms at 0.5 ms).
-    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+    interpreter.tune()
     parent = service.MultiService()
     warn_without_acceleration()
     if config["tokens"] is not None and tokens.readable_by_others(config["token-file"]):

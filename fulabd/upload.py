@@ -139,8 +139,7 @@ class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
             return defer.succeed(messages.pong(self.factory.clock.seconds()))
         if isinstance(message, messages.Resume):
             self._session_id = message.session_id
-            return self._owned(message.session_id).addCallback(lambda _: self.factory.store.resume(
-                message.session_id)).addCallback(
+            return self._owned(message.session_id, lambda: self.factory.store.resume(message.session_id)).addCallback(
                 lambda count: messages.ack(message.session_id, count, 0, False) | {"resume": True})
         session_id = message.session_id or self._session_id
         if session_id is None:
@@ -150,12 +149,10 @@ class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
             self._session_id = session_id
         store = self.factory.store
         if isinstance(message, messages.Par):
-            return self._owned(session_id).addCallback(
-                lambda _: store.add_par(session_id, message.par, author=self.uploader)).addCallback(
-                self._par_added, session_id)
-        return self._owned(session_id).addCallback(
-            lambda _: store.append(session_id, message.seq, message.lines, message.meta)).addCallback(
-            self._appended, session_id)
+            return self._owned(session_id, lambda: store.add_par(session_id, message.par, author=self.uploader)
+                               ).addCallback(self._par_added, session_id)
+        return self._owned(session_id, lambda: store.append(session_id, message.seq, message.lines, message.meta)
+                           ).addCallback(self._appended, session_id)
 
     def _appended(self, result, session_id: str) -> dict:
         self._attach(session_id)
@@ -179,16 +176,19 @@ class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
             self._log.info("upload of session {session_id} from {peer} started", session_id=session_id,
                            peer=self._peer)
 
-    def _owned(self, session_id: str) -> defer.Deferred:
-        """Fires when this connection may send to the session, else fails `forbidden`.
+    def _owned(self, session_id: str, then) -> defer.Deferred:
+        """`then()`'s Deferred, once this connection may send to the session; else `forbidden`.
 
         A session the store does not know may just not be loaded yet (at start-up): then the check waits
         for the load, as the store's own calls do (`resume` of an unknown session waits for nothing else),
-        so messages keep their order."""
+        so messages keep their order.  Otherwise the check is made at once, with no Deferred of its own (this
+        runs for every message; `_handle`'s caller turns what it raises into the reply)."""
         store = self.factory.store
         if store.get(session_id) is not None or store.problem() is None:
-            return defer.maybeDeferred(self._check_owner, session_id)
-        return store.resume(session_id).addCallback(lambda _: self._check_owner(session_id))
+            self._check_owner(session_id)
+            return then()
+        return store.resume(session_id).addCallback(lambda _: self._check_owner(session_id)).addCallback(
+            lambda _: then())
 
     def _check_owner(self, session_id: str):
         """A session belongs to the token that created it: others may not add to it (or learn its count),

@@ -1,16 +1,18 @@
 """
-Sessions' syncs run side by side on the store's own thread pool, so that the
+Sessions' syncs run side by side on the store's own threads, so that the
 file system can fold them into one journal commit (with 50 live sessions,
 syncing them one after another cost 100-600 ms here), and so that no
 session's sync queues behind the others'.
 """
 
 import os
+import queue
 import threading
 
 from twisted.internet import task
 
 from fulabd.store import SessionStore
+from fulabd.store.commit import SyncThreads
 
 
 def test_every_sessions_sync_is_in_progress_at_the_same_time(tmp_path, monkeypatch):
@@ -31,10 +33,48 @@ def test_every_sessions_sync_is_in_progress_at_the_same_time(tmp_path, monkeypat
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     store = SessionStore(str(tmp_path), clock=task.Clock())
     store.load()
-    store.start_syncs()
     try:
         for number in range(sessions):
             store.append(f"s{number}", 0, [b"line"])
         assert all_synced.wait(30), f"only {len(synced)} of {sessions} syncs got past the barrier"
     finally:
         store.stop_syncs()
+
+
+class ThreadReactor:
+    """What `SyncThreads` needs of a reactor: `callFromThread`, whose calls the test runs in its own thread."""
+
+    def __init__(self):
+        self.calls: queue.Queue = queue.Queue()
+
+    def callFromThread(self, function, *args):
+        self.calls.put((function, args))
+
+    def run_next(self):
+        function, args = self.calls.get(timeout=30)
+        function(*args)
+
+
+def test_sync_threads_deliver_results_and_errors_in_the_reactor_thread_together(tmp_path):
+    reactor, release = ThreadReactor(), threading.Event()
+    threads = SyncThreads(reactor, most=2)
+    in_reactor = threading.get_ident()
+
+    def job(value):
+        release.wait(30)
+        if value == "fails":
+            raise OSError(5, "Input/output error")
+        return value, threading.get_ident()
+
+    results, errors = [], []
+    for value in ("a", "b", "fails"):
+        threads.run(job, value).addCallbacks(results.append, errors.append)
+    assert len(threads._threads) == 2  # as many as the jobs in progress, up to `most`
+    release.set()
+    while len(results) + len(errors) < 3:
+        reactor.run_next()
+    assert sorted(value for value, _ in results) == ["a", "b"]
+    assert all(thread != in_reactor for _, thread in results)
+    assert [error.value.strerror for error in errors] == ["Input/output error"]
+    threads.stop()
+    assert not threads._threads

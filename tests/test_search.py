@@ -300,6 +300,12 @@ def index_worker_pid(daemon) -> int:
     return pid
 
 
+def test_the_index_worker_runs_only_on_idle_cpu(daemon, stored):
+    """Indexing may lag under load, but never takes the CPU from the daemon's acks."""
+    assert os.sched_getscheduler(index_worker_pid(daemon)) == os.SCHED_IDLE
+    assert os.sched_getscheduler(daemon.process.pid) == os.SCHED_OTHER
+
+
 def test_an_index_worker_that_dies_is_started_again_and_catches_up(daemon, stored):
     os.kill(index_worker_pid(daemon), signal.SIGKILL)
     daemon.wait_for_log(r"the index worker stopped .*started again in")

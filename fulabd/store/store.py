@@ -21,12 +21,11 @@ import os
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
-from twisted.python.threadpool import ThreadPool
 from twisted.logger import Logger
 
 from fulabd.messages import CONFLICT, GAP, STORAGE_FAILED, STORAGE_FULL, UNKNOWN_SESSION, ProtocolError, now_iso
 from fulabd.par_schema import MAX_PARS_PER_SESSION, bad, checked_par
-from fulabd.store.commit import SYNC_THREADS, CommitJob
+from fulabd.store.commit import CommitJob, SyncThreads
 from fulabd.store.committing import SessionSyncs
 from fulabd.store.files import DEFAULT_MAX_OPEN_FILES, OpenFiles
 from fulabd.store.index import ChangeIndex
@@ -50,7 +49,7 @@ class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Servic
         """`observe_fsync(seconds)` is told how long each fdatasync took (for metrics).
 
         `run_in_thread(function, *args)` runs the store's thread jobs (the start-up load, meta rewrites and,
-        when given, the syncs too); by default the syncs run on a pool of their own of `SYNC_THREADS`.
+        when given, the syncs too); by default the syncs run on threads of their own (`SyncThreads`).
         """
         from twisted.internet import reactor
 
@@ -61,9 +60,8 @@ class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Servic
         self.min_free_bytes = min_free_bytes
         self.observe_fsync = observe_fsync
         self._run_in_thread = run_in_thread or threads.deferToThread
-        self._sync_pool = None if run_in_thread else ThreadPool(0, SYNC_THREADS, "fulabd-sync")
-        self._run_sync = run_in_thread or (
-            lambda function, *args: threads.deferToThreadPool(reactor, self._sync_pool, function, *args))
+        self._sync_threads = None if run_in_thread else SyncThreads(reactor)
+        self._run_sync = run_in_thread or self._sync_threads.run
         self._files = OpenFiles(self._root, self.clock, max_open_files)
         self._sessions: dict[str, Session] = {}
         self.index = ChangeIndex()
@@ -85,7 +83,6 @@ class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Servic
         what is asked of the store waits until the load is done."""
         super().startService()
         self._root.open_folder()
-        self.start_syncs()
         self._loading = Loaded()
         self._load_waiters = []
         self._run_in_thread(load_root, self._root, self.clock.seconds(), self._loading).addBoth(self._loaded)
@@ -140,15 +137,10 @@ class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Servic
         self._root.close_folder()
         yield super().stopService()
 
-    def start_syncs(self):
-        """Start the sync threads (done by `startService`)."""
-        if self._sync_pool is not None:
-            self._sync_pool.start()
-
     def stop_syncs(self):
         """Wait for the syncs in progress and stop their threads (done by `stopService`)."""
-        if self._sync_pool is not None:
-            self._sync_pool.stop()
+        if self._sync_threads is not None:
+            self._sync_threads.stop()
 
     def load(self):
         """Read what is on disk: cut torn tails, count lines where the meta does not say, read sidecars."""
