@@ -20,6 +20,8 @@ RESET_AFTER = 10.0
 class ClosesGracefully:
     """Mixed into a `WebSocketServerProtocol`: its closing-handshake timeout ends the TCP with a FIN."""
 
+    _reset_call = None
+
     def onCloseHandshakeTimeout(self):
         self.closeHandshakeTimeoutCall = None
         if self.state == WebSocketProtocol.STATE_CLOSED:
@@ -28,5 +30,9 @@ class ClosesGracefully:
         self.wasNotCleanReason = "the peer did not answer the close frame in time"
         self.wasCloseHandshakeTimeout = True
         self.dropConnection(abort=False)
-        transport = self.transport
-        txaio.call_later(RESET_AFTER, lambda: transport.connected and transport.abortConnection())
+        self._reset_call = txaio.call_later(RESET_AFTER, self.transport.abortConnection)
+
+    def connectionLost(self, reason):
+        if self._reset_call is not None and self._reset_call.active():
+            self._reset_call.cancel()
+        super().connectionLost(reason)

@@ -64,11 +64,26 @@ class Commits:
 class Transport(iosim.FakeTransport):
     """An in-memory transport with a socket's backpressure: its streaming producer is paused while more
     than `buffer_size` bytes wait for the peer (as Twisted's TCP transport does), and resumed once they
-    are read.  A peer that stops `reading` leaves them waiting."""
+    are read.  A peer that stops `reading` leaves them waiting, and a close (a FIN) waits behind them."""
 
     buffer_size = 64 * 1024
     reading = True
     producer_paused = False
+    aborted = False
+    closing = False  # closed by the server while bytes wait for a peer that does not read
+
+    def loseConnection(self):
+        """As TCP's FIN, the end follows the bytes buffered: a peer that does not read them does not see it."""
+        if self.reading or not self.stream:
+            super().loseConnection()
+        else:
+            self.closing = True
+
+    def abortConnection(self):
+        """At once, whatever is buffered (iosim's own waits for it, as for a close)."""
+        self.aborted = True
+        self.stream = []
+        super().abortConnection()
 
     def write(self, data):
         super().write(data)
@@ -81,6 +96,9 @@ class Transport(iosim.FakeTransport):
         if not self.reading:
             return None
         data = super().getOutBuffer()
+        if self.closing:
+            self.closing = False
+            super().loseConnection()
         if self.producer_paused:
             self.producer_paused = False
             self.producer.resumeProducing()
@@ -179,21 +197,23 @@ class Lab:
         self._previous_loop = txaio.config.loop
         txaio.config.loop = self.clock  # Autobahn's own timers (handshake, close, pings) run on the clock too
 
-    def connect(self, factory):
-        """A client protocol from `factory`, connected to the site (the handshake is done once `flush()`ed)."""
+    def connect(self, factory, reading: bool = True):
+        """A client protocol from `factory`, connected to the site (the handshake is done once `flush()`ed);
+        one not `reading` reads nothing the server sends, its handshake answer included."""
         server = self.site.buildProtocol(CLIENT_ADDRESS)
         client = factory.buildProtocol(SERVER_ADDRESS)
-        pump = iosim.connect(server, Transport(server, True, SERVER_ADDRESS, CLIENT_ADDRESS),
-                             client, Transport(client, False, CLIENT_ADDRESS, SERVER_ADDRESS),
+        server_transport = Transport(server, True, SERVER_ADDRESS, CLIENT_ADDRESS)
+        server_transport.reading = reading
+        pump = iosim.connect(server, server_transport, client, Transport(client, False, CLIENT_ADDRESS, SERVER_ADDRESS),
                              greet=False, clock=self.clock)
         self.pumps.append(pump)
         self.flush()
         return client
 
     def client(self, path: str = "/fulab/lab/upload/ws", stall_after: int | None = None,
-               headers: dict | None = None) -> Client:
+               headers: dict | None = None, reading: bool = True) -> Client:
         """A WebSocket client of `path` (with its query), open, that sent `headers` in its handshake.  With
-        `stall_after`, it stops reading after that many messages (until `unstall`)."""
+        `stall_after`, it stops reading after that many messages (until `unstall`); not `reading`, at once."""
         factory = WebSocketClientFactory(f"ws://127.0.0.1:5056{path}", headers=headers, reactor=self.clock)
 
         def build():
@@ -202,7 +222,7 @@ class Lab:
             return client
 
         factory.protocol = build
-        return self.connect(factory)
+        return self.connect(factory, reading)
 
     def _server_transport(self, client) -> Transport:
         return next(pump.serverIO for pump in self.pumps if pump.client is client)

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.logger import capturedLogs, formatEvent
 
+from fulabd import closing
 from tests.fixtures import sample_files, sample_lines
 from tests.memory import Commits, Lab
 from tests.test_bad_input import check_reply, payloads
@@ -277,3 +278,17 @@ def test_random_messages_each_get_one_documented_reply_in_order(lab, batch):
         check_reply(reply, payload)
     client.sendClose(1000)
     lab.flush()
+
+
+def test_a_refused_peer_that_reads_nothing_is_ended_gently_then_reset(lab):
+    """Once the close handshake times out, the connection is ended with a FIN (so a slow reader still finds the
+    close frame and its code), and reset only RESET_AFTER seconds later if even that cannot be delivered (so a
+    peer that never reads cannot hold on to it)."""
+    client = lab.client(headers={"Origin": "http://evil.example"}, reading=False)
+    server = lab._server_transport(client)
+    lab.clock.advance(1.0)  # Autobahn's close handshake timeout
+    lab.flush()
+    assert server.closing and not server.aborted  # the FIN waits behind the unread close frame
+    lab.clock.advance(closing.RESET_AFTER)
+    lab.flush()
+    assert server.aborted and server.disconnected
