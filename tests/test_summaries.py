@@ -137,7 +137,7 @@ def test_lines_that_arrive_while_the_file_is_read_are_folded_in_once(tmp_path):
     summaries.lines_appended(session, 20, lines[20:])
     summaries.clock.advance(0)
     (function, args), = pending
-    deferred.callback(function(*args[:2], 10))  # the read covers the 10 lines that were there when it began
+    deferred.callback(function(*args))  # the file has grown: only the 10 lines there when it began are read
     assert summaries.get(session.session_id) == caught_up(StoredFile(path)).get(session.session_id)
 
 

@@ -5,9 +5,12 @@ A hub listener: each durable line is folded into its session's summary in the
 reactor (a few dictionary updates per line), a turn after the hub hands it
 over, so that summaries never delay an ack.  A session seen for the first
 time with lines already on disk (at start-up, a local file, a daemon restart)
-is caught up from its file in a thread, one session at a time, so that a
-100 MB session never holds the reactor and start-up is not delayed; lines that
-arrive meanwhile wait and are folded in after it.
+is caught up from its file, one session at a time: a thread reads it a slice at
+a time and each slice is folded in the reactor, a slice per turn, so that a
+100 MB session takes turns with the acks instead of holding the interpreter
+lock against them from a thread (which, while a 300 MB store was caught up,
+made a live upload's ack p99 2.4 times longer); lines that arrive meanwhile
+wait and are folded in after it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from fulabd.formats.common import TOKEN_KINDS
 from fulabd.summaries.accumulator import Accumulator
 
 LIVE_SECONDS = 60.0  # a session is "live" while it got a line this recently
-SLICE_BYTES = 4 << 20  # of arrived lines folded in per reactor turn
+SLICE_BYTES = 256 << 10  # of lines folded in per reactor turn (about 3 ms), arrived or read from a file
 LISTED_LEAVES_OUT = ("files-touched",)  # long lists stay on /sessions/<id>
 
 
@@ -33,18 +36,11 @@ def agent_of(session) -> formats.AgentFormat | None:
     return formats.BY_NAME.get(source) if isinstance(source, str) else None
 
 
-def summarize_file(path: str, agent, lines: int) -> Accumulator:
-    """In a thread: the first `lines` lines of a stored session file, folded."""
-    accumulator = Accumulator(agent)
+def read_slice(path: str, offset: int, size: int) -> bytes:
+    """In a thread: `size` bytes of a session file from `offset`."""
     with open(path, "rb") as f:
-        if agent is None:
-            accumulator.agent = formats.detect(PurePath(path), formats.head_lines(f.read(formats.HEAD_BYTES)))
-            f.seek(0)
-        for raw in f:
-            if accumulator.lines >= lines or not raw.endswith(b"\n"):
-                break
-            accumulator.add(raw[:-1])
-    return accumulator
+        f.seek(offset)
+        return f.read(size)
 
 
 class _Tracked:
@@ -222,8 +218,28 @@ class Summaries(service.Service):
         self._catching_up = True
         self._read += 1
         session = tracked.session
-        self._run_in_thread(summarize_file, session.path, agent_of(session), session.count).addBoth(
+        self._read_on(tracked, session, Accumulator(agent_of(session)), session.count, 0, b"")
+
+    def _read_on(self, tracked: _Tracked, session, accumulator: Accumulator, lines: int, offset: int,
+                 rest: bytes) -> None:
+        """Catch up with the file's first `lines` lines from `offset` (`rest`: a line begun before it)."""
+        size = max(SLICE_BYTES, formats.HEAD_BYTES) if offset == 0 else SLICE_BYTES
+        self._run_in_thread(read_slice, session.path, offset, size).addCallback(
+            self._fold_slice, tracked, session, accumulator, lines, offset, rest).addErrback(
             self._caught_up, tracked, session)
+
+    def _fold_slice(self, data: bytes, tracked: _Tracked, session, accumulator: Accumulator, lines: int,
+                    offset: int, rest: bytes) -> None:
+        if accumulator.agent is None and offset == 0:
+            accumulator.agent = formats.detect(PurePath(session.path), formats.head_lines(data))
+        complete = (rest + data).split(b"\n")
+        rest = complete.pop()  # a line not ended yet (if the file ends there, not a line yet)
+        for raw in complete[:max(0, lines - accumulator.lines)]:
+            accumulator.add(raw)
+        if not data or accumulator.lines >= lines:
+            self._caught_up(accumulator, tracked, session)
+        else:
+            self.clock.callLater(0, self._read_on, tracked, session, accumulator, lines, offset + len(data), rest)
 
     def _caught_up(self, result, tracked: _Tracked, session) -> None:
         self._catching_up = False
