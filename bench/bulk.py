@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def run(work: Path, quick: bool) -> list[Row]:
         return seconds
 
     def measured(name: str, upload) -> float:
+        shutil.rmtree(work / name, ignore_errors=True)  # a round on the last round's store would be a mere resume
         daemon = start_daemon(work / name)
         try:
             started = time.perf_counter()
