@@ -281,7 +281,7 @@ class Worker:
 def yield_to_the_daemon() -> None:
     """Run only when the machine has nothing else to do: indexing may lag, but never slows an ack.
 
-    On Linux the worker is `SCHED_IDLE` (which also puts its own disk reads and syncs in the idle I/O class,
+    On Linux the worker is `SCHED_IDLE` (which also puts the disk requests it makes itself in the idle I/O class,
     for schedulers that have classes); elsewhere, `nice` 19.  At `nice` 10 it still took about a tenth of the
     daemon's core under load, and scenario 2 of the benchmark lost 18 % of its lines/s to it."""
     try:
