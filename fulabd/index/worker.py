@@ -283,7 +283,7 @@ def yield_to_the_daemon() -> None:
 
     On Linux the worker is `SCHED_IDLE` (which also puts the disk requests it makes itself in the idle I/O class,
     for schedulers that have classes); elsewhere, `nice` 19.  At `nice` 10 it still took about a tenth of the
-    daemon's core under load, and scenario 2 of the benchmark lost 18 % of its lines/s to it."""
+    daemon's core under load (in one pair of runs of scenario 2's load, 18 % fewer lines/s with it than without)."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
