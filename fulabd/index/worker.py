@@ -279,7 +279,7 @@ class Worker:
 
 
 def yield_to_the_daemon() -> None:
-    """Run only when the machine has nothing else to do: indexing may lag, but never slows an ack.
+    """Run only on CPU the daemon leaves: indexing may lag, but takes no CPU from an ack (it still shares the disk).
 
     On Linux the worker is `SCHED_IDLE` (which also puts the disk requests it makes itself in the idle I/O class,
     for schedulers that have classes); elsewhere, `nice` 19.  At `nice` 10 it still took about a tenth of the
