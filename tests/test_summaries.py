@@ -19,7 +19,7 @@ from twisted.internet import defer, task
 
 from fulabd import events, formats
 from fulabd.prices import BadPrices, PriceTable
-from fulabd.summaries import Summaries
+from fulabd.summaries import Summaries, service
 from fulabd.summaries.accumulator import Accumulator
 from fulabd.uploader.identity import identify
 from tests.fixtures import sample_files
@@ -288,3 +288,11 @@ def test_a_rewritten_local_file_is_read_again(tmp_path):
     folder.listed = [StoredFile(path)]
     assert summaries.of(folder.listed[0])["title"] == "[REDACTED_PROMPT]"  # as the listing asks
     assert summaries.get(folder.listed[0].session_id)["title"] == "[REDACTED_PROMPT]"
+
+
+@pytest.mark.parametrize("path", sample_files(), ids=lambda path: path.name[:40])
+def test_catching_up_in_slices_smaller_than_a_line_gives_the_same_summary(path, monkeypatch):
+    session = StoredFile(path)
+    whole = caught_up(session).get(session.session_id)
+    monkeypatch.setattr(service, "SLICE_BYTES", 64)  # most lines span several slices
+    assert caught_up(StoredFile(path)).get(session.session_id) == whole

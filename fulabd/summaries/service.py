@@ -223,7 +223,9 @@ class Summaries(service.Service):
     def _read_on(self, tracked: _Tracked, session, accumulator: Accumulator, lines: int, offset: int,
                  rest: bytes) -> None:
         """Catch up with the file's first `lines` lines from `offset` (`rest`: a line begun before it)."""
-        size = max(SLICE_BYTES, formats.HEAD_BYTES) if offset == 0 else SLICE_BYTES
+        # A line longer than a slice: read as much again as is pending, so joining its pieces stays linear.
+        # The first slice of a file of an unknown agent is what `formats.detect` needs to tell whose it is.
+        size = max(SLICE_BYTES, len(rest), formats.HEAD_BYTES if offset == 0 and accumulator.agent is None else 0)
         self._run_in_thread(read_slice, session.path, offset, size).addCallback(
             self._fold_slice, tracked, session, accumulator, lines, offset, rest).addErrback(
             self._caught_up, tracked, session)
