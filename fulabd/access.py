@@ -212,7 +212,7 @@ class Gate:
         if not self.is_probe(self.handshake_principal(request)):
             self.admitted += 1
             self.websockets_open += 1
-            protocol.is_closed.addBoth(self._closed)
+            protocol.lost.addBoth(self._closed)
         return address
 
     def _closed(self, result):

@@ -146,9 +146,9 @@ class GatedChannel(http.HTTPChannel):
             self._wait_for_head()
 
     def upgraded(self, transport):
-        """The socket now belongs to a WebSocket protocol: release the count when that one closes."""
+        """The socket now belongs to a WebSocket protocol: release the count once its connection is gone."""
         protocol = transport.wrappedProtocol if isinstance(transport, ProtocolWrapper) else transport.protocol
-        protocol.is_closed.addBoth(self._released)
+        protocol.lost.addBoth(self._released)
 
     def _released(self, result):
         self.site.released(self)

@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import txaio
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import defer
 
 RESET_AFTER = 10.0
 
 
 class ClosesGracefully:
-    """Mixed into a `WebSocketServerProtocol`: its closing-handshake timeout ends the TCP with a FIN."""
+    """Mixed into a `WebSocketServerProtocol`: its closing-handshake timeout ends the TCP with a FIN.
+
+    `lost` fires once the TCP connection is gone.  Autobahn's `is_closed` fires earlier, as soon as it lets
+    go of the connection, while a FIN may still wait behind unread bytes: what counts open connections
+    against the caps waits for `lost`."""
 
     _reset_call = None
+
+    def connectionMade(self):
+        self.lost = defer.Deferred()
+        super().connectionMade()
 
     def onCloseHandshakeTimeout(self):
         self.closeHandshakeTimeoutCall = None
@@ -29,10 +38,11 @@ class ClosesGracefully:
         self.wasClean = False
         self.wasNotCleanReason = "the peer did not answer the close frame in time"
         self.wasCloseHandshakeTimeout = True
-        self.dropConnection(abort=False)
         self._reset_call = txaio.call_later(RESET_AFTER, self.transport.abortConnection)
+        self.dropConnection(abort=False)  # after the reset is armed: this may end the connection at once
 
     def connectionLost(self, reason):
         if self._reset_call is not None and self._reset_call.active():
             self._reset_call.cancel()
         super().connectionLost(reason)
+        self.lost.callback(None)

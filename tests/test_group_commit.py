@@ -78,3 +78,13 @@ def test_sync_threads_deliver_results_and_errors_in_the_reactor_thread_together(
     assert [error.value.strerror for error in errors] == ["Input/output error"]
     threads.stop()
     assert not threads._threads
+
+
+def test_a_sync_that_gets_no_thread_fails_instead_of_waiting_for_ever(monkeypatch):
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    failed = []
+    SyncThreads(ThreadReactor()).run(os.fdatasync, 0).addErrback(failed.append)
+    assert [failure.getErrorMessage() for failure in failed] == ["can't start new thread"]

@@ -292,3 +292,24 @@ def test_a_refused_peer_that_reads_nothing_is_ended_gently_then_reset(lab):
     lab.clock.advance(closing.RESET_AFTER)
     lab.flush()
     assert server.aborted and server.disconnected
+
+
+def test_a_connection_counts_against_the_caps_until_its_socket_is_gone(tmp_path):
+    """A peer that reads nothing keeps its socket until the FIN gets through, and the socket counts until then,
+    not just until Autobahn lets go of it (else one address could hold sockets past its cap)."""
+    lab = Lab(tmp_path / "remote", max_message_size=1000)
+    try:
+        client = lab.client()
+        assert sum(lab.gate.limits.open.values()) == 1 and lab.gate.websockets_open == 1
+        lab.stall(client)
+        client.send({"type": "init", "session-id": "s", "events": ["x" * 5000]})  # too large: the server closes
+        lab.flush()
+        lab.clock.advance(1.0)  # the close handshake times out; the FIN waits behind the unread refusal
+        lab.flush()
+        assert lab._server_transport(client).closing
+        assert sum(lab.gate.limits.open.values()) == 1 and lab.gate.websockets_open == 1
+        lab.unstall(client)
+        assert client.close_code == 1009
+        assert not lab.gate.limits.open and lab.gate.websockets_open == 0
+    finally:
+        lab.close()

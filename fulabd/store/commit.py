@@ -89,12 +89,17 @@ class SyncThreads:
 
     def run(self, function, *args) -> defer.Deferred:
         """`function(*args)` in a sync thread; the Deferred fires with its result in the reactor thread."""
+        if self._outstanding + 1 > len(self._threads) < self._most:
+            thread = threading.Thread(target=self._work, name=f"fulabd-sync-{len(self._threads)}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as e:  # no thread to be had: the job waits for the others, if there are any
+                if not self._threads:
+                    return defer.fail(e)
+            else:
+                self._threads.append(thread)
         done = defer.Deferred()
         self._outstanding += 1
-        if self._outstanding > len(self._threads) < self._most:
-            thread = threading.Thread(target=self._work, name=f"fulabd-sync-{len(self._threads)}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
         self._jobs.put((done, function, args))
         return done
 

@@ -115,11 +115,7 @@ class Summaries(service.Service):
             if tracked.accumulator is None:
                 tracked.waiting.append((first, lines[:taken]))
                 continue
-            try:
-                self._fold(tracked, first, lines[:taken])
-            except Exception:
-                self._log.failure("could not summarize lines {first}+ of {path}; its summary may miss them",
-                                  first=first, path=tracked.session.path)
+            self._fold_or_log(tracked, first, lines[:taken])
         if self._backlog:
             self._draining = self.clock.callLater(0, self._drain)
 
@@ -179,6 +175,14 @@ class Summaries(service.Service):
         parent = session.meta.get("parent-session-id")
         if isinstance(parent, str):
             self._children.setdefault(parent, set()).add(session.path)
+
+    def _fold_or_log(self, tracked: _Tracked, first: int, lines: list[bytes]) -> None:
+        """Fold in lines; a failure loses only these, and says so."""
+        try:
+            self._fold(tracked, first, lines)
+        except Exception:
+            self._log.failure("could not summarize lines {first}+ of {path}; its summary may miss them",
+                              first=first, path=tracked.session.path)
 
     def _fold(self, tracked: _Tracked, first: int, lines: list[bytes]) -> None:
         accumulator = tracked.accumulator
@@ -252,8 +256,8 @@ class Summaries(service.Service):
                 for first, lines in waiting:
                     if tracked.accumulator is None:  # a gap sent it back to its file: these wait again
                         tracked.waiting.append((first, lines))
-                    else:
-                        self._fold(tracked, first, lines)
+                        continue
+                    self._fold_or_log(tracked, first, lines)
         elif result.check(FileNotFoundError):
             self._forget(tracked)
         else:
