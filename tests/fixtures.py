@@ -533,8 +533,11 @@ class CuttableProxy:
     """A loopback TCP proxy to `port` whose connections can be cut at will: a real network fault.
 
     `cut_after(n)` lets n more client bytes through and then drops every
-    connection, so the cut lands inside a WebSocket frame.  `requests` keeps the
-    first bytes each client sent (its HTTP upgrade request).
+    connection, so the cut lands inside a WebSocket frame.  `reached(n)` is set
+    once n more client bytes went through, and holds the client's bytes there
+    until `go_on()`, so a test kills a process at that byte, however fast the
+    rest would have followed.  `requests` keeps the first bytes each client sent
+    (its HTTP upgrade request).
     """
 
     def __init__(self, port: int):
@@ -549,6 +552,8 @@ class CuttableProxy:
         self._frozen: set = set()
         self._budget: int | None = None
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -602,6 +607,8 @@ class CuttableProxy:
                 break
             for _, event in reached:
                 event.set()
+            if reached:
+                self._flowing.wait()
             if cut:
                 self.cut()
                 break
@@ -620,6 +627,7 @@ class CuttableProxy:
         """An event set once `client_bytes` more client bytes have gone through (to kill something right there)."""
         event = threading.Event()
         with self._lock:
+            self._flowing.clear()
             self._marks.append((self.forwarded + max(1, client_bytes), event))
         return event
 
@@ -643,8 +651,13 @@ class CuttableProxy:
                 except OSError:
                     pass
 
+    def go_on(self):
+        """Let client bytes through again after a `reached` mark."""
+        self._flowing.set()
+
     def close(self):
         self.listener.close()
+        self.go_on()
         self.cut()
 
 

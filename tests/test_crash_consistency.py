@@ -35,8 +35,8 @@ def source(tmp_path_factory):
 
 
 def smallest_stream(path) -> int:
-    """The file packed as fulab-upload packs it (batches of at most 1 MiB, with history), at its highest level."""
-    packer = packed.Packer(history=True, clock=lambda: 0.0)  # a clock that stands still: the level stays put
+    """The file packed as fulab-upload packs it (batches of at most 1 MiB, one stream), at its highest level."""
+    packer = packed.Packer(stream=True, clock=lambda: 0.0)  # a clock that stands still: the level stays put
     packer.level = packed.LEVELS[-1]
     total, batch, size = 0, [], 0
     for line in path.read_bytes().split(b"\n")[:-1]:
@@ -73,6 +73,7 @@ def test_upload_survives_kills_and_cuts_at_random_moments(tmp_path, source, tria
             elif fault == "kill-uploader":
                 uploader.kill()
                 uploader = Uploader(*upload).start()
+            proxy.go_on()
             fired.append((fault, moment))
         assert uploader.wait(300) == 0, "\n".join(uploader.output)
         daemon.stop()
