@@ -24,7 +24,7 @@ from fulabd.tokens import ADMIN, ANYONE
 UNBOUNDED_PACKED = 1 << 30  # what packed lines may inflate to when --max-message-size is 0 (no limit)
 DEFAULT_INFLIGHT_BYTES = 1024 << 20
 BUDGET_LOG_INTERVAL = 60.0
-HISTORY_CONNECTIONS = 64  # upload connections at once that may use zstd-history (2 to 3 MiB of memory each)
+STREAM_CONNECTIONS = 64  # upload connections at once that may use zstd-stream (a 2 MiB window each)
 
 
 class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
@@ -39,7 +39,7 @@ class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
         self._peer = "?"
         self._quiet = False
         self.unpacker: packed.Unpacker | None = None  # set when this connection agreed to packed frames
-        self._history = False  # it holds one of the factory's HISTORY_CONNECTIONS
+        self._streamed = False  # it holds one of the factory's STREAM_CONNECTIONS
         self.held = False
 
     def onConnect(self, request):
@@ -48,10 +48,10 @@ class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
         self.uploader = self.principal.name
         self._quiet = self.uploader == SELF_PROBE  # the listener's self-probe, every few seconds: not logged
         offer = packed.encodings(request.headers.get(packed.HEADER.lower()))
-        self._history = packed.WITH_HISTORY in offer and self.factory.take_history()
-        if self._history or packed.ENCODING in offer:
-            self.unpacker = packed.Unpacker(history=self._history)
-            return None, {packed.HEADER: packed.WITH_HISTORY if self._history else packed.ENCODING}
+        self._streamed = packed.STREAMED in offer and self.factory.take_stream()
+        if self._streamed or packed.ENCODING in offer:
+            self.unpacker = packed.Unpacker(stream=self._streamed)
+            return None, {packed.HEADER: packed.STREAMED if self._streamed else packed.ENCODING}
         return None
 
     def onOpen(self):
@@ -62,9 +62,9 @@ class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self.factory.budget.forget(self)
-        if self._history:
-            self._history = False
-            self.factory.histories -= 1
+        if self._streamed:
+            self._streamed = False
+            self.factory.streams -= 1
         if self not in self.factory.connections:
             return
         self.factory.connections.discard(self)
@@ -122,8 +122,8 @@ class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
             message = self.unpacker.decode(payload, self.maxMessagePayloadSize or UNBOUNDED_PACKED) if isBinary \
                 else messages.parse(payload)
         except ProtocolError as e:
-            if isinstance(e, packed.HistoryLost) and e.code != TOO_LARGE:
-                self._history_lost(e, size)
+            if isinstance(e, packed.StreamLost) and e.code != TOO_LARGE:
+                self._stream_lost(e, size)
             elif e.code == TOO_LARGE:
                 self.factory.budget.release(size)
                 self._max_message_size_exceeded(f"more than {e.extra['limit']}", e.extra["limit"], e.detail)
@@ -243,13 +243,13 @@ class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
                     self.factory.acks += 1
                 self.sendMessage(messages.encode(reply))
 
-    def _history_lost(self, error: ProtocolError, size: int):
-        """A packed frame whose body could not be read leaves this end's history behind the client's: later
-        frames cannot be read either.  Close, saying why in the close reason (an error reply would go out ahead
+    def _stream_lost(self, error: ProtocolError, size: int):
+        """A zstd-stream frame whose body could not be read breaks the stream: later frames cannot be read
+        either.  Close, saying why in the close reason (an error reply would go out ahead
         of the replies still due, and be taken for one of them); the client resumes on a new connection."""
         self.factory.budget.release(size)
         self.factory.errors[error.code] = self.factory.errors.get(error.code, 0) + 1
-        self._log.info("upload connection from {peer}: unreadable zstd-history frame ({detail}); closing",
+        self._log.info("upload connection from {peer}: unreadable zstd-stream frame ({detail}); closing",
                        peer=self._peer, detail=error.detail)
         if self.state == self.STATE_OPEN:
             self._fail_connection(self.CLOSE_STATUS_CODE_INVALID_PAYLOAD,
@@ -286,16 +286,16 @@ class UploadFactory(WebSocketServerFactory):
         self.acks = 0
         self.errors: dict[str, int] = {}
         self._budget_logged_at = float("-inf")
-        self.histories = 0  # connections holding a zstd-history (HISTORY_CONNECTIONS at most)
+        self.streams = 0  # connections holding a zstd-stream (STREAM_CONNECTIONS at most)
         self.setProtocolOptions(maxMessagePayloadSize=max_message_size, maxFramePayloadSize=max_message_size,
                                 failByDrop=False)
 
-    def take_history(self) -> bool:
-        """Whether one more connection may keep a zstd history (2 to 3 MiB of memory each); past
-        HISTORY_CONNECTIONS, connections get frames compressed on their own, which hold nothing between frames."""
-        if self.histories >= HISTORY_CONNECTIONS:
+    def take_stream(self) -> bool:
+        """Whether one more connection may keep a zstd stream (a 2 MiB window each); past STREAM_CONNECTIONS,
+        connections get frames compressed on their own, which hold nothing between frames."""
+        if self.streams >= STREAM_CONNECTIONS:
             return False
-        self.histories += 1
+        self.streams += 1
         return True
 
     def budget_full(self):

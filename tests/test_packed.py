@@ -30,22 +30,6 @@ def test_an_init_keeps_its_metadata():
                                                                         [b"{}"])
 
 
-def test_a_compression_bomb_is_refused_without_inflating_it():
-    limit = 1 << 20
-    bomb = orjson.dumps({"type": "events", "session-id": "s", "seq": 0}) + b"\n" + \
-        zstandard.ZstdCompressor(level=19).compress(b"\n" * (256 << 20))
-    assert len(bomb) < 64 << 10
-    tracemalloc.start()
-    try:
-        with pytest.raises(ProtocolError) as refused:
-            packed.Unpacker().decode(bomb, limit)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert refused.value.code == TOO_LARGE and refused.value.extra["limit"] == limit
-    assert peak < 4 * limit, f"decoding the bomb allocated {peak >> 20} MiB"
-
-
 @pytest.mark.parametrize("payload, code", [
     (b'{"type":"events","session-id":"s","seq":0}', BAD_MESSAGE),
     (b'{"type":"events","session-id":"s","seq":0}\nnot zstd', BAD_MESSAGE),
@@ -61,7 +45,7 @@ def test_malformed_frames_get_a_documented_error(payload, code):
 
 
 def test_the_header_value_is_a_list():
-    assert packed.encodings("gzip, ZSTD-history , zstd") == ["gzip", "zstd-history", "zstd"]
+    assert packed.encodings("gzip, ZSTD-stream , zstd") == ["gzip", "zstd-stream", "zstd"]
     assert packed.encodings(None) == [] and packed.encodings(" , ") == []
 
 
@@ -72,9 +56,9 @@ def test_the_daemon_agrees_only_when_asked(daemon):
         asking.send(packed.Packer().encode({"type": "init", "session-id": "p"}, [b'{"n":0}', b'{"n":1}']))
         assert orjson.loads(asking.recv(30)) == {"type": "ack", "session-id": "p", "count": 2, "appended": 2,
                                                  "dedup": False}
-    with connect(daemon.url + UPLOAD, additional_headers={packed.HEADER: "zstd-history, zstd"}) as newer:
-        assert newer.response.headers.get(packed.HEADER) == "zstd-history"
-        packer = packed.Packer(history=True)
+    with connect(daemon.url + UPLOAD, additional_headers={packed.HEADER: "zstd-stream, zstd"}) as newer:
+        assert newer.response.headers.get(packed.HEADER) == "zstd-stream"
+        packer = packed.Packer(stream=True)
         for seq in (2, 3):
             newer.send(packer.encode({"type": "events", "session-id": "p", "seq": seq}, [b'{"n":%d}' % seq]))
             assert orjson.loads(newer.recv(30))["count"] == seq + 1
@@ -120,7 +104,7 @@ def test_the_uploader_stores_every_sample_byte_identical(daemon, tmp_path, compr
         assert any(copy.read_bytes() == path.read_bytes() for copy in daemon.root.glob("*.jsonl")), path.name
 
 
-# -- zstd-history: each frame compressed with the connection's frames before it ------------
+# -- zstd-stream: a connection's frames are the pieces of one zstd stream ------------
 
 
 def batches() -> list[list[bytes]]:
@@ -128,42 +112,72 @@ def batches() -> list[list[bytes]]:
     return [lines[start:start + 40] for start in range(0, len(lines), 40)]
 
 
-def test_with_history_frames_round_trip_in_order_and_are_smaller():
-    with_history, alone = packed.Packer(history=True), packed.Packer()
-    unpacker = packed.Unpacker(history=True)
-    sizes = {"history": 0, "alone": 0}
+def test_stream_frames_round_trip_in_order_and_are_smaller():
+    streamed, alone = packed.Packer(stream=True), packed.Packer()
+    unpacker = packed.Unpacker(stream=True)
+    sizes = {"stream": 0, "alone": 0}
     for seq, lines in enumerate(batches()):
         header = {"type": "events", "session-id": "s", "seq": seq}
-        payload = with_history.encode(header, lines)
+        payload = streamed.encode(header, lines)
         assert unpacker.decode(payload, 1 << 30).lines == lines
-        sizes["history"] += len(payload)
+        sizes["stream"] += len(payload)
         sizes["alone"] += len(alone.encode(header, lines))
-    assert sizes["history"] < 0.9 * sizes["alone"], sizes
+    assert sizes["stream"] < 0.9 * sizes["alone"], sizes
 
 
-def test_with_history_a_bad_header_is_an_ordinary_error_and_the_histories_stay_together():
-    packer, unpacker = packed.Packer(history=True), packed.Unpacker(history=True)
+def test_a_stream_survives_a_change_of_level():
+    """A new level ends the stream's zstd frame (with its checksum) and starts the next in the same piece."""
+    packer, unpacker = packed.Packer(stream=True, clock=lambda: 0.0), packed.Unpacker(stream=True)
+    for seq, (level, lines) in enumerate(zip([3, 9, 9, 6, 3] * 20, batches())):
+        packer.level = level
+        assert unpacker.decode(packer.encode({"type": "events", "session-id": "s", "seq": seq}, lines),
+                               1 << 30).lines == lines
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["alone", "stream"])
+def test_a_compression_bomb_is_refused_without_inflating_it(stream):
+    limit = 1 << 20
+    compressor = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
+        19, window_log=packed.STREAM_WINDOW_LOG)).compressobj()
+    body = compressor.compress(b"\n" * (256 << 20)) + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    bomb = orjson.dumps({"type": "events", "session-id": "s", "seq": 0}) + b"\n" + body
+    assert len(bomb) < 64 << 10
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError) as refused:
+            packed.Unpacker(stream=stream).decode(bomb, limit)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused.value.code == TOO_LARGE and refused.value.extra["limit"] == limit
+    assert peak < 4 * limit, f"decoding the bomb allocated {peak >> 20} MiB"
+
+
+def test_in_a_stream_a_bad_header_is_an_ordinary_error_and_the_stream_goes_on():
+    packer, unpacker = packed.Packer(stream=True), packed.Unpacker(stream=True)
     lines = [line for batch in batches() for line in batch]
     with pytest.raises(ProtocolError) as refused:
         unpacker.decode(packer.encode({"type": "par", "session-id": "s"}, lines), 1 << 30)
-    assert refused.value.code == UNKNOWN_TYPE and not isinstance(refused.value, packed.HistoryLost)
+    assert refused.value.code == UNKNOWN_TYPE and not isinstance(refused.value, packed.StreamLost)
     later = packer.encode({"type": "events", "session-id": "s", "seq": 0}, lines[:50])
     assert unpacker.decode(later, 1 << 30).lines == lines[:50]
 
 
-def test_a_history_frame_without_a_checksum_is_refused():
-    body = zstandard.ZstdCompressor(write_checksum=False).compress(b'{"n":0}\n')
-    with pytest.raises(packed.HistoryLost):
-        packed.Unpacker(history=True).decode(b'{"type":"events","session-id":"s","seq":0}\n' + body, 1 << 20)
+def test_a_stream_frame_over_the_window_is_refused():
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=packed.STREAM_WINDOW_LOG + 1)
+    compressor = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    body = compressor.compress(b'{"n":0}\n') + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    with pytest.raises(packed.StreamLost) as refused:
+        packed.Unpacker(stream=True).decode(b'{"type":"events","session-id":"s","seq":0}\n' + body, 1 << 20)
+    assert refused.value.code == BAD_MESSAGE
 
 
-def test_a_frame_read_against_another_history_is_refused_not_misread():
-    packer = packed.Packer(history=True)
+def test_a_piece_read_out_of_its_stream_is_refused_not_misread():
+    packer = packed.Packer(stream=True)
     first = [line for batch in batches() for line in batch]
-    assert sum(map(len, first)) > packed.REFRESH_BYTES  # so the next frame refers to it
     packer.encode({"type": "events", "session-id": "s", "seq": 0}, first)
     payload = packer.encode({"type": "events", "session-id": "s", "seq": 1}, first[:200])
-    for unpacker in (packed.Unpacker(history=True), packed.Unpacker()):  # one that missed the first frame
+    for unpacker in (packed.Unpacker(stream=True), packed.Unpacker()):  # one that missed the first frame
         with pytest.raises(ProtocolError) as refused:
             unpacker.decode(payload, 1 << 30)
         assert refused.value.code == BAD_MESSAGE
@@ -178,57 +192,46 @@ def test_the_level_rises_while_the_encoder_waits_for_its_link_and_falls_while_it
         ticks += [now, now + compressing]
         now += compressing
     clock = iter(ticks)
-    packer = packed.Packer(history=True, clock=lambda: next(clock))
+    packer = packed.Packer(stream=True, clock=lambda: next(clock))
     levels = []
     for _ in frames:
         packer.encode({"type": "events", "session-id": "s", "seq": 0}, [b"{}"])
         levels.append(packer.level)
-    assert levels == [3, 6, 6, 6, 3, 3, 3, 3]
+    assert levels == [3, 6, 9, 9, 6, 3, 3, 3]
 
 
-def test_one_line_frames_do_not_pay_for_renewing_the_history():
-    packer = packed.Packer(history=True)
-    packer.encode({"type": "events", "session-id": "s", "seq": 0}, [b"x" * (packed.REFRESH_BYTES - 100)])
-    renewals = packer.history.renewals
-    for seq in range(1, 20):
-        packer.encode({"type": "events", "session-id": "s", "seq": seq}, [b"{\"n\":%d}" % seq])
-    assert packer.history.renewals == renewals + 1  # once, when the lines passed REFRESH_BYTES
-
-
-def test_the_daemon_grants_history_to_a_bounded_number_of_connections(tmp_path, monkeypatch):
+def test_the_daemon_grants_streams_to_a_bounded_number_of_connections(tmp_path, monkeypatch):
     from fulabd import upload
     from tests.memory import Lab
 
-    monkeypatch.setattr(upload, "HISTORY_CONNECTIONS", 1)
+    monkeypatch.setattr(upload, "STREAM_CONNECTIONS", 1)
     lab = Lab(tmp_path / "remote")
-    offer = {packed.HEADER: "zstd-history, zstd"}
+    offer = {packed.HEADER: "zstd-stream, zstd"}
     first = lab.client(headers=offer)
     second = lab.client(headers=offer)
     assert (first.response_headers[packed.HEADER.lower()], second.response_headers[packed.HEADER.lower()]) == (
-        "zstd-history", "zstd")
+        "zstd-stream", "zstd")
     first.sendClose()
     lab.flush()
     third = lab.client(headers=offer)
-    assert third.response_headers[packed.HEADER.lower()] == "zstd-history"
+    assert third.response_headers[packed.HEADER.lower()] == "zstd-stream"
     assert lab.client(headers={packed.HEADER: "zstd"}).response_headers[packed.HEADER.lower()] == "zstd"
 
 
-def test_an_unreadable_frame_with_history_ends_the_connection_and_nothing_is_lost(tmp_path):
+def test_an_unreadable_stream_frame_ends_the_connection_and_nothing_is_lost(tmp_path):
     from tests.memory import Lab
 
     lab = Lab(tmp_path / "remote")
-    client = lab.client(headers={packed.HEADER: "zstd-history, zstd"})
-    packer = packed.Packer(history=True)
+    client = lab.client(headers={packed.HEADER: "zstd-stream, zstd"})
+    packer = packed.Packer(stream=True)
     client.sendMessage(packer.encode({"type": "init", "session-id": "h"}, [b'{"n":0}']), isBinary=True)
-    lost = packed.Packer(history=True).encode({"type": "events", "session-id": "h", "seq": 1}, [b'{"n":1}'])
-    packer.encode({"type": "events", "session-id": "h", "seq": 1}, [b'{"n":1}'])  # the client's history moves on
-    client.sendMessage(lost[:-3] + b"xyz", isBinary=True)
+    client.sendMessage(b'{"type":"events","session-id":"h","seq":1}\nnot zstd', isBinary=True)
     lab.flush()
     assert [reply["type"] for reply in client.take()] == ["ack"]  # no error reply: it would be out of order
     assert client.close_code == 1007 and lab.uploads.errors == {"bad-message": 1}
-    again = lab.client(headers={packed.HEADER: "zstd-history, zstd"})
+    again = lab.client(headers={packed.HEADER: "zstd-stream, zstd"})
     assert again.call({"type": "resume", "session-id": "h"})["count"] == 1
-    again.sendMessage(packed.Packer(history=True).encode({"type": "events", "session-id": "h", "seq": 1},
+    again.sendMessage(packed.Packer(stream=True).encode({"type": "events", "session-id": "h", "seq": 1},
                                                         [b'{"n":1}']), isBinary=True)
     lab.flush()
     assert again.take()[0]["count"] == 2
@@ -245,8 +248,8 @@ def test_after_a_1007_the_uploader_offers_only_frames_compressed_alone():
             self.why = why
 
     factory = UploadClientFactory("ws://127.0.0.1:5056/fulab/lab/upload/ws", uploads=Uploads(), reactor=Clock())
-    assert factory.headers[packed.HEADER] == "zstd-history, zstd"
+    assert factory.headers[packed.HEADER] == "zstd-stream, zstd"
     protocol = factory.buildProtocol(None)
-    protocol.packer, protocol.opened, protocol.confirmed = packed.Packer(history=True), True, True
+    protocol.packer, protocol.opened, protocol.confirmed = packed.Packer(stream=True), True, True
     protocol.onClose(False, 1007, "unreadable packed frame (bad-message); reconnect and resume")
     assert factory.headers[packed.HEADER] == "zstd"

@@ -28,7 +28,7 @@ class RecordingClient(UploadClientProtocol):
 
     def send(self, payload, on_reply, binary=False):
         if binary and not hasattr(self, "unpacker"):  # the server's end of the packed frames, to read them alike
-            self.unpacker = packed.Unpacker(history=self.packer.history is not None)
+            self.unpacker = packed.Unpacker(stream=self.packer.stream)
         self.traffic.append(("sent", as_text_message(payload, self.unpacker) if binary else orjson.loads(payload)))
         super().send(payload, on_reply, binary)
 

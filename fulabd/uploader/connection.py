@@ -88,8 +88,8 @@ class UploadClientProtocol(WebSocketClientProtocol):
 
     def onConnect(self, response):
         agreed = packed.encodings(response.headers.get(packed.HEADER.lower())) if self.factory.compress else []
-        if packed.WITH_HISTORY in agreed or packed.ENCODING in agreed:
-            self.packer = packed.Packer(history=packed.WITH_HISTORY in agreed)
+        if packed.STREAMED in agreed or packed.ENCODING in agreed:
+            self.packer = packed.Packer(stream=packed.STREAMED in agreed)
 
     @property
     def legacy(self) -> bool:
@@ -144,8 +144,8 @@ class UploadClientProtocol(WebSocketClientProtocol):
 
     def onClose(self, wasClean, code, reason):
         if code == self.CLOSE_STATUS_CODE_INVALID_PAYLOAD and self.packer is not None \
-                and self.packer.history is not None:
-            self.factory.without_history()  # our histories went apart once: plain zstd from now on
+                and self.packer.stream:
+            self.factory.without_stream()  # a server could not read our stream once: plain zstd from now on
         self._replies.clear()
         working = self.confirmed and not self.refused
         if self.opened:
@@ -220,7 +220,7 @@ class UploadClientFactory(WebSocketClientFactory):
                  compress: bool = True, **kw):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if compress:
-            headers[packed.HEADER] = f"{packed.WITH_HISTORY}, {packed.ENCODING}"
+            headers[packed.HEADER] = f"{packed.STREAMED}, {packed.ENCODING}"
         super().__init__(url, headers=headers, **kw)
         self.uploads = uploads
         self.has_token = bool(token)
@@ -230,8 +230,8 @@ class UploadClientFactory(WebSocketClientFactory):
                                 openHandshakeTimeout=HANDSHAKE_TIMEOUT, closeHandshakeTimeout=5,
                                 maxMessagePayloadSize=0, maxFramePayloadSize=0, failByDrop=True)
 
-    def without_history(self) -> None:
-        """Offer only frames compressed on their own (after a server closed a connection over a zstd-history
+    def without_stream(self) -> None:
+        """Offer only frames compressed on their own (after a server closed a connection over a zstd-stream
         frame it could not read: a bug on one side, which must not make every reconnect fail alike)."""
         if packed.HEADER in self.headers:
             self.headers[packed.HEADER] = packed.ENCODING

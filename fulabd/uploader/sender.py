@@ -228,7 +228,7 @@ class Sender:
             header = {"type": "init", "session-id": self.session_id, **self.identity.meta} if seq == 0 \
                 else {"type": "events", "session-id": self.session_id, "seq": seq}
             size = sum(len(line) + 1 for line in lines)
-            # Checked before the history takes the lines, with room for the header and zstd's worst case.
+            # Checked before the stream takes the lines, with room for the header and zstd's worst case.
             if not self._over_limit(seq, size, needed=size + (size >> 7) + PACKED_OVERHEAD):
                 self._send_batch(seq, lines, end, [packer.encode(header, lines)], binary=True)
             return
