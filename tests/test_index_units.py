@@ -129,3 +129,26 @@ def test_a_python_without_fts5_is_refused_with_what_to_do(monkeypatch):
     options = tap.Options()
     options.parseOptions(["--no-index"])
     assert options["no-index"]
+
+
+def test_an_index_of_an_older_layout_is_made_anew_with_prefix_indexes(tmp_path):
+    import sqlite3
+
+    from fulabd.index import sqlite
+
+    folder = tmp_path / ".index"
+    folder.mkdir()
+    old = sqlite3.connect(folder / sqlite.FILE_NAME)
+    old.executescript("CREATE VIRTUAL TABLE docs USING fts5(body); PRAGMA user_version = 1;")
+    old.close()
+    opened = SqliteIndex(str(folder))
+    try:
+        assert opened.made_anew
+        session = local_session(tmp_path, [line("user", "tokenizer"), line("user", "other")])
+        with opened.batch():
+            opened.add_lines(feeder_info(session), 0, [line("user", "tokenizer"), line("user", "other")])
+        assert search(opened, "to*") == [0]
+    finally:
+        opened.close()
+    schema = sqlite3.connect(folder / sqlite.FILE_NAME).execute("SELECT sql FROM sqlite_master WHERE name = 'docs'")
+    assert "prefix = '2 3 4'" in schema.fetchone()[0]

@@ -27,7 +27,7 @@ from fulabd.index import BadCursor, Filters, IndexUnusable, Page, Progress, Sess
 from fulabd.index.extract import line_documents, par_document
 
 FILE_NAME = "search.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added prefix indexes: a short prefix* reads one posting list, not one per word it starts
 SNIPPET_WORDS = 12
 MARK_OPEN, MARK_CLOSE = "\x02", "\x03"
 SCHEMA = """
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS sessions(
     lines INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0, pars INTEGER NOT NULL DEFAULT 0);
 CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(
     body, sid UNINDEXED, line UNINDEXED, kind UNINDEXED, ts UNINDEXED, t UNINDEXED, par UNINDEXED,
-    tokenize = 'unicode61 remove_diacritics 2');
+    tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3 4');
 CREATE TABLE IF NOT EXISTS pars(
     sid INTEGER NOT NULL, par_index INTEGER NOT NULL, t REAL, tags TEXT NOT NULL, par TEXT NOT NULL,
     PRIMARY KEY (sid, par_index));
