@@ -1,11 +1,6 @@
 """
-`fulab doctor URL`: walk the chain from this machine to the daemon one link
-at a time (name, TCP, TLS, WebSocket upgrade, ping, the other upload paths,
-listings, status), print a checklist, and stop at the first link that is
-broken, saying in plain words what is wrong and what to do about it.
-
-Plain blocking sockets on purpose: a one-shot command that must show exactly
-which step failed has no use for a reactor.
+The doctor's checklist: one method per link, each saying what it found, or
+raising `Failure` with what is wrong and what to do about it.
 """
 
 from __future__ import annotations
@@ -13,48 +8,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import ipaddress
 import os
 import select
 import socket
 import ssl
 import struct
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from urllib.parse import urlsplit
 
 import orjson
 
-UPLOAD_PATHS = ("/fulab/lab/upload/ws", "/upload/ws")
-WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-EXPIRY_WARNING_DAYS = 14
-
-HTTP_ADVICE = {
-    301: "the server redirects to {location}: use that URL",
-    302: "the server redirects to {location}: use that URL",
-    308: "the server redirects to {location}: use that URL",
-    400: "the server read a plain HTTP request, not a WebSocket upgrade: a proxy in between drops the Upgrade "
-         "and Connection headers. nginx needs, in the location block: proxy_http_version 1.1; "
-         "proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; "
-         "(as in etc/nginx/fulab.conf)",
-    401: "the server wants a token: pass --token TOKEN",
-    403: "the server refuses this client: the token lacks a scope (upload, read), or this address or Origin "
-         "is not allowed",
-    404: "nothing is served at {path} on this host: the path is wrong, or the proxy has no location for it. "
-         "Uploads go to /fulab/lab/upload/ws; nginx must proxy location /fulab/lab/ (and /upload/ws and / for "
-         "the old paths: README, Deploying)",
-    426: "the daemon got the request without its Upgrade header: a proxy in between drops it. nginx needs, in "
-         "the location block: proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; "
-         "proxy_set_header Connection \"upgrade\"; (as in etc/nginx/fulab.conf)",
-    500: "the server failed on this request: read its log (journalctl -u fulabd, or the nginx error log)",
-    502: "the proxy (nginx) is up but the daemon behind it is not answering: start it (systemctl start fulabd) and "
-         "check that it listens where proxy_pass points (on the server: ss -ltnp | grep 5056)",
-    503: "the proxy has no backend available: start the daemon (systemctl start fulabd) and check the proxy's "
-         "upstream",
-    504: "the proxy reached the daemon but it did not answer in time: the daemon is stuck or overloaded; on the "
-         "server read journalctl -u fulabd and run fulab status",
-}
+from fulabd.doctor.certificates import EXPIRY_WARNING_DAYS, VERIFY_ADVICE, certificate_names, days_left, is_ip
+from fulabd.doctor.links import (UPLOAD_PATHS, WEBSOCKET_GUID, Failure, OutOfScope, Target, UpgradeRefused, Wire,
+                                 parse_target)
 
 
 def refusal_detail(body: bytes) -> str:
@@ -64,121 +29,6 @@ def refusal_detail(body: bytes) -> str:
     except (orjson.JSONDecodeError, AttributeError):
         detail = None
     return detail or "the daemon refused this token: ask its operator for one with the read scope"
-
-
-VERIFY_ADVICE = {
-    9: "the certificate is not valid yet: check the server's clock (timedatectl)",
-    18: "the certificate is self-signed: pass --cafile with it (or its CA) if you trust it",
-    19: "the chain ends in a root this machine does not trust: pass --cafile with that root if it is yours",
-    20: "the chain is incomplete or its issuer is not trusted: serve fullchain.pem (not cert.pem) with "
-        "--tls-cert or nginx's ssl_certificate; for a private CA pass --cafile",
-    21: "the chain is incomplete: serve fullchain.pem (not cert.pem) with --tls-cert or nginx's ssl_certificate",
-}
-
-
-class Failure(Exception):
-    """A broken link: the checklist stops here."""
-
-    def __init__(self, step: str, detail: str):
-        super().__init__(f"{step}: {detail}")
-        self.step = step
-        self.detail = detail
-
-
-class OutOfScope(Failure):
-    """The token may not do this (a laptop's upload-only token may not read): not a broken link."""
-
-
-@dataclass
-class Target:
-    scheme: str
-    host: str
-    port: int
-    path: str
-    query: str
-
-    @property
-    def secure(self) -> bool:
-        return self.scheme == "wss"
-
-    @property
-    def netloc(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def lab_base(self) -> str:
-        """Where the listings live, next to the upload path: `/fulab/lab` for `/fulab/lab/upload/ws`."""
-        if self.path.endswith("/lab/upload/ws"):
-            return self.path[: -len("/upload/ws")]
-        return "/fulab/lab"
-
-
-def parse_target(url: str) -> Target:
-    parts = urlsplit(url if "://" in url else "wss://" + url)
-    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
-    try:
-        port = parts.port
-    except ValueError:
-        raise Failure("URL", f"{url} has no valid port number (1-65535)") from None
-    if scheme not in ("ws", "wss") or not parts.hostname:
-        raise Failure("URL", f"{url} is not a ws:// or wss:// URL, "
-                             f"e.g. wss://lab.example.org:5057/fulab/lab/upload/ws")
-    path = parts.path if parts.path not in ("", "/") or parts.query else UPLOAD_PATHS[0]
-    return Target(scheme, parts.hostname, port or (443 if scheme == "wss" else 80), path, parts.query)
-
-
-class Wire:
-    """A connected (maybe TLS) socket with a read buffer."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.buffer = b""
-
-    def _fill(self):
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        self.buffer += chunk
-
-    def read_until(self, marker: bytes, limit: int = 65536) -> bytes:
-        while marker not in self.buffer:
-            if len(self.buffer) > limit:
-                raise ConnectionError("no end of HTTP header in the first 64 KiB")
-            self._fill()
-        head, _, self.buffer = self.buffer.partition(marker)
-        return head
-
-    def read_exact(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            self._fill()
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
-
-    def send_frame(self, opcode: int, payload: bytes):
-        """One masked client frame."""
-        mask = os.urandom(4)
-        size = len(payload)
-        if size < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
-        elif size < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-        masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
-
-    def read_frame(self) -> tuple[int, bytes]:
-        first, second = self.read_exact(2)
-        size = second & 0x7F
-        if size == 126:
-            size = struct.unpack("!H", self.read_exact(2))[0]
-        elif size == 127:
-            size = struct.unpack("!Q", self.read_exact(8))[0]
-        mask = self.read_exact(4) if second & 0x80 else None
-        payload = self.read_exact(size)
-        if mask:
-            payload = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
-        return first & 0x0F, payload
 
 
 class Doctor:
@@ -456,49 +306,3 @@ class Doctor:
                               for listener in data.get("listeners", []))
         self.ok(step, f"fulabd {data.get('version')} up {data.get('uptime', 0):.0f} s, "
                       f"{data.get('uploads', 0)} uploads connected, listening on {listeners}")
-
-
-class UpgradeRefused(Exception):
-    def __init__(self, code: int, status_line: str, headers: dict | None = None, body: str = ""):
-        super().__init__(status_line)
-        self.code = code
-        self.status_line = status_line
-        self.headers = headers or {}
-        self.body = body
-
-    def explain(self, path: str) -> str:
-        if self.code == 400 and "plain HTTP request was sent to HTTPS port" in self.body:
-            return f"{self.status_line}: this port speaks TLS: use wss://"
-        advice = HTTP_ADVICE.get(self.code)
-        if advice is None:
-            return f"{self.status_line}: expected 101 Switching Protocols"
-        return f"{self.status_line} — " + advice.format(path=path, location=self.headers.get("location", "?"))
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def certificate_names(certificate) -> list[str]:
-    from cryptography import x509
-
-    try:
-        alternatives = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [str(name.value) for name in alternatives]
-    except x509.ExtensionNotFound:
-        names = []
-    if not names:
-        names = [attribute.value for attribute in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
-    return names
-
-
-def days_left(certificate) -> int:
-    return (certificate.not_valid_after_utc - datetime.now(timezone.utc)).days
-
-
-def run(url: str, cafile: str | None = None, token: str | None = None, timeout: float = 10.0, out=print) -> int:
-    return Doctor(url, cafile, token, timeout, out).run()
