@@ -230,7 +230,7 @@ class Sender:
             size = sum(len(line) + 1 for line in lines)
             # Checked before the stream takes the lines, with room for the header and zstd's worst case.
             if not self._over_limit(seq, size, needed=size + (size >> 7) + PACKED_OVERHEAD):
-                self._send_batch(seq, lines, end, [packer.encode(header, lines)], binary=True)
+                self._send_batch(seq, lines, end, [packer.encode(header, lines)], size, binary=True)
             return
         events = []
         for offset, line in enumerate(lines):
@@ -246,7 +246,8 @@ class Sender:
             messages = [{"type": "init", "session-id": self.session_id, **self.identity.meta, "events": events}]
         else:
             messages = [{"type": "events", "session-id": self.session_id, "seq": seq, "events": events}]
-        self._send_batch(seq, lines, end, [orjson.dumps(message) for message in messages])
+        self._send_batch(seq, lines, end, [orjson.dumps(message) for message in messages],
+                         sum(len(line) + 1 for line in lines))
 
     def _over_limit(self, seq: int, size: int, needed: int) -> bool:
         """Lines of `size` bytes whose message takes `needed` bytes are over the server's limit: the session is
@@ -258,9 +259,10 @@ class Sender:
                                                    f"limit of {limit} bytes"})
         return True
 
-    def _send_batch(self, seq: int, lines: list[bytes], end: Position, payloads: list[bytes], binary: bool = False):
-        """Send one batch's messages (several only for an old server); the last one's ack covers the batch."""
-        size = sum(len(line) + 1 for line in lines)
+    def _send_batch(self, seq: int, lines: list[bytes], end: Position, payloads: list[bytes], size: int,
+                    binary: bool = False):
+        """Send one batch's messages (several only for an old server), whose lines hold `size` bytes; the last
+        one's ack covers the batch."""
         if not binary and self._over_limit(seq, size, needed=max(map(len, payloads))):
             return
         batch = Batch(end, len(lines), size)
