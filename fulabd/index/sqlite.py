@@ -319,15 +319,12 @@ class SqliteIndex:
         if limit <= 0:
             return Page()
         matching = f"FROM docs d JOIN sessions s ON s.sid = d.sid WHERE {' AND '.join(where)}"
-        # Ranking scores every candidate: only the MAX_RANKED most recently indexed ones are candidates.  The page
-        # is ranked first, so that snippets are made for its rows only; `+` keeps SQLite from handing FTS5 the
-        # page's rowids one by one, each of which would set the whole query up again.
-        page = (f"SELECT rowid FROM (SELECT d.rowid AS rowid, bm25(docs) AS score, d.t AS t {matching} "
-                "ORDER BY d.rowid DESC LIMIT ?) ORDER BY score, t DESC, rowid DESC LIMIT ? OFFSET ?")
+        # Ranking scores every candidate: only the MAX_RANKED most recently indexed ones are candidates.
         sql = ("SELECT s.session_id, s.listing_id, s.title, s.source, s.project, d.line, d.kind, d.ts, d.par, "
-               f"snippet(docs, 0, ?, ?, '…', {SNIPPET_WORDS}) {matching} AND +d.rowid IN ({page}) "
-               "ORDER BY bm25(docs), d.t DESC, d.rowid DESC")
-        rows = self._read(sql, [MARK_OPEN, MARK_CLOSE, *values, *values, MAX_RANKED, limit + 1, offset])
+               f"snippet(docs, 0, ?, ?, '…', {SNIPPET_WORDS}) {matching} "
+               f"AND d.rowid >= coalesce((SELECT d.rowid {matching} ORDER BY d.rowid DESC LIMIT 1 OFFSET ?), 0) "
+               "ORDER BY bm25(docs), d.t DESC, d.rowid DESC LIMIT ? OFFSET ?")
+        rows = self._read(sql, [MARK_OPEN, MARK_CLOSE, *values, *values, MAX_RANKED - 1, limit + 1, offset])
         items = [{"session-id": row[0], "id": row[1], "title": row[2], "source": row[3], "project": row[4],
                   "line": row[5], "kind": row[6], "timestamp": row[7],
                   **({"par-index": row[8]} if row[8] is not None else {}), "snippet": snippet_parts(row[9])}
