@@ -42,6 +42,7 @@ LEVEL = LEVELS[0]
 MAX_WINDOW = 8 << 20  # a frame declaring a larger zstd window is refused, so a frame cannot make us allocate more
 READ_CHUNK = 1 << 20
 BLOCK = 128 << 10     # zstd's largest block, which 4 bytes of input (an RLE block) may expand to
+OVERSHOOT_BLOCKS = 64  # blocks a stream's piece may inflate past the limit before it is refused (8 MiB)
 
 
 def encodings(value: str | None) -> list[str]:
@@ -108,6 +109,7 @@ class Unpacker:
     def __init__(self, stream: bool = False):
         self._stream = zstandard.ZstdDecompressor(max_window_size=1 << STREAM_WINDOW_LOG).decompressobj(
             read_across_frames=True) if stream else None
+        self.broken = False  # a piece of the stream could not be read: nothing after it can be
 
     def decode(self, payload: bytes, max_size: int) -> messages.Append:
         """The Append a packed frame carries; its lines may hold `max_size` bytes at most once inflated.
@@ -126,27 +128,43 @@ class Unpacker:
             raw = self._inflate_piece(body, max_size)
             message = parse_header(head)
         if raw and not raw.endswith(b"\n"):
-            raise ProtocolError(BAD_MESSAGE, "the packed lines must each end with a newline")
+            raise self._lost(BAD_MESSAGE, "the packed lines must each end with a newline")
         return dataclasses.replace(message, lines=raw.split(b"\n")[:-1])
 
     def _inflate_piece(self, body: bytes, max_size: int) -> bytes:
-        """The stream's next piece, fed a few bytes at a time so that what comes out cannot pass `max_size` by
-        more than a few blocks, however the input claims to expand."""
+        """The stream's next piece, fed a slice at a time, each too short to pass `max_size` by more than
+        OVERSHOOT_BLOCKS blocks however it claims to expand.  zstd's blocks never inflate to less than they
+        hold but for a 3-byte header, so a piece with more bytes left than room for its lines is refused at
+        once: padding (skippable frames, empty blocks) cannot make the last slices before the limit many."""
+        if self.broken:
+            raise StreamLost(BAD_MESSAGE, "an earlier packed frame of this connection could not be read")
         out = bytearray()
         start = 0
         try:
             while start < len(body):
-                take = max(4, (max_size - len(out)) // BLOCK * 4 - 8)
+                room = max_size - len(out)
+                if len(body) - start > room + (room >> 8) + 4096:
+                    raise StreamLost(TOO_LARGE, too_large(max_size), limit=max_size)
+                take = (room // BLOCK + OVERSHOOT_BLOCKS - 2) * 4
                 out += self._stream.decompress(body[start:start + take])
                 start += take
                 if len(out) > max_size:
                     raise StreamLost(TOO_LARGE, too_large(max_size), limit=max_size)
         except zstandard.ZstdError as e:
+            self.broken = True
             raise StreamLost(BAD_MESSAGE, f"the packed body is not valid zstd data: {e}") from None
+        except StreamLost:
+            self.broken = True
+            raise
         return bytes(out)
 
     def _lost(self, code: str, detail: str) -> ProtocolError:
-        return (StreamLost if self._stream is not None else ProtocolError)(code, detail)
+        """A frame that cannot be read; in a stream, the end of it (a piece misframed leaves the next ones out
+        of step too)."""
+        if self._stream is None:
+            return ProtocolError(code, detail)
+        self.broken = True
+        return StreamLost(code, detail)
 
 
 class StreamLost(ProtocolError):

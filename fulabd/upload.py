@@ -249,9 +249,9 @@ class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
         of the replies still due, and be taken for one of them); the client resumes on a new connection."""
         self.factory.budget.release(size)
         self.factory.errors[error.code] = self.factory.errors.get(error.code, 0) + 1
-        self._log.info("upload connection from {peer}: unreadable zstd-stream frame ({detail}); closing",
-                       peer=self._peer, detail=error.detail)
-        if self.state == self.STATE_OPEN:
+        if self.state == self.STATE_OPEN:  # (frames that arrive while it closes are refused unread, unlogged)
+            self._log.info("upload connection from {peer}: unreadable zstd-stream frame ({detail}); closing",
+                           peer=self._peer, detail=error.detail)
             self._fail_connection(self.CLOSE_STATUS_CODE_INVALID_PAYLOAD,
                                   f"unreadable packed frame ({error.code}); reconnect and resume")
 

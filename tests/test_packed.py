@@ -3,6 +3,7 @@ Packed uploads (fulabd/packed.py): binary frames of zstd-compressed raw lines,
 agreed in the handshake; old clients and old servers never see one.
 """
 
+import struct
 import tracemalloc
 
 import orjson
@@ -150,7 +151,40 @@ def test_a_compression_bomb_is_refused_without_inflating_it(stream):
     finally:
         tracemalloc.stop()
     assert refused.value.code == TOO_LARGE and refused.value.extra["limit"] == limit
-    assert peak < 4 * limit, f"decoding the bomb allocated {peak >> 20} MiB"
+    most = 4 * limit if not stream else 2 * (limit + packed.OVERSHOOT_BLOCKS * packed.BLOCK)
+    assert peak < most, f"decoding the bomb allocated {peak >> 20} MiB"
+
+
+def zstd_frame_header() -> bytes:
+    """A zstd frame header declaring a 2 MiB window and no content size, as a stream's first frame has."""
+    return b"\x28\xb5\x2f\xfd" + bytes([0x00, (packed.STREAM_WINDOW_LOG - 10) << 3])
+
+
+def rle_block(size: int, last: bool = False) -> bytes:
+    return struct.pack("<I", int(last) | (1 << 1) | (size << 3))[:3] + b"\n"
+
+
+def test_padding_after_a_piece_nears_the_limit_is_refused_without_reading_it_4_bytes_at_a_time():
+    """Within a few blocks of the limit a piece is read in short slices; bytes that cannot become lines
+    (a skippable frame) must not make those slices many."""
+    limit = 4 << 20
+    near = zstd_frame_header() + b"".join(rle_block(packed.BLOCK) for _ in range(limit // packed.BLOCK - 3)) + \
+        rle_block(packed.BLOCK, last=True)
+    padding = struct.pack("<II", 0x184D2A50, 4 << 20) + bytes(4 << 20)
+    unpacker = packed.Unpacker(stream=True)
+    calls = []
+    real = unpacker._stream
+
+    class Counting:
+        def decompress(self, data):
+            calls.append(len(data))
+            return real.decompress(data)
+
+    unpacker._stream = Counting()
+    with pytest.raises(packed.StreamLost) as refused:
+        unpacker.decode(b'{"type":"events","session-id":"s","seq":0}\n' + near + padding, limit)
+    assert refused.value.code == TOO_LARGE
+    assert len(calls) < 1000, f"{len(calls)} slices"
 
 
 def test_in_a_stream_a_bad_header_is_an_ordinary_error_and_the_stream_goes_on():
@@ -253,3 +287,19 @@ def test_after_a_1007_the_uploader_offers_only_frames_compressed_alone():
     protocol.packer, protocol.opened, protocol.confirmed = packed.Packer(stream=True), True, True
     protocol.onClose(False, 1007, "unreadable packed frame (bad-message); reconnect and resume")
     assert factory.headers[packed.HEADER] == "zstd"
+
+
+def test_a_misframed_piece_ends_the_stream_and_nothing_after_it_is_read():
+    """A piece whose lines do not end with a newline leaves the next pieces out of step: they are refused
+    unread, rather than read as other lines."""
+    compressor = zstandard.ZstdCompressor(compression_params=zstandard.ZstdCompressionParameters.from_level(
+        3, window_log=packed.STREAM_WINDOW_LOG)).compressobj()
+    piece = compressor.compress(b'{"n":0}\n{"n"') + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    following = compressor.compress(b':1}\n') + compressor.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    unpacker = packed.Unpacker(stream=True)
+    header = b'{"type":"events","session-id":"s","seq":0}\n'
+    with pytest.raises(packed.StreamLost):
+        unpacker.decode(header + piece, 1 << 20)
+    with pytest.raises(packed.StreamLost) as refused:
+        unpacker.decode(header + following, 1 << 20)
+    assert "earlier" in refused.value.detail
