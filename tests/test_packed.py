@@ -250,6 +250,8 @@ def test_the_daemon_grants_streams_to_a_bounded_number_of_connections(tmp_path, 
     third = lab.client(headers=offer)
     assert third.response_headers[packed.HEADER.lower()] == "zstd-stream"
     assert lab.client(headers={packed.HEADER: "zstd"}).response_headers[packed.HEADER.lower()] == "zstd"
+    # An uploader of before zstd-stream offers what it knows; it gets frames compressed alone.
+    assert lab.client(headers={packed.HEADER: "zstd-history, zstd"}).response_headers[packed.HEADER.lower()] == "zstd"
 
 
 def test_an_unreadable_stream_frame_ends_the_connection_and_nothing_is_lost(tmp_path):
