@@ -11,8 +11,9 @@ import pytest
 from fulabd.index import Filters, Term
 from fulabd.index.extract import TOOL_RESULT_CHARS, line_documents
 from fulabd.index.http import prior_learning
-from fulabd.index.query import BadQuery, parse_query
-from fulabd.index.sqlite import SqliteIndex, snippet_parts
+from fulabd.index.query import WORD, BadQuery, parse_query
+from fulabd.index.snippet import snippet
+from fulabd.index.sqlite import SqliteIndex
 from fulabd.local import index_file
 
 
@@ -45,8 +46,21 @@ def test_what_a_line_gives_the_index():
 
 
 def test_snippets_are_parts_never_markup():
-    assert snippet_parts("…the \x02<b>needle\x03 in  a\nhay…") == [
-        {"text": "…the "}, {"text": "<b>needle", "match": True}, {"text": " in a hay…"}]
+    assert snippet("the <b>needle</b> in  a\nhay", parse_query("needle")) == [
+        {"text": "the <b>"}, {"text": "needle", "match": True}, {"text": "</b> in a hay"}]
+
+
+def test_a_snippet_marks_words_as_the_index_matches_them():
+    """Without case or accents; a phrase as one mark; a prefix; the window around the most terms, cut with …"""
+    text = " ".join(f"w{n}" for n in range(40)) + " Café RM -rf / tokenizer " + " ".join(f"v{n}" for n in range(40))
+    parts = snippet(text, parse_query('cafe "rm rf" tok*'))
+    assert [part["text"] for part in parts if part.get("match")] == ["Café", "RM -rf", "tokenizer"]
+    assert parts[0] == {"text": "…"} and parts[-1] == {"text": "…"}
+    assert sum(len(WORD.findall(part["text"])) for part in parts) == 12
+    assert snippet("nothing here", parse_query("absent")) == [{"text": "nothing here"}]
+    assert snippet("<img src=x> needle!", parse_query("needle")) == [
+        {"text": "<img src=x> "}, {"text": "needle", "match": True}, {"text": "!"}]
+    assert snippet("", parse_query("absent")) == []
 
 
 def test_the_prior_learning_block_is_the_old_one():

@@ -19,7 +19,7 @@ MAX_TERMS = 16
 MIN_PREFIX = 2         # characters before a `*`
 MAX_FILTER = 1000      # characters of a filter's value
 OPERATORS = frozenset({"AND", "OR", "NOT", "NEAR"})
-_WORD = re.compile(r"[^\W_]+")
+WORD = re.compile(r"[^\W_]+")  # a word, as the index splits text into them
 _COLUMN_FILTER = re.compile(r"^\w+:[^\W\d]")  # `name:word`, a column filter in most search engines
 
 
@@ -33,7 +33,7 @@ class BadFilter(ValueError):
 
 def words_of(text: str) -> tuple[str, ...]:
     """The words of `text` as the index splits it: runs of letters and digits."""
-    return tuple(_WORD.findall(text))
+    return tuple(WORD.findall(text))
 
 
 def parse_query(q: str) -> list[Term]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import re
 import sqlite3
 import threading
 import urllib.parse
@@ -25,11 +24,10 @@ from twisted.logger import Logger
 
 from fulabd.index import BadCursor, Filters, IndexUnusable, Page, Progress, SessionInfo, Term
 from fulabd.index.extract import line_documents, par_document
+from fulabd.index.snippet import snippet
 
 FILE_NAME = "search.sqlite3"
 SCHEMA_VERSION = 2  # 2 added prefix indexes: a short prefix* reads one posting list, not one per word it starts
-SNIPPET_WORDS = 12
-MARK_OPEN, MARK_CLOSE = "\x02", "\x03"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions(
     sid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, session_id TEXT NOT NULL, listing_id TEXT NOT NULL,
@@ -45,7 +43,6 @@ CREATE INDEX IF NOT EXISTS pars_by_time ON pars(t DESC);
 """
 TITLE_CHARS = 120
 MAX_RANKED = 2_000    # matches ranked per search: the most recently indexed ones
-_SPACES = re.compile(r"\s+")
 
 
 class FTS5Missing(RuntimeError):
@@ -74,19 +71,6 @@ def term_expression(term: Term) -> str:
     """One term as an FTS5 phrase: a quoted string, so nothing in it is FTS5 syntax."""
     phrase = '"' + " ".join(term.words).replace('"', '""') + '"'
     return phrase + "*" if term.prefix else phrase
-
-
-def snippet_parts(snippet: str) -> list[dict]:
-    """The index's marked snippet as parts `{"text": …}` and `{"text": …, "match": true}` (whitespace runs
-    shown as one space)."""
-    parts = []
-    for piece in snippet.split(MARK_OPEN):
-        matched, _, rest = piece.rpartition(MARK_CLOSE)
-        if matched:
-            parts.append({"text": matched, "match": True})
-        if rest:
-            parts.append({"text": _SPACES.sub(" ", rest)})
-    return parts
 
 
 class SqliteIndex:
@@ -319,17 +303,23 @@ class SqliteIndex:
         if limit <= 0:
             return Page()
         matching = f"FROM docs d JOIN sessions s ON s.sid = d.sid WHERE {' AND '.join(where)}"
-        # Ranking scores every candidate: only the MAX_RANKED most recently indexed ones are candidates.
-        sql = ("SELECT s.session_id, s.listing_id, s.title, s.source, s.project, d.line, d.kind, d.ts, d.par, "
-               f"snippet(docs, 0, ?, ?, '…', {SNIPPET_WORDS}) {matching} "
-               f"AND d.rowid >= coalesce((SELECT d.rowid {matching} ORDER BY d.rowid DESC LIMIT 1 OFFSET ?), 0) "
-               "ORDER BY bm25(docs), d.t DESC, d.rowid DESC LIMIT ? OFFSET ?")
-        rows = self._read(sql, [MARK_OPEN, MARK_CLOSE, *values, *values, MAX_RANKED - 1, limit + 1, offset])
+        # Ranking scores every candidate: only the MAX_RANKED most recently indexed ones are candidates.  The
+        # query is evaluated once, for the page's rowids; their text is then read by rowid, and the snippets
+        # made from it (`fulabd.index.snippet`).  A session forgotten between the two reads leaves the page shorter.
+        page = [row[0] for row in self._read(
+            f"SELECT rowid FROM (SELECT d.rowid AS rowid, bm25(docs) AS score, d.t AS t {matching} "
+            "ORDER BY d.rowid DESC LIMIT ?) ORDER BY score, t DESC, rowid DESC LIMIT ? OFFSET ?",
+            [*values, MAX_RANKED, limit + 1, offset])]
+        shown = page[:limit]
+        rows = {row[0]: row[1:] for row in self._read(
+            "SELECT d.rowid, s.session_id, s.listing_id, s.title, s.source, s.project, d.line, d.kind, d.ts, d.par, "
+            f"d.body FROM docs d JOIN sessions s ON s.sid = d.sid WHERE d.rowid IN ({', '.join('?' * len(shown))})",
+            shown)} if shown else {}
         items = [{"session-id": row[0], "id": row[1], "title": row[2], "source": row[3], "project": row[4],
                   "line": row[5], "kind": row[6], "timestamp": row[7],
-                  **({"par-index": row[8]} if row[8] is not None else {}), "snippet": snippet_parts(row[9])}
-                 for row in rows[:limit]]
-        return Page(items, self._cursor(offset + limit, token) if len(rows) > limit else None)
+                  **({"par-index": row[8]} if row[8] is not None else {}), "snippet": snippet(row[9], terms)}
+                 for row in (rows[rowid] for rowid in shown if rowid in rows)]
+        return Page(items, self._cursor(offset + limit, token) if len(page) > limit else None)
 
     def pars(self, terms: list[Term], filters: Filters, limit: int, cursor: str | None) -> Page:
         where, values = self._session_filters(filters)
