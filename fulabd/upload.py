@@ -24,7 +24,7 @@ from fulabd.tokens import ADMIN, ANYONE
 UNBOUNDED_PACKED = 1 << 30  # what packed lines may inflate to when --max-message-size is 0 (no limit)
 DEFAULT_INFLIGHT_BYTES = 1024 << 20
 BUDGET_LOG_INTERVAL = 60.0
-STREAM_CONNECTIONS = 64  # upload connections at once that may use zstd-stream (a 2 MiB window each)
+STREAM_CONNECTIONS = 64  # upload connections at once that may use zstd-stream (about 2.5 MB each, a 2 MiB window)
 
 
 class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
@@ -291,7 +291,7 @@ class UploadFactory(WebSocketServerFactory):
                                 failByDrop=False)
 
     def take_stream(self) -> bool:
-        """Whether one more connection may keep a zstd stream (a 2 MiB window each); past STREAM_CONNECTIONS,
+        """Whether one more connection may keep a zstd stream (about 2.5 MB each); past STREAM_CONNECTIONS,
         connections get frames compressed on their own, which hold nothing between frames."""
         if self.streams >= STREAM_CONNECTIONS:
             return False
