@@ -144,27 +144,23 @@ class Unpacker:
             while start < len(body):
                 room = max_size - len(out)
                 if len(body) - start > room + (room >> 8) + 4096:
-                    raise StreamLost(TOO_LARGE, too_large(max_size), limit=max_size)
+                    raise self._lost(TOO_LARGE, too_large(max_size), limit=max_size)
                 take = (room // BLOCK + OVERSHOOT_BLOCKS - 2) * 4
                 out += self._stream.decompress(body[start:start + take])
                 start += take
                 if len(out) > max_size:
-                    raise StreamLost(TOO_LARGE, too_large(max_size), limit=max_size)
+                    raise self._lost(TOO_LARGE, too_large(max_size), limit=max_size)
         except zstandard.ZstdError as e:
-            self.broken = True
-            raise StreamLost(BAD_MESSAGE, f"the packed body is not valid zstd data: {e}") from None
-        except StreamLost:
-            self.broken = True
-            raise
+            raise self._lost(BAD_MESSAGE, f"the packed body is not valid zstd data: {e}") from None
         return bytes(out)
 
-    def _lost(self, code: str, detail: str) -> ProtocolError:
+    def _lost(self, code: str, detail: str, **extra) -> ProtocolError:
         """A frame that cannot be read; in a stream, the end of it (a piece misframed leaves the next ones out
         of step too)."""
         if self._stream is None:
-            return ProtocolError(code, detail)
+            return ProtocolError(code, detail, **extra)
         self.broken = True
-        return StreamLost(code, detail)
+        return StreamLost(code, detail, **extra)
 
 
 class StreamLost(ProtocolError):

@@ -223,11 +223,11 @@ class Sender:
 
     def _send_lines(self, seq: int, lines: list[bytes], end: Position):
         self.idle = False
+        size = sum(len(line) + 1 for line in lines)
         packer = self.channel.packer
         if packer is not None and not self.legacy:
             header = {"type": "init", "session-id": self.session_id, **self.identity.meta} if seq == 0 \
                 else {"type": "events", "session-id": self.session_id, "seq": seq}
-            size = sum(len(line) + 1 for line in lines)
             # Checked before the stream takes the lines, with room for the header and zstd's worst case.
             if not self._over_limit(seq, size, needed=size + (size >> 7) + PACKED_OVERHEAD):
                 self._send_batch(seq, lines, end, [packer.encode(header, lines)], size, binary=True)
@@ -246,8 +246,7 @@ class Sender:
             messages = [{"type": "init", "session-id": self.session_id, **self.identity.meta, "events": events}]
         else:
             messages = [{"type": "events", "session-id": self.session_id, "seq": seq, "events": events}]
-        self._send_batch(seq, lines, end, [orjson.dumps(message) for message in messages],
-                         sum(len(line) + 1 for line in lines))
+        self._send_batch(seq, lines, end, [orjson.dumps(message) for message in messages], size)
 
     def _over_limit(self, seq: int, size: int, needed: int) -> bool:
         """Lines of `size` bytes whose message takes `needed` bytes are over the server's limit: the session is
