@@ -18,6 +18,7 @@ from fulabd import messages, packed
 from fulabd.access import SELF_PROBE
 from fulabd.budget import InflightBudget
 from fulabd.closing import ClosesGracefully
+from fulabd.frames import WholeFrames
 from fulabd.messages import FORBIDDEN, MISSING_SESSION_ID, TOO_LARGE, ProtocolError
 from fulabd.tokens import ADMIN, ANYONE
 
@@ -27,7 +28,7 @@ BUDGET_LOG_INTERVAL = 60.0
 STREAM_CONNECTIONS = 64  # upload connections at once that may use zstd-stream (about 2.5 MB each, a 2 MiB window)
 
 
-class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
+class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
     _log = Logger()  # autobahn claims .log
 
     def __init__(self):
@@ -81,8 +82,11 @@ class UploadProtocol(ClosesGracefully, WebSocketServerProtocol):
 
     def onMessageFrameBegin(self, length):
         super().onMessageFrameBegin(length)
-        if not self.failedByMe:
-            self.factory.budget.frame(self, length)
+        self.frame_begins(length)
+
+    def frame_begins(self, length: int) -> bool:
+        """Both paths that read a data frame (Autobahn's and `WholeFrames`) ask here once per frame."""
+        return self.failedByMe or self.factory.budget.frame(self, length)
 
     def processData(self):
         """Held by the budget: leave what is buffered unread until `carry_on`."""

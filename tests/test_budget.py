@@ -125,7 +125,9 @@ def test_sixteen_connections_each_with_a_sixty_mb_message_all_get_through_under_
 
 # -- the hook in the upload protocol, over in-memory transports with the real store --
 
-def upload_connections(tmp_path, count: int, limit: int):
+def upload_connections(tmp_path, count: int, limit: int, protocol=None, clock=None):
+    """`count` upload connections, opened over string transports, on a store in `tmp_path` (their factory's
+    `protocol` if given: another reading of frames, say), on `clock` (a new one if not given)."""
     from twisted.internet import defer
     from twisted.internet.address import IPv4Address
     from twisted.internet.task import Clock
@@ -136,12 +138,13 @@ def upload_connections(tmp_path, count: int, limit: int):
     from fulabd.upload import UploadFactory
     from tests.fixtures import handshake_request
 
-    clock = Clock()
+    clock = clock or Clock()
     store = SessionStore(str(tmp_path / "remote"), clock=clock,
                          run_in_thread=lambda function, *args: defer.maybeDeferred(function, *args))
     store.startService()
     factory = UploadFactory(store, clock=clock, max_message_size=64 * MB, admit=Gate().admit,
                             budget=InflightBudget(limit), reactor=clock)
+    factory.protocol = protocol or factory.protocol
     opened = []
     for i in range(count):
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000 + i))
