@@ -239,13 +239,16 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         result.addBoth(settle)
 
     def _flush(self):
+        ready, sending = [], self.state == self.STATE_OPEN
         while self._outbox and self._outbox[0][0] is not None:
             reply, size = self._outbox.popleft()
             self.factory.budget.release(size)
-            if self.state == self.STATE_OPEN:
+            if sending:
                 if reply.get("type") == "ack" and "count" in reply:
                     self.factory.acks += 1
-                self.sendMessage(messages.encode(reply))
+                ready.append(messages.encode(reply))
+        if ready:
+            self.send_texts(ready)
 
     def _stream_lost(self, error: ProtocolError, size: int):
         """A zstd-stream frame whose body could not be read breaks the stream: later frames cannot be read

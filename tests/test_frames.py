@@ -35,6 +35,10 @@ class AutobahnFrames(UploadProtocol):
     def processData(self):
         return False if self.held else WebSocketServerProtocol.processData(self)
 
+    def send_texts(self, payloads):
+        for payload in payloads:
+            self.sendMessage(payload)
+
 
 def text(message) -> bytes:
     return frame(0x1, orjson.dumps(message))
@@ -153,4 +157,20 @@ def test_a_frame_arriving_over_many_reads_asks_the_budget_once():
         server.dataReceived(wire[start + 1000:])
         clock.advance(0.1)
         assert factory.budget.reserved == 0 and orjson.loads(parse_frames(transport.value())[0][1])["count"] == 1
+        store.stopService()
+
+
+def test_replies_are_framed_as_autobahn_frames_them():
+    with tempfile.TemporaryDirectory() as root, clocked() as clock:
+        _, store, _, [(mine, mine_wire), (reference, reference_wire)] = upload_connections(Path(root), 2, MB,
+                                                                                            clock=clock)
+        payloads = [b"", b"x" * 125, b"y" * 126, b"z" * 65535, b"w" * 65536]
+        mine.send_texts(payloads)
+        for payload in payloads:
+            reference.sendMessage(payload)
+        assert mine_wire.value() == reference_wire.value()
+        stats = [(each.trafficStats.outgoingWebSocketMessages, each.trafficStats.outgoingWebSocketFrames,
+                  each.trafficStats.outgoingOctetsAppLevel, each.trafficStats.outgoingOctetsWireLevel)
+                 for each in (mine, reference)]
+        assert stats[0] == stats[1]
         store.stopService()

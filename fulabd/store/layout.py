@@ -6,6 +6,7 @@ without following a symlink, so nothing outside the root is ever written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -23,6 +24,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 def safe_id(raw: str) -> str:
     """A file-name-safe form of a session id; distinct ids never share files."""
+    return _safe_id_cached(raw) if len(raw) <= SAFE_ID_LENGTH else _safe_id(raw)
+
+
+def _safe_id(raw: str) -> str:
     cleaned = _UNSAFE.sub("_", raw)
     if cleaned.startswith("."):
         cleaned = "_" + cleaned[1:]
@@ -30,6 +35,11 @@ def safe_id(raw: str) -> str:
     if cleaned != raw or not raw:
         cleaned = f"{cleaned}-{hashlib.sha256(raw.encode('utf-8')).hexdigest()[:8]}"
     return cleaned
+
+
+# It is asked several times per upload message, for the same few ids; ids of a file name's length only, so
+# the cache stays a few MB whatever ids it is asked for.
+_safe_id_cached = functools.lru_cache(maxsize=1 << 14)(_safe_id)
 
 
 class Root:
