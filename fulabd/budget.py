@@ -87,6 +87,8 @@ class InflightBudget:
 
     def _grant(self, asking: Reader | None = None):
         """Let waiting frames go, oldest message first, while they fit; readers held before carry on."""
+        if not self._waiting:
+            return  # (asked after every message and every reply: nearly always nothing waits)
         for reader in sorted(self._waiting, key=lambda each: self._receiving[each][0]):
             wanted = self._waiting[reader]
             if self.reserved + wanted > self.limit and not (self.committing == 0 and self._oldest(reader)):

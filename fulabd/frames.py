@@ -17,17 +17,52 @@ from __future__ import annotations
 
 from autobahn.websocket.xormasker import create_xor_masker
 
-SMALL_FRAME = 2048  # payloads up to this are unmasked with one integer XOR, which beats Autobahn's masker below it
+SMALL_FRAME = 256  # payloads up to this are unmasked with one integer XOR (0.9 us at 300 B, 2.5 at 1 KB, 16 at 8 KB)
 TEXT, BINARY = 0x81, 0x82  # first header byte of an unfragmented data frame with no extension bits
 MASKED = 0x80
 
 
-def unmask(payload: bytes, mask: bytes) -> bytes:
+def xor_small(payload: bytes, mask: bytes) -> bytes:
     size = len(payload)
-    if size > SMALL_FRAME:
-        return create_xor_masker(mask, size).process(payload)
     key = (mask * ((size >> 2) + 1))[:size]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+
+
+def xor_with_autobahn(payload: bytes, mask: bytes) -> bytes:
+    """Autobahn's masker object: about 2.7 us a call up to 8 KB, most of it the object (and an import)."""
+    return create_xor_masker(mask, len(payload)).process(payload)
+
+
+def compiled_xor():
+    """The compiled loop beneath Autobahn's masker, called as it is (0.9 us for 300 B to 2 KB, 1.1 at 8 KB), if
+    this Autobahn has it and it agrees with the integer XOR on a test vector; else its masker object."""
+    try:
+        from _nvx_xormasker import ffi, lib
+    except ImportError:
+        return xor_with_autobahn
+
+    def xor(payload: bytes, mask: bytes) -> bytes:
+        out = bytearray(payload)
+        masker = lib.nvx_xormask_new(mask)
+        try:
+            lib.nvx_xormask_process(masker, ffi.from_buffer(out), len(out))
+        finally:
+            lib.nvx_xormask_free(masker)
+        return bytes(out)
+
+    vector, mask = bytes(range(256)) * 5, b"\x9c\x01\xfe\x42"
+    try:
+        agrees = xor(vector[1:], mask) == xor_small(vector[1:], mask)
+    except Exception:
+        agrees = False
+    return xor if agrees else xor_with_autobahn
+
+
+xor_large = compiled_xor()
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    return xor_small(payload, mask) if len(payload) <= SMALL_FRAME else xor_large(payload, mask)
 
 
 def frame_header(data: bytes) -> tuple[int, int] | None:

@@ -20,7 +20,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from fulabd.frames import frame_header, unmask
+from fulabd.frames import frame_header, unmask, xor_large, xor_small, xor_with_autobahn
 from fulabd.upload import UploadProtocol
 from tests.fixtures import close_code, frame, parse_frames
 from tests.test_budget import MB, upload_connections
@@ -133,8 +133,10 @@ def test_bad_utf8_closes_with_1007_and_nothing_after_it_is_read():
 
 
 @given(st.binary(max_size=5000), st.binary(min_size=4, max_size=4))
-def test_unmask_is_autobahns_xor(payload, mask):
-    assert unmask(payload, mask) == create_xor_masker(mask, len(payload)).process(payload)
+def test_every_unmasking_is_autobahns_xor(payload, mask):
+    expected = create_xor_masker(mask, len(payload)).process(payload)
+    assert unmask(payload, mask) == xor_small(payload, mask) == xor_large(payload, mask) == expected
+    assert xor_with_autobahn(payload, mask) == expected, "the fallback where the compiled loop is missing"
 
 
 def test_headers_left_to_autobahn():
