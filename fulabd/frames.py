@@ -15,6 +15,8 @@ stays the reference for the protocol.
 
 from __future__ import annotations
 
+import os
+
 from autobahn.websocket.xormasker import create_xor_masker
 
 SMALL_FRAME = 256  # payloads up to this are unmasked with one integer XOR (0.9 us at 300 B, 2.5 at 1 KB, 16 at 8 KB)
@@ -80,14 +82,39 @@ def frame_header(data: bytes) -> tuple[int, int] | None:
     return (14, length) if 65536 <= length < 1 << 63 and len(data) >= 14 else None
 
 
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked (server) text frame of one whole message."""
-    size = len(payload)
+def data_frame(payload: bytes, binary: bool = False, mask: bytes | None = None) -> bytes:
+    """One whole message as one frame; masked with `mask` if given (a client's frames are, a server's not)."""
+    size, first, masked = len(payload), BINARY if binary else TEXT, MASKED if mask else 0
     if size < 126:
-        return bytes((TEXT, size)) + payload
-    if size < 65536:
-        return bytes((TEXT, 126)) + size.to_bytes(2, "big") + payload
-    return bytes((TEXT, 127)) + size.to_bytes(8, "big") + payload
+        head = bytes((first, masked | size))
+    elif size < 65536:
+        head = bytes((first, masked | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((first, masked | 127)) + size.to_bytes(8, "big")
+    return head + mask + unmask(payload, mask) if mask else head + payload
+
+
+def write_whole(protocol, payloads: list[bytes], binary: bool = False):
+    """Send messages on an open Autobahn `protocol`, one frame each, in one write, as its `sendMessage` would
+    one by one (which costs about as much per small message as reading one); left to it where compression,
+    fragmenting, logging, a send queue, the message limit or a connection not open apply.  A client's frames
+    are masked with keys from `os.urandom`, as RFC 6455 asks."""
+    if protocol.state != protocol.STATE_OPEN or protocol._perMessageCompress is not None \
+            or protocol.autoFragmentSize or protocol.send_queue or protocol.logFrames or protocol.logOctets \
+            or protocol.trackedTimings or 0 < protocol.maxMessagePayloadSize < max(map(len, payloads), default=0):
+        for payload in payloads:
+            protocol.sendMessage(payload, isBinary=binary)
+        return
+    client = not protocol.factory.isServer
+    data = b"".join(data_frame(payload, binary, os.urandom(4) if client else None) for payload in payloads)
+    size = sum(map(len, payloads))
+    stats = protocol.trafficStats
+    stats.outgoingWebSocketMessages += len(payloads)
+    stats.outgoingWebSocketFrames += len(payloads)
+    stats.outgoingOctetsAppLevel += size
+    stats.outgoingOctetsWebSocketLevel += size
+    stats.outgoingOctetsWireLevel += len(data)
+    protocol.transport.write(data)
 
 
 class WholeFrames:
@@ -103,24 +130,7 @@ class WholeFrames:
         return True
 
     def send_texts(self, payloads: list[bytes]):
-        """Send text messages, one frame each, in one write, as `sendMessage` would one by one (which costs
-        about as much per small reply as reading a message); left to it where compression, fragmenting,
-        logging, a send queue or the message limit apply."""
-        if self._perMessageCompress is not None or self.autoFragmentSize or self.send_queue or self.logFrames \
-                or self.logOctets or self.trackedTimings \
-                or 0 < self.maxMessagePayloadSize < max(map(len, payloads), default=0):
-            for payload in payloads:
-                self.sendMessage(payload)
-            return
-        data = b"".join(map(text_frame, payloads))
-        size = sum(map(len, payloads))
-        stats = self.trafficStats
-        stats.outgoingWebSocketMessages += len(payloads)
-        stats.outgoingWebSocketFrames += len(payloads)
-        stats.outgoingOctetsAppLevel += size
-        stats.outgoingOctetsWebSocketLevel += size
-        stats.outgoingOctetsWireLevel += len(data)
-        self.transport.write(data)
+        write_whole(self, payloads)
 
     def processData(self):
         if self.state != self.STATE_OPEN or self.current_frame is not None or self.inside_message \

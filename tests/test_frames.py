@@ -20,7 +20,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from fulabd.frames import frame_header, unmask, xor_large, xor_small, xor_with_autobahn
+from fulabd.frames import data_frame, frame_header, unmask, xor_large, xor_small, xor_with_autobahn
 from fulabd.upload import UploadProtocol
 from tests.fixtures import close_code, frame, parse_frames
 from tests.test_budget import MB, upload_connections
@@ -176,3 +176,11 @@ def test_replies_are_framed_as_autobahn_frames_them():
                  for each in (mine, reference)]
         assert stats[0] == stats[1]
         store.stopService()
+
+
+@given(st.binary(max_size=70_000), st.booleans(), st.binary(min_size=4, max_size=4))
+def test_a_masked_frame_of_ours_reads_back_as_its_message(payload, binary, mask):
+    wire = data_frame(payload, binary, mask)
+    header, length = frame_header(wire)
+    assert wire[0] == (0x82 if binary else 0x81) and length == len(payload) == len(wire) - header
+    assert unmask(wire[header:], wire[header - 4:header]) == payload

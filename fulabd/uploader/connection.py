@@ -21,10 +21,10 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectingCancelledError, ConnectionRefusedError, DNSLookupError
 from twisted.internet.error import TCPTimedOutError, TimeoutError
-from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 
 from fulabd import packed
+from fulabd.frames import write_whole
 from fulabd.uploader.defaults import PING_INTERVAL
 
 HANDSHAKE_TIMEOUT = 15
@@ -113,7 +113,7 @@ class UploadClientProtocol(WebSocketClientProtocol):
     def send(self, payload: bytes, on_reply, binary: bool = False):
         """Send one encoded message; `on_reply` gets the server's reply to it."""
         self._replies.expect(on_reply)
-        self.sendMessage(payload, isBinary=binary)
+        write_whole(self, [payload], binary)
 
     def onMessage(self, payload, isBinary):
         try:
@@ -246,6 +246,8 @@ class UploadClientFactory(WebSocketClientFactory):
 
 def tls_options(host: str, cafile: str | None):
     """Verify the server against the system CAs, or the CAs in `cafile`: never unverified."""
+    from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates  # wss:// only
+
     if cafile is None:
         return optionsForClientTLS(host)
     with open(cafile, "rb") as handle:
