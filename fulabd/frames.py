@@ -67,19 +67,19 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
     return xor_small(payload, mask) if len(payload) <= SMALL_FRAME else xor_large(payload, mask)
 
 
-def frame_header(data: bytes) -> tuple[int, int] | None:
-    """(header length, payload length) of the whole, masked data frame `data` begins with, once its header is
+def frame_header(data: bytes, at: int = 0) -> tuple[int, int] | None:
+    """(header length, payload length) of the whole, masked data frame at `data[at:]`, once its header is
     buffered and its length minimally encoded; else None (Autobahn's to read, or to refuse)."""
-    if len(data) < 6 or data[0] not in (TEXT, BINARY) or not data[1] & MASKED:
+    if len(data) - at < 6 or data[at] not in (TEXT, BINARY) or not data[at + 1] & MASKED:
         return None
-    length = data[1] & 0x7F
+    length = data[at + 1] & 0x7F
     if length < 126:
         return 6, length
     if length == 126:
-        length = int.from_bytes(data[2:4], "big")
-        return (8, length) if length >= 126 and len(data) >= 8 else None
-    length = int.from_bytes(data[2:10], "big")
-    return (14, length) if 65536 <= length < 1 << 63 and len(data) >= 14 else None
+        length = int.from_bytes(data[at + 2:at + 4], "big")
+        return (8, length) if length >= 126 and len(data) - at >= 8 else None
+    length = int.from_bytes(data[at + 2:at + 10], "big")
+    return (14, length) if 65536 <= length < 1 << 63 and len(data) - at >= 14 else None
 
 
 def data_frame(payload: bytes, binary: bool = False, mask: bytes | None = None) -> bytes:
@@ -133,30 +133,47 @@ class WholeFrames:
         write_whole(self, payloads)
 
     def processData(self):
+        """Every whole frame buffered, in one call; the buffer is cut once, at the end (cutting it after each
+        frame copied the rest of a read each time)."""
         if self.state != self.STATE_OPEN or self.current_frame is not None or self.inside_message \
                 or self.logFrames or self.trackedTimings or not self.applyMask:
             self._whole_frame = None  # (a closing connection's frame is Autobahn's, which asks its budget again)
             return super().processData()
-        frame = self._whole_frame or frame_header(self.data)
-        if frame is None:
-            return super().processData()
-        header, length = frame
-        if self._whole_frame is None:
-            if 0 < self.maxFramePayloadSize < length or 0 < self.maxMessagePayloadSize < length:
-                return super().processData()  # it refuses the frame as Autobahn does
-            self._whole_frame = frame
-            if not self.frame_begins(length):
+        data, start = self.data, 0
+        while True:
+            frame = self._whole_frame or frame_header(data, start)
+            if frame is None:
+                self.data = data[start:]
+                return super().processData()
+            header, length = frame
+            if self._whole_frame is None:
+                if 0 < self.maxFramePayloadSize < length or 0 < self.maxMessagePayloadSize < length:
+                    self.data = data[start:]
+                    return super().processData()  # it refuses the frame as Autobahn does
+                self._whole_frame = frame
+                if not self.frame_begins(length):
+                    self.data = data[start:]
+                    return False
+            end = start + header + length
+            if len(data) < end:
+                self.data = data[start:]
                 return False
-        if len(self.data) < header + length:
-            return False
-        self._whole_frame = None
-        data = self.data
-        payload = unmask(data[header:header + length], data[header - 4:header]) if length else b""
-        self.data = data[header + length:]
+            self._whole_frame = None
+            binary = data[start] == BINARY
+            payload = unmask(data[end - length:end], data[end - length - 4:end - length]) if length else b""
+            start = end
+            if not self._deliver(payload, binary):
+                self.data = data[start:]
+                return False
+            if self.state != self.STATE_OPEN:
+                self.data = data[start:]
+                return len(self.data) > 0
+
+    def _deliver(self, payload: bytes, binary: bool) -> bool:
+        """One whole message, counted as Autobahn counts it; False if it was refused (invalid UTF-8)."""
         stats = self.trafficStats
-        stats.incomingOctetsWebSocketLevel += length
-        stats.incomingOctetsAppLevel += length
-        binary = data[0] == BINARY
+        stats.incomingOctetsWebSocketLevel += len(payload)
+        stats.incomingOctetsAppLevel += len(payload)
         if not binary and self.utf8validateIncoming:
             try:
                 payload.decode("utf-8")
@@ -168,4 +185,4 @@ class WholeFrames:
         if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
             self._cancelAutoPingTimeoutCall()
         self._onMessage(payload, binary)
-        return len(self.data) > 0
+        return True
