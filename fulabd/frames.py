@@ -5,10 +5,11 @@ Autobahn reads a frame in about a dozen Python calls (header, a masker object,
 frame begin, data and end, message begin and end, a UTF-8 validator object),
 which at 10,000 upload messages a second took 60 % of the reactor's time, more
 than storing and acknowledging them.  Nearly every upload message is one
-masked frame with no extension bits, so `WholeFrames.processData` reads such
-a frame itself once it is all buffered: the same checks, the same limits, the
-same memory budget, one unmasking and one UTF-8 check, then `onMessage`.  All
-else (control frames, fragments, compressed frames, frames over a limit,
+masked frame with no extension bits, and under load nearly every one is all
+in the buffer when its header is read: `WholeFrames.processData` reads such a
+frame itself, with the same checks, the same limits and the same memory budget,
+one unmasking and one UTF-8 check, then `onMessage`.  All else (a frame still
+arriving, control frames, fragments, compressed frames, frames over a limit,
 errors, a closing connection) is left to Autobahn's own `processData`, which
 stays the reference for the protocol.
 """
@@ -124,7 +125,7 @@ class WholeFrames:
     `onMessageFrameBegin` is); it returns False to stop reading until the protocol reads its buffer again.
     """
 
-    _whole_frame: tuple[int, int] | None = None  # (header, payload length) of a frame let in and still arriving
+    _whole_frame: tuple[int, int] | None = None  # (header, payload length) of a whole frame held by frame_begins
 
     def frame_begins(self, length: int) -> bool:
         return True
@@ -134,7 +135,9 @@ class WholeFrames:
 
     def processData(self):
         """Every whole frame buffered, in one call; the buffer is cut once, at the end (cutting it after each
-        frame copied the rest of a read each time)."""
+        frame copied the rest of a read each time).  A frame not yet all here is Autobahn's, which reads its
+        payload as it comes: waiting for it would copy the growing buffer at every read (a 60 MB frame in 64 KiB
+        reads, or a small one trickled a byte at a time, would cost gigabytes of copying)."""
         if self.state != self.STATE_OPEN or self.current_frame is not None or self.inside_message \
                 or self.logFrames or self.trackedTimings or not self.applyMask:
             self._whole_frame = None  # (a closing connection's frame is Autobahn's, which asks its budget again)
@@ -146,18 +149,15 @@ class WholeFrames:
                 self.data = data[start:]
                 return super().processData()
             header, length = frame
+            end = start + header + length
             if self._whole_frame is None:
-                if 0 < self.maxFramePayloadSize < length or 0 < self.maxMessagePayloadSize < length:
+                if len(data) < end or 0 < self.maxFramePayloadSize < length or 0 < self.maxMessagePayloadSize < length:
                     self.data = data[start:]
-                    return super().processData()  # it refuses the frame as Autobahn does
+                    return super().processData()  # it reads a frame still arriving as it comes, or refuses it
                 self._whole_frame = frame
                 if not self.frame_begins(length):
                     self.data = data[start:]
                     return False
-            end = start + header + length
-            if len(data) < end:
-                self.data = data[start:]
-                return False
             self._whole_frame = None
             binary = data[start] == BINARY
             payload = unmask(data[end - length:end], data[end - length - 4:end - length]) if length else b""

@@ -115,7 +115,8 @@ def test_whole_frames_answer_as_autobahn_does_however_the_bytes_are_cut(messages
     assert mine[:3] == reference[:3]
     assert mine[3] == reference[3] or last is not None, "traffic counts (a bad frame is counted as far as read)"
     if len(wire) < 20_000:
-        assert mine == run(UploadProtocol, wire, list(range(1, len(wire)))), "byte by byte"
+        trickled = run(UploadProtocol, wire, list(range(1, len(wire))))
+        assert trickled[:3] == mine[:3] and (trickled[3] == mine[3] or last is not None), "byte by byte"
 
 
 def test_a_run_of_frames_in_one_read_is_answered_in_order_and_stored():
@@ -149,13 +150,14 @@ def test_headers_left_to_autobahn():
     assert frame_header(b"\x81\x05hello") is None, "unmasked"
 
 
-def test_a_frame_arriving_over_many_reads_asks_the_budget_once():
+def test_a_frame_arriving_over_many_reads_asks_the_budget_once_and_is_not_kept_whole():
     with tempfile.TemporaryDirectory() as root, clocked() as clock:
         _, store, factory, [(server, transport)] = upload_connections(Path(root), 1, 64 * MB, clock=clock)
         wire = init("s", ["x" * 50_000])
         for start in range(0, len(wire) - 1000, 1000):
             server.dataReceived(wire[start:start + 1000])
             assert factory.budget.reserved == len(wire) - 8, "the payload's bytes, asked for once"
+            assert len(server.data) < 1000, "read as it comes: a buffer that grew would be copied at every read"
         server.dataReceived(wire[start + 1000:])
         clock.advance(0.1)
         assert factory.budget.reserved == 0 and orjson.loads(parse_frames(transport.value())[0][1])["count"] == 1
