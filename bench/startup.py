@@ -8,6 +8,7 @@ whole listing and a `since` poll once loaded. N: 100,000, 2,000 with --quick.
 
 from __future__ import annotations
 
+import statistics
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +21,7 @@ from fulabd import edn
 from tests.fixtures import STORE_LOADED, Daemon
 
 NAME = "7 start-up and listings"
+PAGES = 21  # listing pages asked once loaded: the first (the summaries may still be catching up), and 20 more
 LINE = b'{"type":"user","message":{"content":"hi"}}\n'
 
 
@@ -63,8 +65,8 @@ def run(work: Path, quick: bool) -> list[Row]:
             seconds, code, body = timed_get(daemon.http + "/healthz")
             health.append((seconds, code, body.decode().strip()))
         loaded = time.perf_counter() - started
-        page, _, body = timed_get(daemon.http + "/fulab/lab/sessions?limit=100")
-        token = orjson.loads(body)["token"]
+        pages = [timed_get(daemon.http + "/fulab/lab/sessions?limit=100") for _ in range(PAGES)]
+        token = orjson.loads(pages[-1][2])["token"]
         whole, _, body = timed_get(daemon.http + "/fulab/lab/sessions")
         listed = len(orjson.loads(body)["sessions"])
         since, _, _ = timed_get(daemon.http + f"/fulab/lab/sessions?since={token}")
@@ -79,7 +81,10 @@ def run(work: Path, quick: bool) -> list[Row]:
         Row(NAME, f"{label}: start to store loaded", loaded, "s", higher_is_better=False),
         Row(NAME, f"{label}: slowest /healthz while loading ({len(health)} asked)", max(during, default=0), "s",
             higher_is_better=False, extra={"answers": sorted({f"{code} {text}" for _, code, text in health})[:5]}),
-        Row(NAME, f"{label}: a listing page (limit=100)", page, "s", higher_is_better=False),
+        Row(NAME, f"{label}: the first listing page once loaded (limit=100)", pages[0][0], "s",
+            higher_is_better=False),
+        Row(NAME, f"{label}: a listing page (limit=100), median of the {PAGES - 1} after it",
+            statistics.median(seconds for seconds, _, _ in pages[1:]), "s", higher_is_better=False),
         Row(NAME, f"{label}: the whole listing", whole, "s", higher_is_better=False),
         Row(NAME, f"{label}: a since poll with no changes", since, "s", higher_is_better=False),
     ]

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, task
+from twisted.logger import capturedLogs, formatEvent
 
 from fulabd import events, formats
 from fulabd.prices import BadPrices, PriceTable
@@ -296,3 +297,34 @@ def test_catching_up_in_slices_smaller_than_a_line_gives_the_same_summary(path, 
     whole = caught_up(session).get(session.session_id)
     monkeypatch.setattr(service, "SLICE_BYTES", 64)  # most lines span several slices
     assert caught_up(StoredFile(path)).get(session.session_id) == whole
+
+
+def one_turn(clock: task.Clock):
+    """What a reactor turn runs: the calls due as it starts, not those they schedule (`advance` runs both)."""
+    for call in [call for call in clock.calls if call.getTime() <= clock.seconds()]:
+        clock.calls.remove(call)
+        call.called = True
+        call.func(*call.args, **call.kw)
+
+
+def test_the_sessions_found_at_start_up_are_taken_up_a_slice_per_turn_and_all_summarised(tmp_path, monkeypatch):
+    monkeypatch.setattr(service, "TRACK_SLICE", 2)
+    sample = sample_files()[0]
+    sessions = []
+    for number in range(5):
+        copy = tmp_path / f"{number}-{sample.name}"
+        copy.write_bytes(sample.read_bytes())
+        sessions.append(StoredFile(copy))
+    alone = caught_up(StoredFile(sample))
+    [expected] = [alone._summary(tracked) for tracked in alone._tracked.values()]
+    summaries = Summaries(Folder(sessions), PriceTable.shipped(), task.Clock(), run_in_thread=in_line)
+    with capturedLogs() as events:
+        summaries.startService()
+        turns = []
+        while summaries.clock.calls:
+            one_turn(summaries.clock)
+            turns.append(len(summaries._tracked))
+    assert turns == [2, 4, 5], "a slice a turn"
+    done = [formatEvent(event) for event in events if "up to date" in formatEvent(event)]
+    assert done == [done[0]] and "summaries of 5 sessions are up to date" in done[0], done
+    assert all(summaries._summary(summaries._tracked[session.path]) == expected for session in sessions)
