@@ -85,6 +85,8 @@ def frame_header(data: bytes, at: int = 0) -> tuple[int, int] | None:
 
 def data_frame(payload: bytes, binary: bool = False, mask: bytes | None = None) -> bytes:
     """One whole message as one frame; masked with `mask` if given (a client's frames are, a server's not)."""
+    if mask is not None and len(mask) != 4:
+        raise ValueError("a WebSocket masking key is 4 bytes")
     size, first, masked = len(payload), BINARY if binary else TEXT, MASKED if mask else 0
     if size < 126:
         head = bytes((first, masked | size))
@@ -121,56 +123,67 @@ def write_whole(protocol, payloads: list[bytes], binary: bool = False):
 class WholeFrames:
     """A mixin for a `WebSocketServerProtocol` whose messages are mostly one frame each.
 
-    `frame_begins(length)` is asked once per frame, when its header is read (as Autobahn's
-    `onMessageFrameBegin` is); it returns False to stop reading until the protocol reads its buffer again.
+    `frame_begins(length)` is asked once per data frame, whichever reads it, when its header is read (not
+    once the connection is failing); it returns False to stop reading until the protocol reads its buffer
+    again.
     """
 
     _whole_frame: tuple[int, int] | None = None  # (header, payload length) of a whole frame held by frame_begins
+    _granted = False  # that frame was let in, but the connection began closing first: Autobahn reads it
 
     def frame_begins(self, length: int) -> bool:
         return True
+
+    def onMessageFrameBegin(self, length):
+        super().onMessageFrameBegin(length)
+        if self._granted:
+            self._granted = False
+        elif not self.failedByMe:
+            self.frame_begins(length)
 
     def send_texts(self, payloads: list[bytes]):
         write_whole(self, payloads)
 
     def processData(self):
-        """Every whole frame buffered, in one call; the buffer is cut once, at the end (cutting it after each
-        frame copied the rest of a read each time).  A frame not yet all here is Autobahn's, which reads its
-        payload as it comes: waiting for it would copy the growing buffer at every read (a 60 MB frame in 64 KiB
-        reads, or a small one trickled a byte at a time, would cost gigabytes of copying)."""
+        """Every whole frame buffered, in one call; the buffer is cut once, when the call ends however it ends
+        (cutting it after each frame copied the rest of a read each time; not cutting it before an exception
+        would read those frames again).  A frame not yet all here is Autobahn's, which reads its payload as it
+        comes: waiting for it would copy the growing buffer at every read (a 60 MB frame in 64 KiB reads, or a
+        small one trickled a byte at a time, would cost gigabytes of copying)."""
         if self.state != self.STATE_OPEN or self.current_frame is not None or self.inside_message \
                 or self.logFrames or self.trackedTimings or not self.applyMask:
-            self._whole_frame = None  # (a closing connection's frame is Autobahn's, which asks its budget again)
+            self._granted = self._whole_frame is not None
+            self._whole_frame = None
             return super().processData()
         data, start = self.data, 0
-        while True:
-            frame = self._whole_frame or frame_header(data, start)
-            if frame is None:
-                self.data = data[start:]
-                return super().processData()
-            header, length = frame
-            end = start + header + length
-            if self._whole_frame is None:
-                if len(data) < end or 0 < self.maxFramePayloadSize < length or 0 < self.maxMessagePayloadSize < length:
-                    self.data = data[start:]
-                    return super().processData()  # it reads a frame still arriving as it comes, or refuses it
-                self._whole_frame = frame
-                if not self.frame_begins(length):
-                    self.data = data[start:]
-                    return False
-            self._whole_frame = None
-            binary = data[start] == BINARY
-            payload = unmask(data[end - length:end], data[end - length - 4:end - length]) if length else b""
-            start = end
-            if not self._deliver(payload, binary):
-                self.data = data[start:]
-                return False
-            if self.state != self.STATE_OPEN:
-                self.data = data[start:]
-                return len(self.data) > 0
+        try:
+            while True:
+                frame = self._whole_frame or frame_header(data, start)
+                if frame is None:
+                    break
+                header, length = frame
+                end = start + header + length
+                if self._whole_frame is None:
+                    if len(data) < end or 0 < self.maxFramePayloadSize < length \
+                            or 0 < self.maxMessagePayloadSize < length:
+                        break  # Autobahn reads a frame still arriving as it comes, or refuses it
+                    self._whole_frame = frame
+                    if not self.frame_begins(length):
+                        return False
+                self._whole_frame = None
+                binary = data[start] == BINARY
+                payload = unmask(data[end - length:end], data[end - length - 4:end - length]) if length else b""
+                start = end
+                self._deliver(payload, binary)
+                if self.state != self.STATE_OPEN:
+                    return len(data) > start
+        finally:
+            self.data = data[start:]
+        return super().processData()
 
-    def _deliver(self, payload: bytes, binary: bool) -> bool:
-        """One whole message, counted as Autobahn counts it; False if it was refused (invalid UTF-8)."""
+    def _deliver(self, payload: bytes, binary: bool):
+        """One whole message, counted as Autobahn counts it, or refused as it refuses invalid UTF-8: a close
+        frame with 1007, then the end of the connection."""
         stats = self.trafficStats
         stats.incomingOctetsWebSocketLevel += len(payload)
         stats.incomingOctetsAppLevel += len(payload)
@@ -179,10 +192,10 @@ class WholeFrames:
                 payload.decode("utf-8")
             except UnicodeDecodeError as e:
                 self._invalid_payload(f"encountered invalid UTF-8 in a text message at payload octet {e.start}")
-                return False
+                self.dropConnection(abort=False)
+                return
         stats.incomingWebSocketFrames += 1
         stats.incomingWebSocketMessages += 1
         if self.autoPingTimeoutCall and self.autoPingRestartOnAnyTraffic:
             self._cancelAutoPingTimeoutCall()
         self._onMessage(payload, binary)
-        return True

@@ -80,13 +80,9 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
 
     # The daemon's memory budget (fulabd.budget): a frame that does not fit stops this connection's reading.
 
-    def onMessageFrameBegin(self, length):
-        super().onMessageFrameBegin(length)
-        self.frame_begins(length)
-
     def frame_begins(self, length: int) -> bool:
-        """Both paths that read a data frame (Autobahn's and `WholeFrames`) ask here once per frame."""
-        return self.failedByMe or self.factory.budget.frame(self, length)
+        """Asked once per data frame, whichever reads it (`WholeFrames` or Autobahn)."""
+        return self.factory.budget.frame(self, length)
 
     def processData(self):
         """Held by the budget: leave what is buffered unread until `carry_on`."""

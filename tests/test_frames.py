@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
+import pytest
 import txaio
 from autobahn.websocket.xormasker import create_xor_masker
 from hypothesis import given, settings
@@ -87,50 +88,96 @@ def clocked():
         txaio.config.loop = previous
 
 
-def run(protocol, wire: bytes, cuts: list[int]) -> tuple:
-    """Feed `wire` to one upload connection in reads cut at `cuts`; what it answered and stored."""
+def run(protocol, wire: bytes, cuts: list[int], limits: tuple[int, int] = (LIMIT, LIMIT)) -> tuple:
+    """Feed `wire` to one upload connection in reads cut at `cuts`, under (frame, message) size `limits`: what
+    it answered, whether it ended the connection, what it stored and counted."""
     with tempfile.TemporaryDirectory() as root, clocked() as clock:
         _, store, factory, [(server, transport)] = upload_connections(Path(root), 1, 64 * MB, protocol, clock)
-        server.maxMessagePayloadSize = server.maxFramePayloadSize = LIMIT
+        server.maxFramePayloadSize, server.maxMessagePayloadSize = limits
         transport.registerProducer(server, True)  # as twisted.web's channel is: Autobahn unregisters it to drop
         for start, end in zip([0, *cuts], [*cuts, len(wire)]):
             server.dataReceived(wire[start:end])
             clock.advance(0)
         clock.advance(0.1)
+        ended = transport.disconnecting
         server.connectionLost(Failure(ConnectionDone()))
         frames = parse_frames(transport.value())
         stats = server.trafficStats
         stored = {path.name: path.read_bytes() for path in sorted(Path(root, "remote").glob("*.jsonl"))}
         store.stopService()
-    return ([payload for opcode, payload in frames if opcode == 0x1], close_code(frames), stored,
+    return ([payload for opcode, payload in frames if opcode == 0x1], close_code(frames), ended, stored,
             (stats.incomingWebSocketFrames, stats.incomingWebSocketMessages, stats.incomingOctetsAppLevel))
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(ordinary, max_size=8), st.one_of(st.none(), fatal), st.data())
-def test_whole_frames_answer_as_autobahn_does_however_the_bytes_are_cut(messages, last, data):
-    wire = b"".join(messages) + (last or b"")
+@settings(max_examples=80, deadline=None)
+@given(st.lists(ordinary, max_size=8), st.one_of(st.none(), fatal), st.booleans(),
+       st.sampled_from([(LIMIT, LIMIT), (LIMIT, 0), (0, LIMIT)]), st.data())
+def test_whole_frames_answer_as_autobahn_does_however_the_bytes_are_cut(messages, last, closes, limits, data):
+    """Then the client's close, if `closes`: what is buffered behind a bad frame is read as Autobahn reads it."""
+    wire = b"".join(messages) + (last or b"") + (frame(0x8, b"\x03\xe8") if closes else b"")
     cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(wire) - 1)), max_size=12))))
-    mine, reference = run(UploadProtocol, wire, cuts), run(AutobahnFrames, wire, cuts)
-    assert mine[:3] == reference[:3]
-    assert mine[3] == reference[3] or last is not None, "traffic counts (a bad frame is counted as far as read)"
+    mine, reference = run(UploadProtocol, wire, cuts, limits), run(AutobahnFrames, wire, cuts, limits)
+    assert mine[:4] == reference[:4]
+    assert mine[4] == reference[4] or last is not None, "traffic counts (a bad frame is counted as far as read)"
     if len(wire) < 20_000:
-        trickled = run(UploadProtocol, wire, list(range(1, len(wire))))
-        assert trickled[:3] == mine[:3] and (trickled[3] == mine[3] or last is not None), "byte by byte"
+        trickled = run(UploadProtocol, wire, list(range(1, len(wire))), limits)
+        assert trickled[:2] == mine[:2] and trickled[3] == mine[3], "byte by byte"
+        assert trickled[2::2] == mine[2::2] or last is not None, "where Autobahn reads a bad frame depends on the cuts"
 
 
 def test_a_run_of_frames_in_one_read_is_answered_in_order_and_stored():
     wire = b"".join(init("s", [orjson.dumps({"n": n}).decode()]) for n in range(50)) + text({"type": "ping"})
-    replies, code, stored, (frames, messages, _) = run(UploadProtocol, wire, [])
+    replies, code, _, stored, (frames, messages, _) = run(UploadProtocol, wire, [])
     assert [(orjson.loads(reply).get("err") or orjson.loads(reply)["type"]) for reply in replies] == \
         ["ack"] + ["conflict"] * 49 + ["pong"]
     assert code is None and frames == messages == 51 and stored == {"s.jsonl": b'{"n":0}\n'}
 
 
-def test_bad_utf8_closes_with_1007_and_nothing_after_it_is_read():
+def test_bad_utf8_closes_with_1007_ends_the_connection_and_nothing_after_it_is_read():
     wire = init("s", ["{}"]) + frame(0x1, b'{"a":"\xff"}') + init("t", ["{}"])
-    replies, code, stored, _ = run(UploadProtocol, wire, [])
-    assert code == 1007 and len(replies) == 1 and list(stored) == ["s.jsonl"]
+    replies, code, ended, stored, _ = run(UploadProtocol, wire, [])
+    assert code == 1007 and ended and len(replies) == 1 and list(stored) == ["s.jsonl"]
+
+
+class RaisesOnMarker(UploadProtocol):
+    """An upload protocol whose handling of one message fails as a bug would."""
+
+    def onMessage(self, payload, isBinary):
+        if payload == b'"marker"':
+            raise RuntimeError("a bug in handling this message")
+        super().onMessage(payload, isBinary)
+
+
+def test_a_message_whose_handling_raises_does_not_bring_back_the_ones_before_it():
+    with tempfile.TemporaryDirectory() as root, clocked() as clock:
+        _, store, _, [(server, transport)] = upload_connections(Path(root), 1, 64 * MB, RaisesOnMarker, clock)
+        ping = text({"type": "ping"})
+        with pytest.raises(RuntimeError):
+            server.dataReceived(ping + frame(0x1, b'"marker"') + ping)
+        assert server.data == ping, "the frames read are gone from the buffer, the one after is left"
+        server.consumeData()  # as a later read would
+        clock.advance(0)
+        assert [orjson.loads(payload)["type"] for _, payload in parse_frames(transport.value())] == ["pong", "pong"]
+        store.stopService()
+
+
+def test_a_held_whole_frame_on_a_connection_that_begins_closing_asks_the_budget_once():
+    with tempfile.TemporaryDirectory() as root, clocked() as clock:
+        _, store, factory, [(first, _), (second, wire)] = upload_connections(Path(root), 2, MB, clock=clock)
+        wire.registerProducer(second, True)
+        asked, ask = [], factory.budget.frame
+        factory.budget.frame = lambda reader, length: (reader is second and asked.append(length)) or ask(reader, length)
+        big = init("first", ["x" * 990_000])
+        first.dataReceived(big[:16])                       # its frame takes nearly all the budget
+        held = init("second", ["y" * 300_000])
+        second.dataReceived(held)
+        assert second.held
+        second.sendClose(1000, "the server is stopping")  # closing while its whole frame waits
+        first.dataReceived(big[16:])
+        clock.advance(0.1)                                 # first is acked: second's frame is let in
+        second.dataReceived(frame(0x8, b"\x03\xe8"))        # its client answers the close
+        assert asked == [frame_header(held)[1]] and factory.budget.reserved == 0
+        store.stopService()
 
 
 @given(st.binary(max_size=5000), st.binary(min_size=4, max_size=4))
