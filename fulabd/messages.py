@@ -33,6 +33,8 @@ UNKNOWN_SESSION = "unknown-session"
 MAX_SESSION_ID_LENGTH = 1024
 
 SESSION_META_KEYS = ("project", "source", "originator", "cwd", "remote-source", "parent-session-id")
+MAX_META_BYTES = 64 * 1024  # of one of them as JSON
+MAX_DEPTH = 32  # levels of lists and maps in metadata and PARs (their EDN sidecars' writer recurses)
 
 
 class ProtocolError(Exception):
@@ -95,7 +97,11 @@ def decode(payload: bytes | str) -> dict:
 
 def parse(payload: bytes | str):
     """Parse one client text frame into Ping, Resume, Append or Par."""
-    message = decode(payload)
+    return parse_message(decode(payload))
+
+
+def parse_message(message: dict):
+    """A decoded client message as Ping, Resume, Append or Par."""
     kind = message.get("type")
     if kind == "ping":
         return Ping()
@@ -108,8 +114,7 @@ def parse(payload: bytes | str):
         events = message.get("events", [])
         if not isinstance(events, list):
             raise ProtocolError(BAD_EVENT, "\"events\" must be a list of lines")
-        meta = {key: message[key] for key in SESSION_META_KEYS if key in message}
-        return Append("init", session_id_of(message), 0, encode_lines(events), meta)
+        return Append("init", session_id_of(message), 0, encode_lines(events), session_meta_of(message))
     if kind == "event":
         if "event" not in message:
             raise ProtocolError(BAD_EVENT, "an event message needs an \"event\" field")
@@ -149,6 +154,41 @@ def session_id_of(message: dict) -> str | None:
     return None
 
 
+def session_meta_of(message: dict) -> dict:
+    """The metadata an init brings (a null is no value): any JSON, each value at most MAX_META_BYTES as JSON
+    and MAX_DEPTH levels deep, since it is kept in the session's EDN sidecar."""
+    meta = {}
+    for key in SESSION_META_KEYS:
+        value = message.get(key)
+        if value is None:
+            continue
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError:
+            size = None
+        if size is None or size > MAX_META_BYTES or deeper_than(value, MAX_DEPTH):
+            raise ProtocolError(BAD_EVENT, f"\"{key}\" is too big or too deeply nested to keep (at most "
+                                           f"{MAX_META_BYTES} bytes as JSON, {MAX_DEPTH} levels); send a string",
+                                field=key)
+        meta[key] = value
+    return meta
+
+
+def deeper_than(value, limit: int) -> bool:
+    """Whether lists and maps nest more than `limit` levels in `value` (walked without recursion: call it on
+    values whose size is bounded)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def seq_of(message: dict, required: bool) -> int | None:
     seq = message.get("seq")
     if seq is None:
@@ -177,7 +217,11 @@ def encode_lines(events: list) -> list[bytes]:
             except UnicodeEncodeError:
                 raise ProtocolError(BAD_EVENT, f"event {index} is not valid UTF-8 text", index=index) from None
         else:
-            lines.append(orjson.dumps(event))
+            try:
+                lines.append(orjson.dumps(event))
+            except orjson.JSONEncodeError as e:  # nested deeper than orjson writes (it reads deeper than that)
+                raise ProtocolError(BAD_EVENT, f"event {index} cannot be stored as a JSON line ({e}); send the "
+                                               "line as a string", index=index) from None
     return lines
 
 

@@ -178,7 +178,7 @@ def parse_header(head: bytes) -> messages.Append:
         raise ProtocolError(UNKNOWN_TYPE, "a packed frame carries an init or events message; send others as text")
     if "events" in header:
         raise ProtocolError(BAD_MESSAGE, "a packed frame's lines travel in its compressed body, not in \"events\"")
-    return messages.parse(orjson.dumps(dict(header, events=[])))
+    return messages.parse_message(dict(header, events=[]))
 
 
 def inflate(body: bytes, max_size: int) -> bytes:

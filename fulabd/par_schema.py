@@ -14,7 +14,7 @@ from datetime import datetime
 
 import orjson
 
-from fulabd.messages import BAD_PAR, ProtocolError
+from fulabd.messages import BAD_PAR, MAX_DEPTH, ProtocolError, deeper_than
 
 QUESTIONS = ("intention", "happening", "perspectives", "learned", "forward")
 MAX_PAR_BYTES = 64 * 1024
@@ -57,11 +57,21 @@ def checked_par(data, author: str | None = None) -> dict:
         par["author"] = author
     elif "author" in data and not (isinstance(data["author"], str) and 0 < len(data["author"]) <= MAX_ID):
         raise bad("author", f"\"author\", when given, must be a string of 1 to {MAX_ID} characters")
+    check_size(par)
+    if deeper_than(par, MAX_DEPTH):
+        raise bad("par", f"the PAR nests values more than {MAX_DEPTH} levels deep; flatten it")
     par["id"] = id_of(data.get("id", data.get("par-id")), par)
-    size = len(orjson.dumps(par, option=orjson.OPT_NON_STR_KEYS))
+    check_size(par)
+    return par
+
+
+def check_size(par: dict) -> None:
+    try:
+        size = len(orjson.dumps(par, option=orjson.OPT_NON_STR_KEYS))
+    except orjson.JSONEncodeError as e:  # nested deeper than orjson writes
+        raise bad("par", f"the PAR cannot be stored ({e}); flatten it") from None
     if size > MAX_PAR_BYTES:
         raise bad("par", f"the PAR is {size} bytes as JSON; at most {MAX_PAR_BYTES} are accepted: shorten it")
-    return par
 
 
 def id_of(given, par: dict) -> str:

@@ -24,6 +24,17 @@ from tests.test_store import make_store, result_of
 K = edn_format.Keyword
 
 
+def nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_a_par_nested_to_the_limit_is_kept():
+    assert checked_par({"title": "t", "sessions": nested(31)})["sessions"] == nested(31)
+
+
 @pytest.mark.parametrize("par, field", [
     ("a string", "par"),
     ({"tags": ["a"]}, "title"),
@@ -42,6 +53,8 @@ K = edn_format.Keyword
     ({"title": "t", "id": 7}, "id"),
     ({"title": "t", "author": 7}, "author"),
     ({"title": "t", "questions": {"learned": "x" * MAX_PAR_BYTES}}, "par"),
+    ({"title": "t", "sessions": nested(33)}, "par"),     # deeper than the sidecar's writer may go
+    ({"title": "t", "sessions": nested(1000)}, "par"),   # deeper than JSON is written
 ])
 def test_a_bad_par_is_refused_naming_the_field(par, field):
     with pytest.raises(ProtocolError) as refused:

@@ -106,6 +106,9 @@ def test_event_after_init_may_omit_the_session_id(lab):
     ('{"type": "events", "session-id": "a", "seq": -1, "events": ["x"]}', "bad-event"),
     ('{"type": "event", "session-id": "a"}', "bad-event"),
     ('{"type": "par", "session-id": "a", "par": "text"}', "bad-par"),
+    ('{"type": "init", "session-id": "a", "events": [' + "[" * 300 + "]" * 300 + ']}', "bad-event"),  # too deep to store
+    ('{"type": "init", "session-id": "a", "events": [], "cwd": ' + "[" * 40 + "]" * 40 + '}', "bad-event"),
+    ('{"type": "init", "session-id": "a", "events": [], "project": "' + "p" * 70_000 + '"}', "bad-event"),
 ])
 def test_every_bad_message_gets_its_error_and_the_connection_stays_open(lab, message, code):
     client = lab.client()
