@@ -184,16 +184,16 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         so messages keep their order.  Otherwise the check is made at once, with no Deferred of its own (this
         runs for every message; `_handle`'s caller turns what it raises into the reply)."""
         store = self.factory.store
-        if store.get(session_id) is not None or store.problem() is None:
-            self._check_owner(session_id)
+        session = store.get(session_id)
+        if session is not None or store.problem() is None:
+            self._check_owner(session_id, session)
             return then()
-        return store.resume(session_id).addCallback(lambda _: self._check_owner(session_id)).addCallback(
-            lambda _: then())
+        return store.resume(session_id).addCallback(
+            lambda _: self._check_owner(session_id, store.get(session_id))).addCallback(lambda _: then())
 
-    def _check_owner(self, session_id: str):
+    def _check_owner(self, session_id: str, session):
         """A session belongs to the token that created it: others may not add to it (or learn its count),
         unless they are `admin`.  Sessions created without a token belong to no one."""
-        session = self.factory.store.get(session_id)
         if session is None or not session.stored:
             self._created.add(session_id)
             return
@@ -208,8 +208,8 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         """Name the token's holder in the meta of a session this connection created, once something is stored.
 
         A session is never re-attributed: one created without a token stays no one's."""
-        session = self.factory.store.get(session_id)
-        if self.uploader and session_id in self._created and session.meta.get("uploader") is None:
+        if self.uploader and session_id in self._created \
+                and self.factory.store.get(session_id).meta.get("uploader") is None:
             self.factory.store.update_meta(session_id, uploader=self.uploader)
 
     def _reply(self, result: defer.Deferred, size: int):
