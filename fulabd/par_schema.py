@@ -57,11 +57,11 @@ def checked_par(data, author: str | None = None) -> dict:
         par["author"] = author
     elif "author" in data and not (isinstance(data["author"], str) and 0 < len(data["author"]) <= MAX_ID):
         raise bad("author", f"\"author\", when given, must be a string of 1 to {MAX_ID} characters")
-    check_size(par)
+    check_size(par)  # first, so that the walk below is over at most MAX_PAR_BYTES of values
     if deeper_than(par, MAX_DEPTH):
         raise bad("par", f"the PAR nests values more than {MAX_DEPTH} levels deep; flatten it")
     par["id"] = id_of(data.get("id", data.get("par-id")), par)
-    check_size(par)
+    check_size(par)  # again with the id, which counts too
     return par
 
 

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 
 MIN_TOKEN_LENGTH = 16
-MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_hex(32))'"  # (hex: never a leading '-', which a command line would take for an option)
+# Hex: never a leading "-", which a command line would take for an option.
+MAKE_TOKEN = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
 
 UPLOAD, READ, REVIEW, ADMIN = "upload", "read", "review", "admin"
 SCOPES = (UPLOAD, READ, REVIEW, ADMIN)

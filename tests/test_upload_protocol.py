@@ -106,7 +106,7 @@ def test_event_after_init_may_omit_the_session_id(lab):
     ('{"type": "events", "session-id": "a", "seq": -1, "events": ["x"]}', "bad-event"),
     ('{"type": "event", "session-id": "a"}', "bad-event"),
     ('{"type": "par", "session-id": "a", "par": "text"}', "bad-par"),
-    ('{"type": "init", "session-id": "a", "events": [' + "[" * 300 + "]" * 300 + ']}', "bad-event"),  # too deep to store
+    ('{"type": "init", "session-id": "a", "events": [' + "[" * 300 + "]" * 300 + ']}', "bad-event"),  # too deep
     ('{"type": "init", "session-id": "a", "events": [], "cwd": ' + "[" * 40 + "]" * 40 + '}', "bad-event"),
     ('{"type": "init", "session-id": "a", "events": [], "project": "' + "p" * 70_000 + '"}', "bad-event"),
 ])
