@@ -10,6 +10,7 @@ for single words, phrases and prefixes, beside `grep -F` over the same files.
 from __future__ import annotations
 
 import asyncio
+import os
 import http.client
 import random
 import re
@@ -137,6 +138,7 @@ def run(work: Path, quick: bool, size_mb: int | None = None) -> list[Row]:
     root = work / "store"
     total, lines = build_store(root, size)
     files = sorted(str(path) for path in root.glob("indexed-*.jsonl"))
+    os.sync()  # the store just written is not still being written back while either upload is measured
     seconds = 5.0 if quick else 20.0
 
     daemon = start_daemon(root, "--no-index")
