@@ -97,9 +97,9 @@ def feeder_info(session):
 
 
 def test_only_the_most_recently_indexed_matches_are_ranked(tmp_path, index, monkeypatch):
-    from fulabd.index import sqlite
+    from fulabd.index import sqlite_search
 
-    monkeypatch.setattr(sqlite, "MAX_RANKED", 30)
+    monkeypatch.setattr(sqlite_search, "MAX_RANKED", 30)
     session = local_session(tmp_path, [line("user", f"common word{i}") for i in range(40)])
     with index.batch():
         index.add_lines(feeder_info(session), 0, [line("user", f"common word{i}") for i in range(40)])
@@ -110,6 +110,38 @@ def test_only_the_most_recently_indexed_matches_are_ranked(tmp_path, index, monk
         if (cursor := page.cursor) is None:
             break
     assert sorted(lines) == list(range(10, 40))
+
+
+def test_documents_fill_parts_and_a_search_reads_the_newest_first(tmp_path, index, monkeypatch):
+    """Parts of about 60 characters: every match is found across them, the most recent MAX_RANKED only, paged
+    in one order; a PAR's words are found in any part; a forgotten session leaves none of its documents in any."""
+    from fulabd.index import sqlite, sqlite_search
+
+    monkeypatch.setattr(sqlite, "PART_TEXT_CHARS", 60)
+    lines = [line("user", f"common word{i} " + "filler " * (i % 3)) for i in range(40)]
+    session = local_session(tmp_path, lines)
+    with index.batch():
+        for first in range(0, 40, 4):
+            index.add_lines(feeder_info(session), first, lines[first:first + 4])
+        index.add_par(feeder_info(session), 0, {"title": "a review", "questions": {"learned": "parsnip"}})
+    assert len(index._parts()) > 5
+    assert sorted(search(index, "common")) == list(range(40))
+    assert search(index, "word17") == [17]
+    assert [hit["par-index"] for hit in index.search(parse_query("parsnip"), Filters(), 10, None).items] == [0]
+    assert [hit["index"] for hit in index.pars(parse_query("parsnip"), Filters(), 10, None).items] == [0]
+    whole, paged, cursor = index.search(parse_query("common"), Filters(), 100, None).items, [], None
+    while True:
+        page = index.search(parse_query("common"), Filters(), 7, cursor)
+        paged += page.items
+        if (cursor := page.cursor) is None:
+            break
+    assert paged == whole
+
+    monkeypatch.setattr(sqlite_search, "MAX_RANKED", 10)
+    assert sorted(search(index, "common")) == list(range(30, 40))
+    with index.batch():
+        index.forget(session.path)
+    assert search(index, "common") == [] and index.pars(parse_query("parsnip"), Filters(), 10, None).items == []
 
 
 def test_a_python_without_fts5_is_refused_with_what_to_do(monkeypatch):
@@ -164,5 +196,5 @@ def test_an_index_of_an_older_layout_is_made_anew_with_prefix_indexes(tmp_path):
         assert search(opened, "to*") == [0]
     finally:
         opened.close()
-    schema = sqlite3.connect(folder / sqlite.FILE_NAME).execute("SELECT sql FROM sqlite_master WHERE name = 'docs'")
+    schema = sqlite3.connect(folder / sqlite.FILE_NAME).execute("SELECT sql FROM sqlite_master WHERE name = 'docs_0'")
     assert "prefix = '2 3 4'" in schema.fetchone()[0]

@@ -2,16 +2,22 @@
 The embedded search index: SQLite with FTS5 (the standard library's sqlite3),
 in `<root>/.index/search.sqlite3`.
 
-One FTS5 table holds a row per indexed document (its text, session, line,
-kind and time); a plain table holds each session's progress, written in the
-same transaction as its rows, so a crash mid-indexing leaves the index at a
-commit: nothing half-indexed, nothing twice.  The file is a cache of the
-session files: deleted or damaged, it is rebuilt from them.
+The documents (each a text with its session, line, kind and time) are kept in
+parts: FTS5 tables of about PART_TEXT_CHARS of text each, the newest taking what
+is indexed now, with rowids that grow across them.  A search reads the newest
+part first and an older one only while it has found fewer than MAX_RANKED
+matches (`fulabd.index.sqlite_search`), so a common word or a prefix that starts
+thousands of words costs about what one part costs, however big the store; and
+FTS5's segment merges stay within a part, so a byte indexed into a big store
+costs what it costs in a small one.
+A plain table holds each session's progress, written in the same transaction
+as its rows, so a crash mid-indexing leaves the index at a commit: nothing
+half-indexed, nothing twice.  The file is a cache of the session files:
+deleted or damaged, it is rebuilt from them.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import sqlite3
@@ -22,27 +28,34 @@ from contextlib import contextmanager
 import orjson
 from twisted.logger import Logger
 
-from fulabd.index import BadCursor, Filters, IndexUnusable, Page, Progress, SessionInfo, Term
+from fulabd.index import IndexUnusable, Progress, SessionInfo
 from fulabd.index.extract import line_documents, par_document
-from fulabd.index.snippet import snippet
+from fulabd.index.sqlite_search import Searching
 
 FILE_NAME = "search.sqlite3"
-SCHEMA_VERSION = 2  # 2 added prefix indexes: a short prefix* reads one posting list, not one per word it starts
+SCHEMA_VERSION = 3  # 2 added prefix indexes (a short prefix* reads one posting list); 3 the parts
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions(
     sid INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, session_id TEXT NOT NULL, listing_id TEXT NOT NULL,
     source TEXT, project TEXT, title TEXT, head TEXT,
     lines INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0, pars INTEGER NOT NULL DEFAULT 0);
-CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(
-    body, sid UNINDEXED, line UNINDEXED, kind UNINDEXED, ts UNINDEXED, t UNINDEXED, par UNINDEXED,
-    tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3 4');
+CREATE TABLE IF NOT EXISTS parts(
+    part INTEGER PRIMARY KEY, text_chars INTEGER NOT NULL, next_rowid INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pars(
     sid INTEGER NOT NULL, par_index INTEGER NOT NULL, t REAL, tags TEXT NOT NULL, par TEXT NOT NULL,
     PRIMARY KEY (sid, par_index));
 CREATE INDEX IF NOT EXISTS pars_by_time ON pars(t DESC);
 """
+PART_TABLE = """CREATE VIRTUAL TABLE docs_{part} USING fts5(
+    body, sid UNINDEXED, line UNINDEXED, kind UNINDEXED, ts UNINDEXED, t UNINDEXED, par UNINDEXED,
+    tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3 4')"""
+COLUMNS = "body, sid, line, kind, ts, t, par"
+# Measured on scenario 8's 1 GB store (one process, no daemon): one table took 57.8 s of CPU to fill and its
+# slowest prefixes 94 ms (p99); parts of 64 MB of text, 53.3 s and 22 ms; and merging segments when 8 of a
+# level gather (FTS5's default is 4), 44.0 s and 26 ms.
+PART_TEXT_CHARS = 64 << 20
+AUTOMERGE = 8
 TITLE_CHARS = 120
-MAX_RANKED = 2_000    # matches ranked per search: the most recently indexed ones
 
 
 class FTS5Missing(RuntimeError):
@@ -67,13 +80,7 @@ def fingerprint(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()[:16]
 
 
-def term_expression(term: Term) -> str:
-    """One term as an FTS5 phrase: a quoted string, so nothing in it is FTS5 syntax."""
-    phrase = '"' + " ".join(term.words).replace('"', '""') + '"'
-    return phrase + "*" if term.prefix else phrase
-
-
-class SqliteIndex:
+class SqliteIndex(Searching):
     """`SearchIndex` on SQLite FTS5: one writer, a connection per reading thread.
 
     The writer and the readers may be in different processes (WAL mode lets readers read while the writer
@@ -91,6 +98,7 @@ class SqliteIndex:
         self._generation = 0
         self._readers = threading.local()
         self._cache: dict[str, list] = {}   # key -> [sid, lines, bytes, pars, head, title, info], the writer's
+        self._part: list | None = None      # the newest part: [number, text_chars, next_rowid], the writer's
         self._writer = None
         if not writing:
             return
@@ -153,6 +161,7 @@ class SqliteIndex:
         self._writer.close()
         self._remove_files()
         self._cache.clear()
+        self._part = None
         self._generation += 1
         self._writer = self._open()
 
@@ -205,6 +214,7 @@ class SqliteIndex:
             except BaseException:
                 self._writer.execute("ROLLBACK")
                 self._cache.clear()
+                self._part = None
                 raise
             self._writer.execute("COMMIT")
 
@@ -255,8 +265,7 @@ class SqliteIndex:
                              document.seconds, None))
                 if title is None and document.opening:
                     title = document.text.strip().split("\n", 1)[0][:TITLE_CHARS]
-        self._writer.executemany("INSERT INTO docs(body, sid, line, kind, ts, t, par) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                 rows)
+        self._insert(rows)
         if first == 0 and lines:
             row[4] = fingerprint(lines[0])
         row[1] += len(lines)
@@ -273,9 +282,7 @@ class SqliteIndex:
         self._writer.execute("INSERT OR REPLACE INTO pars(sid, par_index, t, tags, par) VALUES (?, ?, ?, ?, ?)",
                              (sid, index, document.seconds, orjson.dumps(tags).decode(),
                               orjson.dumps(par, default=str).decode()))
-        self._writer.execute("INSERT INTO docs(body, sid, line, kind, ts, t, par) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (document.text, sid, document.line, "par", document.timestamp, document.seconds,
-                              index))
+        self._insert([(document.text, sid, document.line, "par", document.timestamp, document.seconds, index)])
         row[3] = max(row[3], index + 1)
         self._writer.execute("UPDATE sessions SET pars = ? WHERE sid = ?", (row[3], sid))
 
@@ -284,106 +291,30 @@ class SqliteIndex:
         self._cache.pop(key, None)
         if found is None:
             return
-        for table in ("docs", "pars", "sessions"):
+        parts = [f"docs_{number}" for (number,) in self._writer.execute("SELECT part FROM parts")]
+        for table in (*parts, "pars", "sessions"):
             self._writer.execute(f"DELETE FROM {table} WHERE sid = ?", found)
 
-    # -- reading (any thread) ----------------------------------------------------------
-
-    def search(self, terms: list[Term], filters: Filters, limit: int, cursor: str | None) -> Page:
-        where, values = self._session_filters(filters)
-        where.append("docs MATCH ?")
-        values.append(" ".join(term_expression(term) for term in terms))
-        if filters.kinds:
-            where.append(f"d.kind IN ({', '.join('?' * len(filters.kinds))})")
-            values += filters.kinds
-        where, values = self._time_filters(filters, "d.t", where, values)
-        token = self._query_token("search", terms, filters)
-        offset = self._offset(cursor, token)
-        limit = min(limit, MAX_RANKED - offset)
-        if limit <= 0:
-            return Page()
-        matching = f"FROM docs d JOIN sessions s ON s.sid = d.sid WHERE {' AND '.join(where)}"
-        # Ranking scores every candidate: only the MAX_RANKED most recently indexed ones are candidates.  The
-        # query is evaluated once, for the page's rowids; their text is then read by rowid, and the snippets
-        # made from it (`fulabd.index.snippet`).  A session forgotten between the two reads leaves the page shorter.
-        page = [row[0] for row in self._read(
-            f"SELECT rowid FROM (SELECT d.rowid AS rowid, bm25(docs) AS score, d.t AS t {matching} "
-            "ORDER BY d.rowid DESC LIMIT ?) ORDER BY score, t DESC, rowid DESC LIMIT ? OFFSET ?",
-            [*values, MAX_RANKED, limit + 1, offset])]
-        shown = page[:limit]
-        rows = {row[0]: row[1:] for row in self._read(
-            "SELECT d.rowid, s.session_id, s.listing_id, s.title, s.source, s.project, d.line, d.kind, d.ts, d.par, "
-            f"d.body FROM docs d JOIN sessions s ON s.sid = d.sid WHERE d.rowid IN ({', '.join('?' * len(shown))})",
-            shown)} if shown else {}
-        items = [{"session-id": row[0], "id": row[1], "title": row[2], "source": row[3], "project": row[4],
-                  "line": row[5], "kind": row[6], "timestamp": row[7],
-                  **({"par-index": row[8]} if row[8] is not None else {}), "snippet": snippet(row[9], terms)}
-                 for row in (rows[rowid] for rowid in shown if rowid in rows)]
-        return Page(items, self._cursor(offset + limit, token) if len(page) > limit else None)
-
-    def pars(self, terms: list[Term], filters: Filters, limit: int, cursor: str | None) -> Page:
-        where, values = self._session_filters(filters)
-        if filters.tags:
-            where.append(f"EXISTS (SELECT 1 FROM json_each(p.tags) WHERE value IN "
-                         f"({', '.join('?' * len(filters.tags))}))")
-            values += filters.tags
-        if terms:
-            where.append("(p.sid, p.par_index) IN (SELECT sid, par FROM docs WHERE docs MATCH ? AND par IS NOT NULL)")
-            values.append(" ".join(term_expression(term) for term in terms))
-        where, values = self._time_filters(filters, "p.t", where, values)
-        token = self._query_token("pars", terms, filters)
-        offset = self._offset(cursor, token)
-        sql = ("SELECT s.session_id, s.listing_id, s.title, s.source, s.project, p.par_index, p.par "
-               f"FROM pars p JOIN sessions s ON s.sid = p.sid {'WHERE ' + ' AND '.join(where) if where else ''} "
-               "ORDER BY p.t DESC NULLS LAST, p.rowid DESC LIMIT ? OFFSET ?")
-        rows = self._read(sql, [*values, limit + 1, offset])
-        items = [{"session-id": row[0], "id": row[1], "title": row[2], "source": row[3], "project": row[4],
-                  "index": row[5], "par": orjson.loads(row[6])} for row in rows[:limit]]
-        return Page(items, self._cursor(offset + limit, token) if len(rows) > limit else None)
-
-    @staticmethod
-    def _session_filters(filters: Filters) -> tuple[list[str], list]:
-        where, values = [], []
-        for column, value in (("s.source", filters.source), ("s.project", filters.project)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                values.append(value)
-        if filters.session is not None:
-            where.append("(s.session_id = ? OR s.listing_id = ?)")
-            values += [filters.session, filters.session]
-        return where, values
-
-    @staticmethod
-    def _time_filters(filters: Filters, column: str, where: list, values: list) -> tuple[list[str], list]:
-        if filters.since is not None:
-            where.append(f"{column} >= ?")
-            values.append(filters.since)
-        if filters.until is not None:
-            where.append(f"{column} < ?")
-            values.append(filters.until)
-        return where, values
-
-    # -- cursors: an offset, bound to the query it pages through ----------------------
-
-    @staticmethod
-    def _query_token(what: str, terms: list[Term], filters: Filters) -> str:
-        return hashlib.sha256(repr((what, terms, filters)).encode()).hexdigest()[:12]
-
-    @staticmethod
-    def _cursor(offset: int, token: str) -> str:
-        return base64.urlsafe_b64encode(orjson.dumps({"o": offset, "q": token})).decode().rstrip("=")
-
-    @staticmethod
-    def _offset(cursor: str | None, token: str) -> int:
-        if cursor is None:
-            return 0
-        try:
-            value = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-            offset = value["o"]
-            ok = value["q"] == token and isinstance(offset, int) and offset >= 0
-        except (ValueError, TypeError, KeyError, orjson.JSONDecodeError):
-            ok = False
-        if not ok:
-            raise BadCursor("this cursor does not belong to this query: pass back the `cursor` of the previous "
-                            "page, with the same q and filters")
-        return offset
+    def _insert(self, rows: list[tuple]) -> None:
+        """Documents (in COLUMNS' order) into the newest part, begun anew once it holds PART_TEXT_CHARS."""
+        if not rows:
+            return
+        part = self._part
+        if part is None:
+            found = self._writer.execute("SELECT part, text_chars, next_rowid FROM parts ORDER BY part DESC "
+                                         "LIMIT 1").fetchone()
+            part = self._part = list(found) if found else None
+        if part is None or part[1] >= PART_TEXT_CHARS:
+            number, next_rowid = (0, 1) if part is None else (part[0] + 1, part[2])
+            self._writer.execute(PART_TABLE.format(part=number))
+            self._writer.execute(f"INSERT INTO docs_{number}(docs_{number}, rank) VALUES ('automerge', {AUTOMERGE})")
+            self._writer.execute("INSERT INTO parts(part, text_chars, next_rowid) VALUES (?, 0, ?)",
+                                 (number, next_rowid))
+            part = self._part = [number, 0, next_rowid]
+        number, first = part[0], part[2]
+        self._writer.executemany(f"INSERT INTO docs_{number}(rowid, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 [(first + offset, *row) for offset, row in enumerate(rows)])
+        part[1] += sum(len(row[0]) for row in rows)
+        part[2] += len(rows)
+        self._writer.execute("UPDATE parts SET text_chars = ?, next_rowid = ? WHERE part = ?",
+                             (part[1], part[2], number))
