@@ -45,20 +45,22 @@ def client_cpu() -> int:
     return DAEMON_CPU + 1
 
 
-def start_daemon(root: Path, *args: str) -> Daemon:
-    """The real daemon, on core 0, with its store at `root`: every thread of it, and its index worker."""
+def start_daemon(root: Path, *args: str, pin_worker: bool = True) -> Daemon:
+    """The real daemon, on core 0, with its store at `root`: every thread of it, and (with `pin_worker`) its index
+    worker; without, the worker may run on either core, as it does where nobody pins the daemon."""
     daemon = Daemon(root, *args).start()
-    pin_tree(daemon.process.pid, DAEMON_CPU)
+    pin_tree(daemon.process.pid, DAEMON_CPU, children=pin_worker)
     return daemon
 
 
-def pin_tree(pid: int, cpu: int) -> None:
-    """`pin` every thread of `pid` and of its child processes (affinity is per thread, and a thread or child
-    started before the pin keeps its own)."""
+def pin_tree(pid: int, cpu: int, children: bool = True) -> None:
+    """`pin` every thread of `pid` and, with `children`, of its child processes (affinity is per thread, and a
+    thread or child started before the pin keeps its own)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
         pin(int(task.name), cpu)
-        for child in (task / "children").read_text().split():
-            pin_tree(int(child), cpu)
+        if children:
+            for child in (task / "children").read_text().split():
+                pin_tree(int(child), cpu)
 
 
 def rss(pid: int) -> int:
