@@ -6,22 +6,25 @@ protocol as from one whose frames Autobahn reads, fragments, control frames,
 bad UTF-8 and protocol errors included.
 """
 
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 import pytest
+import pytest_twisted
 import txaio
 from autobahn.websocket.xormasker import create_xor_masker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet import defer, protocol, reactor, threads
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from fulabd.frames import data_frame, frame_header, unmask, xor_large, xor_small, xor_with_autobahn
+from fulabd.frames import data_frame, frame_header, unmask, write_now, xor_large, xor_small, xor_with_autobahn
 from fulabd.upload import UploadProtocol
 from tests.fixtures import close_code, frame, parse_frames
 from tests.test_budget import MB, upload_connections
@@ -233,3 +236,33 @@ def test_a_masked_frame_of_ours_reads_back_as_its_message(payload, binary, mask)
     header, length = frame_header(wire)
     assert wire[0] == (0x82 if binary else 0x81) and length == len(payload) == len(wire) - header
     assert unmask(wire[header:], wire[header - 4:header]) == payload
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_now_sends_before_the_reactor_turns_and_keeps_the_order_of_what_waits():
+    """A real loopback TCP connection: bytes written by `write_now` with nothing waiting are readable by the
+    peer while the reactor is held; once Twisted holds bytes to send, what follows goes after them."""
+    connected = defer.Deferred()
+
+    class Server(protocol.Protocol):
+        def connectionMade(self):
+            connected.callback(self.transport)
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Server), interface="127.0.0.1")
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=30)
+    transport = None
+    try:
+        transport = yield connected
+        write_now(transport, b"first ")
+        assert peer.recv(100) == b"first "  # a blocking read in the reactor's thread: it cannot have sent them
+        transport.write(b"waiting ")
+        write_now(transport, b"last")
+        received = b""
+        while len(received) < len(b"waiting last"):
+            received += yield threads.deferToThread(peer.recv, 100)
+        assert received == b"waiting last"
+    finally:
+        peer.close()
+        if transport is not None:
+            transport.loseConnection()
+        yield port.stopListening()
