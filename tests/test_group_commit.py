@@ -9,10 +9,11 @@ import os
 import queue
 import threading
 
+import pytest
 from twisted.internet import task
 
 from fulabd.store import SessionStore
-from fulabd.store.commit import SyncThreads
+from fulabd.store.commit import CROWDED_SYNCS, SyncThreads
 
 
 def test_every_sessions_sync_is_in_progress_at_the_same_time(tmp_path, monkeypatch):
@@ -88,3 +89,34 @@ def test_a_sync_that_gets_no_thread_fails_instead_of_waiting_for_ever(monkeypatc
     failed = []
     SyncThreads(ThreadReactor()).run(os.fdatasync, 0).addErrback(failed.append)
     assert [failure.getErrorMessage() for failure in failed] == ["can't start new thread"]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+def test_sync_threads_stop_interrupting_the_reactor_only_when_many_syncs_are_in_flight():
+    """A job sees its thread's policy: a lone sync (a bulk upload waits on it) keeps the ordinary one; one
+    of more than CROWDED_SYNCS in flight (many live sessions) is SCHED_BATCH; then ordinary again."""
+    reactor, release = ThreadReactor(), threading.Event()
+    threads = SyncThreads(reactor, most=CROWDED_SYNCS + 2)
+
+    def policy(wait: bool):
+        if wait:
+            release.wait(30)
+        return os.sched_getscheduler(0)
+
+    def run(jobs: int, wait: bool) -> list[int]:
+        seen = []
+        for _ in range(jobs):
+            threads.run(policy, wait).addCallback(seen.append)
+        if wait:
+            release.set()
+        while len(seen) < jobs:
+            reactor.run_next()
+        release.clear()
+        return seen
+
+    try:
+        assert run(1, wait=False) == [os.SCHED_OTHER]
+        assert os.SCHED_BATCH in run(CROWDED_SYNCS + 2, wait=True)
+        assert run(1, wait=False) == [os.SCHED_OTHER]
+    finally:
+        threads.stop()

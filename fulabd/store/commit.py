@@ -72,14 +72,20 @@ def run_commit_job(job: CommitJob) -> Exception | None:
     return None
 
 
-def not_preempting() -> None:
-    """Make the calling thread wait for the reactor's turn to end rather than interrupt it when its `fdatasync`
-    returns (Linux's `SCHED_BATCH`; elsewhere nothing changes).  Under scenario 2's load of the benchmark the
-    reactor thread was switched out involuntarily 57,000 times in 10 s, and 4,500 times with this; in five pairs
-    of runs of that load, one right after the other, the ack p50 went from 45-53 ms to 29-34 ms and the p99
-    from 86-119 ms to 65-103 ms (medians 96 and 77 ms)."""
+CROWDED_SYNCS = 8  # syncs in flight beyond which a sync thread stops interrupting the reactor
+
+
+def set_yielding(yielding: bool) -> None:
+    """Make the calling thread, when its `fdatasync` returns, wait for the reactor's turn to end instead of
+    interrupting it (Linux's `SCHED_BATCH`), or not; elsewhere nothing changes.
+
+    With 50 live sessions syncing (scenario 2 of the benchmark), their threads' wakeups switched the reactor
+    out 57,000 times in 10 s, 4,400 times yielding; in three pairs of runs one right after the other, ack p50
+    33-41 against 22-23 ms, p99 77-104 against 63-81 ms.  But a lone session's sync is what its upload waits
+    for: yielding always, a bulk upload's syncs waited for a busy reactor's turns (108 against 139 MB/s), so
+    a thread yields only while more than CROWDED_SYNCS syncs are in flight (161 against 160 MB/s)."""
     try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_BATCH if yielding else os.SCHED_OTHER, os.sched_param(0))
     except (AttributeError, OSError):
         pass
 
@@ -124,9 +130,12 @@ class SyncThreads:
         self._threads = []
 
     def _work(self):
-        not_preempting()
+        yielding = False
         while (job := self._jobs.get()) is not None:
             done, function, args = job
+            if (self._outstanding > CROWDED_SYNCS) != yielding:
+                yielding = not yielding
+                set_yielding(yielding)
             try:
                 outcome = (done, function(*args), None)
             except BaseException:
