@@ -42,7 +42,8 @@ def table(rows) -> str:
     header = ("scenario", "measure", "value", "kind", "fulabd vs this", "target", "met")
     lines = [header]
     for row in rows:
-        reference = next((r for r in rows if r.scenario == row.scenario and r.kind == "fulabd"), None)
+        reference = next((r for r in rows if r.scenario == row.scenario and r.kind == "fulabd"
+                          and row.versus in (None, r.what)), None)
         value = f"{row.value:,.1f} {row.unit}" if row.value >= 10 else f"{row.value:,.3g} {row.unit}"
         met = "" if row.met is None else ("yes" if row.met else "NO")
         ratio = speed_ratio(row, reference) if row.kind != "fulabd" and row.unit == reference.unit else ""

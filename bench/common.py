@@ -30,6 +30,7 @@ class Row:
     target: str | None = None     # e.g. ">= 0.3x raw TCP copy"
     met: bool | None = None
     extra: dict = field(default_factory=dict)
+    versus: str | None = None     # the `what` of the fulabd row this one is beside (else the scenario's first)
 
     def as_dict(self) -> dict:
         return asdict(self)
