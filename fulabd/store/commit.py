@@ -82,7 +82,7 @@ def set_yielding(yielding: bool) -> None:
     With 50 live sessions syncing (scenario 2 of the benchmark), their threads' wakeups switched the reactor
     out 57,000 times in 10 s, 4,400 times yielding; in three pairs of runs one right after the other, ack p50
     33-41 against 22-23 ms, p99 77-104 against 63-81 ms.  But a lone session's sync is what its upload waits
-    for: yielding always, a bulk upload's syncs waited for a busy reactor's turns (108 against 139 MB/s), so
+    for: yielding always, a bulk upload's syncs waited for a busy reactor's turns (107 against 139 MB/s), so
     a thread yields only while more than CROWDED_SYNCS syncs are in flight (161 against 160 MB/s)."""
     try:
         os.sched_setscheduler(0, os.SCHED_BATCH if yielding else os.SCHED_OTHER, os.sched_param(0))
