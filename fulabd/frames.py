@@ -128,7 +128,7 @@ def write_now(transport, data: bytes) -> None:
     and then unregistering it (two `epoll_ctl` calls and a turn of delay for every reply).  What the socket does
     not take at once, and anything on a transport that is TLS or has bytes waiting, goes through `write`, in
     order."""
-    if isinstance(transport, tcp.Connection) and not transport.TLS and transport.connected \
+    if isinstance(transport, tcp.Connection) and not getattr(transport, "TLS", False) and transport.connected \
             and not transport.disconnecting and not transport._writeDisconnected and not transport._tempDataLen \
             and transport.offset == len(transport.dataBuffer):
         sent = transport.writeSomeData(data)

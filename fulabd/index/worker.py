@@ -38,7 +38,7 @@ from fulabd.par_schema import sidecar_pars
 READ_BYTES = 16 << 20       # read from a session file at a time
 # Of lines per transaction.  A commit's checkpoint reaches the disk at once, beside the daemon's syncs: on the
 # benchmark's 1 GB store, with the worker free to use either core, 16 MiB ones made a live upload's ack p99
-# 0.9 to 1.8 times that without indexing in six runs, 4 MiB ones 1.09 to 1.12 in three, indexing as fast.
+# 0.9 to 1.8 times that without indexing in six runs, 4 MiB ones 1.09 to 1.13 in four, indexing as fast.
 BATCH_BYTES = 4 << 20
 PROGRESS_SECONDS = 5.0      # between progress lines in the log while catching up
 HEAD_SECONDS = 10.0         # between checks that a session's first line is still the one indexed

@@ -133,7 +133,7 @@ class SyncThreads:
         yielding = False
         while (job := self._jobs.get()) is not None:
             done, function, args = job
-            if (self._outstanding > CROWDED_SYNCS) != yielding:
+            if (self._outstanding > CROWDED_SYNCS) != yielding:  # (the reactor's count, read unlocked: a hint)
                 yielding = not yielding
                 set_yielding(yielding)
             try:
