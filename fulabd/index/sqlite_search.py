@@ -38,9 +38,9 @@ class Searching:
         if limit <= 0:
             return Page()
         # Ranking scores every candidate: only the MAX_RANKED most recently indexed ones are candidates, found
-        # in the newest parts (bm25 weighs a word by how rare it is in its part).  The query is evaluated once,
-        # for the page's rowids; their text is then read by rowid, and the snippets made from it
-        # (`fulabd.index.snippet`).  A session forgotten between the two reads leaves the page shorter.
+        # in the newest parts (bm25 weighs a word by how rare it is in its part).  The query is evaluated once in
+        # each part read, for rowids and scores; the page's text is then read by rowid, and the snippets made from
+        # it (`fulabd.index.snippet`).  A session forgotten between the two reads leaves the page shorter.
         candidates = []
         for table in self._parts():
             candidates += [(table, *row) for row in self._read(
