@@ -30,7 +30,7 @@ from twisted.logger import Logger
 
 from fulabd.index import IndexUnusable, Progress, SessionInfo
 from fulabd.index.extract import line_documents, par_document
-from fulabd.index.sqlite_search import Searching
+from fulabd.index.sqlite_search import Searching, part_table
 
 FILE_NAME = "search.sqlite3"
 SCHEMA_VERSION = 3  # 2 added prefix indexes (a short prefix* reads one posting list); 3 the parts
@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS pars(
     PRIMARY KEY (sid, par_index));
 CREATE INDEX IF NOT EXISTS pars_by_time ON pars(t DESC);
 """
-PART_TABLE = """CREATE VIRTUAL TABLE docs_{part} USING fts5(
+PART_TABLE = """CREATE VIRTUAL TABLE {table} USING fts5(
     body, sid UNINDEXED, line UNINDEXED, kind UNINDEXED, ts UNINDEXED, t UNINDEXED, par UNINDEXED,
     tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3 4')"""
 COLUMNS = "body, sid, line, kind, ts, t, par"
@@ -291,7 +291,7 @@ class SqliteIndex(Searching):
         self._cache.pop(key, None)
         if found is None:
             return
-        parts = [f"docs_{number}" for (number,) in self._writer.execute("SELECT part FROM parts")]
+        parts = [part_table(number) for (number,) in self._writer.execute("SELECT part FROM parts")]
         for table in (*parts, "pars", "sessions"):
             self._writer.execute(f"DELETE FROM {table} WHERE sid = ?", found)
 
@@ -306,13 +306,14 @@ class SqliteIndex(Searching):
             part = self._part = list(found) if found else None
         if part is None or part[1] >= PART_TEXT_CHARS:
             number, next_rowid = (0, 1) if part is None else (part[0] + 1, part[2])
-            self._writer.execute(PART_TABLE.format(part=number))
-            self._writer.execute(f"INSERT INTO docs_{number}(docs_{number}, rank) VALUES ('automerge', {AUTOMERGE})")
+            table = part_table(number)
+            self._writer.execute(PART_TABLE.format(table=table))
+            self._writer.execute(f"INSERT INTO {table}({table}, rank) VALUES ('automerge', {AUTOMERGE})")
             self._writer.execute("INSERT INTO parts(part, text_chars, next_rowid) VALUES (?, 0, ?)",
                                  (number, next_rowid))
             part = self._part = [number, 0, next_rowid]
         number, first = part[0], part[2]
-        self._writer.executemany(f"INSERT INTO docs_{number}(rowid, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        self._writer.executemany(f"INSERT INTO {part_table(number)}(rowid, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                  [(first + offset, *row) for offset, row in enumerate(rows)])
         part[1] += sum(len(row[0]) for row in rows)
         part[2] += len(rows)

@@ -16,6 +16,11 @@ from fulabd.index.snippet import snippet
 MAX_RANKED = 2_000    # matches ranked per search: the most recently indexed ones
 
 
+def part_table(number: int) -> str:
+    """The FTS5 table of part `number`."""
+    return f"docs_{number}"
+
+
 def term_expression(term: Term) -> str:
     """One term as an FTS5 phrase: a quoted string, so nothing in it is FTS5 syntax."""
     phrase = '"' + " ".join(term.words).replace('"', '""') + '"'
@@ -67,7 +72,7 @@ class Searching:
 
     def _parts(self) -> list[str]:
         """The part tables, newest first."""
-        return [f"docs_{number}" for (number,) in self._read("SELECT part FROM parts ORDER BY part DESC", [])]
+        return [part_table(number) for (number,) in self._read("SELECT part FROM parts ORDER BY part DESC", [])]
 
     def pars(self, terms: list[Term], filters: Filters, limit: int, cursor: str | None) -> Page:
         where, values = self._session_filters(filters)
