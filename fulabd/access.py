@@ -27,6 +27,14 @@ UNAUTHORIZED_DETAIL = ("this server needs an access token: send the header `Auth
                        "if yours was refused, ask the operator for a valid one")
 
 
+# Headers that decide who a request acts for, where it goes and what body it has.  Twisted reads the last value
+# of a header, Autobahn all of them joined, the gate the first: given twice, each could see a different request
+# (a UI file to the gate, a viewer socket to the dispatch), so such a request is refused whole.
+SINGULAR_HEADERS = frozenset({"authorization", "connection", "content-length", "content-type", "host", "origin",
+                              "sec-websocket-key", "sec-websocket-version", "transfer-encoding", "upgrade",
+                              "x-forwarded-for"})
+
+
 @dataclass(frozen=True)
 class Head:
     """A request as the gate sees it: the request line and headers, no body."""
@@ -36,6 +44,7 @@ class Head:
     headers: dict[str, str]    # lower-case names, the first value of each
     peer: str                  # the TCP peer's host
     secure: bool               # came in over TLS
+    repeated: tuple[str, ...] = ()  # those of SINGULAR_HEADERS given more than once
 
     @property
     def path(self) -> str:
@@ -154,7 +163,8 @@ class Gate:
     # -- the decision on a request head ----------------------------------------
 
     def decide(self, head: Head) -> Decision:
-        """Token, body, Origin, content type and scope, in that order; the first failure is the answer."""
+        """Repeated headers, token, body, Origin, content type and scope, in that order; the first failure is the
+        answer."""
         address = self.client(head.peer, head.headers.get("x-forwarded-for"))
         params = head.params
         endpoint = endpoints.classify(head.method.upper(), head.path, params, head.upgrade, self.ui_files)
@@ -166,6 +176,11 @@ class Gate:
             self._log.info("refused {method} {path} from {peer}: {why}", method=head.method.decode("latin-1"),
                            path=head.path, peer=address, why=why)
             return Decision(principal, address, endpoint, code, err, detail, own)
+
+        if head.repeated:
+            names = ", ".join(head.repeated)
+            return refuse(400, "bad-request", f"the request repeats the header {names}; send each once",
+                          f"repeated {names}")
 
         public = endpoint in (endpoints.HEALTH, endpoints.UI_FILE)
         if principal is None and not public:

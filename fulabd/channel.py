@@ -18,7 +18,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import http, server
 from twisted.web.resource import UnsupportedMethod
 
-from fulabd.access import Head
+from fulabd.access import SINGULAR_HEADERS, Head
 from fulabd.netaddr import host_of
 
 # On every response: the UI runs no inline script or style and loads nothing from elsewhere,
@@ -161,6 +161,7 @@ class GatedChannel(http.HTTPChannel):
 
 
 def head_of(channel, request, command: bytes, uri: bytes) -> Head:
-    headers = {name.decode("latin-1").lower(): values[0].decode("latin-1")
-               for name, values in request.requestHeaders.getAllRawHeaders()}
-    return Head(command, uri, headers, host_of(channel.transport.getPeer()), channel.isSecure())
+    raw = [(name.decode("latin-1").lower(), values) for name, values in request.requestHeaders.getAllRawHeaders()]
+    headers = {name: values[0].decode("latin-1") for name, values in raw}
+    repeated = tuple(sorted(name for name, values in raw if len(values) > 1 and name in SINGULAR_HEADERS))
+    return Head(command, uri, headers, host_of(channel.transport.getPeer()), channel.isSecure(), repeated)

@@ -223,6 +223,29 @@ def test_a_2gb_post_is_answered_from_its_headers_and_nothing_is_spooled(guarded,
     assert raw_exchange(guarded, over + b"\r\n", body_bytes=endpoints.PAR_BODY_LIMIT + 1).startswith(b"HTTP/1.1 413 ")
 
 
+def test_a_request_that_repeats_a_deciding_header_is_refused_whole(guarded, tokens, tmp_path):
+    """The gate reads a header's first value, Twisted its last and Autobahn all of them: given twice, each could
+    see another request (a public UI file to the gate, a viewer socket to the dispatch)."""
+    socket_head = (b"Host: 127.0.0.1\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   b"Sec-WebSocket-Version: 13\r\n")
+    viewer = b"GET /fulab/lab/?path=&session=s1&raw=1 HTTP/1.1\r\n" + socket_head
+    for upgrades in (b"Upgrade: x\r\nUpgrade: websocket\r\n", b"Upgrade: websocket\r\nUpgrade: x\r\n"):
+        answer = raw_exchange(guarded, viewer + upgrades + b"\r\n")
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"upgrade" in answer and b"101" not in answer[:12], answer
+    listing = (b"GET /fulab/lab/sessions HTTP/1.1\r\n" + socket_head + b"Upgrade: websocket\r\nUpgrade: x\r\n"
+               b"Authorization: Bearer " + tokens["bob"].encode() + b"\r\n\r\n")
+    answer = raw_exchange(guarded, listing)
+    assert answer.startswith(b"HTTP/1.1 400 ") and SESSION.encode() not in answer, answer
+    twice = (b"Authorization: Bearer " + tokens["bob"].encode() + b"\r\nAuthorization: Bearer x\r\n")
+    upload = b"GET " + UPLOAD.encode() + b" HTTP/1.1\r\n" + socket_head + b"Upgrade: websocket\r\n" + twice
+    assert raw_exchange(guarded, upload + b"\r\n").startswith(b"HTTP/1.1 400 ")
+    chunked = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: identity\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n")
+    assert raw_exchange(guarded, chunked, body_bytes=8 << 20).startswith(b"HTTP/1.1 400 ")
+    assert list((tmp_path / "daemon-tmp").iterdir()) == []
+    assert request(guarded, "GET", "/fulab/lab/sessions", bearer(tokens["reader"]))[0] == 200  # one of each is fine
+
+
 def test_head_gets_headers_only_and_the_token_stays_out_of_the_log(guarded, tokens):
     wrong = "not-" + tokens["reader"]
     for token in (tokens["reader"], wrong):
