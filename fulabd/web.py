@@ -80,6 +80,17 @@ def refusal(decision: Decision, path: str) -> dict:
     return {"type": "error", "err": decision.err, "path": path, "detail": decision.detail}
 
 
+class Ambiguous(resource.Resource):
+    """A request the gate judged as another endpoint than the one it is routed to (which the gate's refusal of
+    repeated headers leaves no way to make): answered, and served nothing."""
+
+    isLeaf = True
+
+    def render(self, request):
+        return render_data(request, {"ok": False, "err": "bad-request", "detail": (
+            "the request's headers name two different requests; send each header once")}, 400)
+
+
 class UpgradeRequired(resource.Resource):
     """
     A plain HTTP request for a WebSocket path: most often a proxy dropped the
@@ -108,6 +119,9 @@ class WebSocketDispatch(resource.Resource):
         self.refused = WebSocketResource(RefusedFactory(invalid_path, b"invalid path"))
 
     def getChildWithDefault(self, name, request):
+        judged = getattr(request, "decision", None)
+        if judged is not None and judged.endpoint.websocket != is_websocket(request):
+            return Ambiguous()  # the gate let through another request than this one: serve neither
         if is_websocket(request):
             return self.websocket_for(request)
         if request.uri == b"/":  # a browser pointed at the port gets the UI (`/?path=` upgrades are viewers)
@@ -121,6 +135,9 @@ class WebSocketDispatch(resource.Resource):
         path = endpoints.request_path(request.uri)  # as the gate saw it
         params = {name.decode("utf-8", "replace") for name in request.args}
         endpoint = endpoints.websocket_endpoint(path, params)
+        judged = getattr(request, "decision", None)
+        if judged is not None and judged.endpoint is not endpoint:
+            return self.refused
         if endpoint is endpoints.STREAM_SOCKET and self.stream is not None:
             return self.stream
         if endpoint is endpoints.UPLOAD_SOCKET:

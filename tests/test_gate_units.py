@@ -12,9 +12,10 @@ from twisted.internet.testing import StringTransport
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web import resource
+from twisted.web.test.requesthelper import DummyRequest
 
 from fulabd import endpoints, tokens, web
-from fulabd.access import ConnectionLimits, Gate, Head
+from fulabd.access import ConnectionLimits, Decision, Gate, Head
 from fulabd.catalog import NotInside, open_inside
 from fulabd.channel import content_security_policy
 from fulabd.hub import Hub
@@ -22,6 +23,7 @@ from fulabd.local import LocalSources, index_file
 from fulabd.netaddr import TrustedProxies, parse_network
 from fulabd.origins import Origins, normalize
 from fulabd.tap import Options
+from fulabd.upload import UploadFactory
 
 ALICE, READER = "a" * 20, "r" * 20
 
@@ -225,3 +227,23 @@ def test_a_bad_allowed_origin_is_a_usage_error():
     options = Options()
     options.parseOptions(["--allowed-origin", "https://lab.example.org", "--allowed-origin", "http://b:8080"])
     assert options["allowed-origins"] == ["https://lab.example.org", "http://b:8080"]
+
+
+def test_the_dispatch_serves_only_the_endpoint_the_gate_judged():
+    """Should a head ever read one way to the gate and another to the dispatch, neither request is served."""
+    dispatch = web.WebSocketDispatch(UploadFactory(store=None, clock=Clock(), max_message_size=1, admit=None))
+    dispatch.putChild(b"fulab", Recorder())
+
+    def routed(path: bytes, judged: endpoints.Endpoint, upgrade: bool):
+        request = DummyRequest(path.split(b"/")[1:])
+        request.uri = path
+        if upgrade:
+            request.requestHeaders.setRawHeaders(b"upgrade", [b"websocket"])
+        request.decision = Decision(tokens.ANYONE, "127.0.0.1", judged)
+        return dispatch.getChildWithDefault(request.postpath[0], request)
+
+    assert isinstance(routed(b"/fulab/lab/app.js", endpoints.UI_FILE, upgrade=False), Recorder)
+    assert isinstance(routed(b"/fulab/lab/app.js", endpoints.STREAM_SOCKET, upgrade=False), web.Ambiguous)
+    assert isinstance(routed(b"/fulab/lab/upload/ws", endpoints.UI_FILE, upgrade=True), web.Ambiguous)
+    assert routed(b"/fulab/lab/upload/ws", endpoints.UPLOAD_SOCKET, upgrade=True) is dispatch.upload
+    assert routed(b"/fulab/lab/upload/ws", endpoints.UNKNOWN_SOCKET, upgrade=True) is dispatch.refused
