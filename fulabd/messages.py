@@ -95,11 +95,6 @@ def decode(payload: bytes | str) -> dict:
     return message
 
 
-def parse(payload: bytes | str):
-    """Parse one client text frame into Ping, Resume, Append or Par."""
-    return parse_message(decode(payload))
-
-
 def parse_message(message: dict):
     """A decoded client message as Ping, Resume, Append or Par."""
     kind = message.get("type")
@@ -136,9 +131,12 @@ def parse_message(message: dict):
     raise ProtocolError(UNKNOWN_TYPE, f"unknown message type {kind!r}; expected init, event, events, par, resume or ping")
 
 
+SESSION_ID_KEYS = ("session-id", "session/id", "id")  # the old clients' spellings, first found wins
+
+
 def session_id_of(message: dict) -> str | None:
     """The session id from `session-id`, `session/id` or `id`, as the old clients send it."""
-    for key in ("session-id", "session/id", "id"):
+    for key in SESSION_ID_KEYS:
         value = message.get(key)
         if value is None:
             continue

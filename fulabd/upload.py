@@ -116,11 +116,15 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         if isBinary and self.unpacker is None:
             self._reply(defer.fail(ProtocolError(messages.BAD_JSON, "binary frames are accepted only after a "
                                                                     f"{packed.HEADER} handshake; send JSON text frames")),
-                        size)
+                        size, None)
             return
+        decoded = None
         try:
-            message = self.unpacker.decode(payload, self.maxMessagePayloadSize or UNBOUNDED_PACKED) if isBinary \
-                else messages.parse(payload)
+            if isBinary:
+                message = self.unpacker.decode(payload, self.maxMessagePayloadSize or UNBOUNDED_PACKED)
+            else:
+                decoded = messages.decode(payload)
+                message = messages.parse_message(decoded)
         except ProtocolError as e:
             if isinstance(e, packed.StreamLost) and e.code != TOO_LARGE:
                 self._stream_lost(e, size)
@@ -128,11 +132,24 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
                 self.factory.budget.release(size)
                 self._max_message_size_exceeded(f"more than {e.extra['limit']}", e.extra["limit"], e.detail)
             else:
-                self._reply(defer.fail(e), size)
+                self._reply(defer.fail(e), size, self._named_in(decoded))
             return
         if isBinary:
             size += self.factory.budget.inflated(sum(map(len, message.lines)) + len(message.lines) - size)
-        self._reply(defer.maybeDeferred(self._handle, message), size)
+        self._reply(defer.maybeDeferred(self._handle, message), size,
+                    getattr(message, "session_id", None) or self._session_id)
+
+    def _named_in(self, decoded: dict | None) -> str | None:
+        """The session an error reply to an unusable message names: the one it named, the connection's if it named
+        none, and none if it could not be read or its id is what is wrong (a client may match errors by id)."""
+        if decoded is None:
+            return None
+        if all(decoded.get(key) is None for key in messages.SESSION_ID_KEYS):
+            return self._session_id
+        try:
+            return messages.session_id_of(decoded)
+        except ProtocolError:
+            return None
 
     def _handle(self, message) -> defer.Deferred:
         if isinstance(message, messages.Ping):
@@ -212,8 +229,9 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
                 and self.factory.store.get(session_id).meta.get("uploader") is None:
             self.factory.store.update_meta(session_id, uploader=self.uploader)
 
-    def _reply(self, result: defer.Deferred, size: int):
-        """Queue a reply; replies leave in the order their messages came, and free the message's `size` bytes."""
+    def _reply(self, result: defer.Deferred, size: int, session_id: str | None):
+        """Queue a reply; replies leave in the order their messages came, and free the message's `size` bytes.
+        An error names `session_id`, the session of the message it answers."""
         entry = [None, size]
         self._outbox.append(entry)
 
@@ -226,9 +244,9 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
                     error = ProtocolError(messages.STORAGE_FAILED, "the server failed to handle this message; "
                                                                    "it was not stored, resend it")
                 self._log.info("upload of session {session_id} from {peer}: refused a message: {err}",
-                               session_id=self._session_id, peer=self._peer, err=error.code)
+                               session_id=session_id, peer=self._peer, err=error.code)
                 self.factory.errors[error.code] = self.factory.errors.get(error.code, 0) + 1
-                value = error.reply(self._session_id)
+                value = error.reply(session_id)
             entry[0] = value
             self._flush()
 

@@ -91,6 +91,21 @@ def test_event_after_init_may_omit_the_session_id(lab):
     assert (lab.root / "old.jsonl").read_bytes() == b'{"x":1}\nraw line\n'
 
 
+def test_an_error_names_the_session_of_the_message_it_answers(lab):
+    """One connection, two sessions: an error about the second must not be taken for the first's."""
+    client = lab.client()
+    assert client.call({"type": "init", "session-id": "a1", "events": ["a0"]})["count"] == 1
+    gap = client.call({"type": "events", "session-id": "b1", "seq": 5, "events": ["x"]})
+    assert (gap["err"], gap["session-id"], gap["expected"]) == ("gap", "b1", 0)
+    bad = client.call({"type": "events", "session-id": "b1", "seq": 0, "events": ["two\nlines"]})
+    assert (bad["err"], bad["session-id"]) == ("bad-event", "b1")
+    unnamed = client.call({"type": "event", "seq": 9, "event": "x"})
+    assert (unnamed["err"], unnamed["session-id"]) == ("gap", "a1")  # a message naming none is the connection's
+    assert "session-id" not in client.call("not json")
+    assert "session-id" not in client.call({"type": "events", "session-id": True, "seq": 0, "events": []})
+    assert (lab.root / "a1.jsonl").read_bytes() == b"a0\n" and not (lab.root / "b1.jsonl").exists()
+
+
 @pytest.mark.parametrize("message, code", [
     ("not json", "bad-json"),
     ("[1, 2]", "bad-json"),
