@@ -17,10 +17,15 @@ _NAME = r"[A-Za-z_*!?<>=][A-Za-z0-9_*!?<>=.#:+-]*"
 _KEYWORD = re.compile(rf"{_NAME}(/{_NAME})?")
 
 
-def keyword_or_string(text: str) -> Keyword | str:
-    """`text` as a keyword when it makes one that reads back; otherwise it stays a string."""
-    name = text[1:] if text.startswith(":") else text
-    return Keyword(name) if _KEYWORD.fullmatch(name) else text
+def keyword_or_string(text: str, written_as_keyword: bool = False) -> Keyword | str:
+    """`text` as a keyword when it makes one that reads back as this name (Clojure's reader refuses a name
+    that ends in `:` or holds `::`); otherwise it stays a string.  `written_as_keyword`: a leading `:` is
+    EDN spelling (a tag `:flaky` is the tag `flaky`), not part of the name; a map key keeps it, so that
+    the keys `k` and `:k` stay two keys."""
+    name = text[1:] if written_as_keyword and text.startswith(":") else text
+    if _KEYWORD.fullmatch(name) and not name.endswith(":") and "::" not in name:
+        return Keyword(name)
+    return text
 
 
 def to_edn(value: Any, keyword_values: frozenset = frozenset()) -> Any:
@@ -34,7 +39,7 @@ def to_edn(value: Any, keyword_values: frozenset = frozenset()) -> Any:
         for key, item in value.items():
             item = to_edn(item, keyword_values)
             if key in keyword_values and isinstance(item, (list, tuple)):
-                item = [keyword_or_string(x) if isinstance(x, str) else x for x in item]
+                item = [keyword_or_string(x, written_as_keyword=True) if isinstance(x, str) else x for x in item]
             converted[keyword_or_string(str(key))] = item
         return converted
     if isinstance(value, (list, tuple)):
