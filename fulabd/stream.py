@@ -95,6 +95,10 @@ class StreamProtocol(ClosesGracefully, WebSocketServerProtocol):
             self.sendCloseFrame(code=1008, reasonUtf8=b"invalid path")
             return
         self._session, self._source = self._found
+        # An offset past the end starts at the end, as in the old lab: a viewer waiting at line 999 of a
+        # 6-line session would otherwise skip lines 6 to 998 when they come.
+        self._next_line = self._offset = min(self._offset, self._session.count)
+        self._next_par = self._par_offset = min(self._par_offset, len(self._source.pars(self._session)))
         self.factory.viewers.add(self)
         self.factory.hub.subscribe(self._session.path, self)
         self.transport.unregisterProducer()  # twisted.web's channel, which no longer owns this connection

@@ -97,8 +97,12 @@ def test_offset_and_par_offset_send_only_what_the_viewer_lacks(lab):
     assert pars[0]["text"] == "## PAR: Second\n\n**Intention:** \n\n**Happening:** b\n\n**Perspectives:** " \
                               "\n\n**Learned:** \n\n**Forward:** "
     assert end == {"type": "history-end", "line-count": len(lines), "par-count": 2}
-    head, history, _, _ = history_of(viewer(lab, path=listed, offset=len(lines) + 5, par_offset=9).take())
-    assert (head["new-par-count"], history) == (0, [])
+    past = viewer(lab, path=listed, offset=len(lines) + 5, par_offset=9)
+    head, history, end, _ = history_of(past.take())
+    assert (head["offset"], head["new-par-count"], history) == (len(lines), 0, [])
+    assert end == {"type": "history-end", "line-count": len(lines), "par-count": 2}  # what there is, not what was asked
+    assert upload(lab, {"type": "events", "session-id": "c", "seq": len(lines), "events": ['{"n":1}']})["count"]
+    assert [frame["event"]["line"] for frame in past.take()] == [len(lines)]  # the next line still comes
     head, _, _, _ = history_of(viewer(lab, path=listed, offset="x", par_offset="-3").take())
     assert (head["type"], head["offset"], head["new-par-count"]) == ("init", 0, 2)
 
