@@ -131,6 +131,16 @@ def free_mb(path) -> int:
     return stat.f_bavail * stat.f_frsize // (1024 * 1024)
 
 
+def healthz(server) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request("GET", "/healthz")
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
 def test_below_the_free_space_floor_uploads_are_refused_whole_then_resume(tmp_path):
     root = tmp_path / "remote"
     sample = sample_files()[0]
@@ -147,11 +157,14 @@ def test_below_the_free_space_floor_uploads_are_refused_whole_then_resume(tmp_pa
             again = call(ws, {"type": "events", "session-id": "full", "seq": 0, "events": lines[:1]})
             assert again["err"] == "storage-full"
             assert call(ws, {"type": "resume", "session-id": "full"})["count"] == 0
+        status, body = healthz(server)
+        assert status == 503 and b"MB free, less than --min-free-mb" in body, body  # it tells the truth
     finally:
         server.stop()
     assert [p for p in root.iterdir() if p.name != ".index"] == []  # .index: the search index
     server = Daemon(root, "--min-free-mb", "1").start()
     try:
+        assert healthz(server)[0] == 200
         with connect(server.url + UPLOAD, max_size=None) as ws:
             assert call(ws, {"type": "resume", "session-id": "full"})["count"] == 0
             assert call(ws, {"type": "init", "session-id": "full", "events": lines})["count"] == len(lines)

@@ -37,6 +37,7 @@ from fulabd.store.recovery import Loaded, load_root, read_sidecar
 from fulabd.store.session import AppendResult, Session
 
 COMMIT_STUCK_SECONDS = 30.0
+MiB = 1 << 20
 
 
 class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Service):
@@ -310,17 +311,22 @@ class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Servic
         self._log.critical("session {safe_id}: {reason}; appends are refused until a restart recovers it",
                            safe_id=session.safe_id, reason=reason)
 
-    def _check_space(self, needed: int):
-        if not self.min_free_bytes:
-            return
+    def _free_space(self) -> int:
+        """The bytes free under the store: asked of the file system at most once a second, less what was
+        written since."""
         now = self.clock.seconds()
         if now - self._free_checked_at >= 1.0 or self._free_bytes is None:
             stat = os.statvfs(self.root)
             self._free_bytes = stat.f_bavail * stat.f_frsize
             self._free_checked_at = now
-        if self._free_bytes - needed < self.min_free_bytes:
+        return self._free_bytes
+
+    def _check_space(self, needed: int):
+        if not self.min_free_bytes:
+            return
+        if self._free_space() - needed < self.min_free_bytes:
             raise StoreError(STORAGE_FULL, f"the server's disk has less than "
-                                           f"{self.min_free_bytes // (1024 * 1024)} MB free; nothing was stored. "
+                                           f"{self.min_free_bytes // MiB} MB free; nothing was stored. "
                                            "The operator must free space; the upload resumes after that")
         self._free_bytes -= needed
 
@@ -409,4 +415,7 @@ class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Servic
                     "a failed write could not be rolled back; check the disk, then restart")
         if not self._root.writable():
             return f"the store folder {self.root} is not writable"
+        if self.min_free_bytes and self._free_space() < self.min_free_bytes:
+            return (f"the disk under the store has {self._free_space() // MiB} MB free, less than --min-free-mb "
+                    f"{self.min_free_bytes // MiB}: uploads are refused until space is freed")
         return None
