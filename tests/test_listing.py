@@ -84,3 +84,12 @@ def test_a_listing_touches_no_file(filled, monkeypatch):
     monkeypatch.setattr(os.path, "realpath", no_file_calls)
     assert len(listing_of(filled)[1]["sessions"]) == 25
     assert len(listing_of(filled, limit=5)[1]["sessions"]) == 5
+
+
+def test_a_session_begun_with_no_lines_is_listed_as_new_and_active(tmp_path):
+    store, clock = make_store(tmp_path)
+    result_of(store.append("empty", 0, [], {"project": "/x"}))
+    _, reply = listing_of(Listing(store))
+    [entry] = reply["sessions"]
+    assert entry["session-id"] == "empty" and entry["active"] is True
+    assert entry["modified"].startswith("2027-01-15"), entry  # the clock's now, not 1970

@@ -256,9 +256,10 @@ class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Servic
         if new:
             self._check_space(sum(len(line) + 1 for line in new))
             self._write(session, new)
-        elif not session.stored and meta is not None:
+        elif not session.stored and meta is not None:  # an init with no lines yet: the files are made now
             self._files.get(session)
             self._keep(session)
+            session.modified = self.clock.seconds()
         if meta is not None:
             self._update_meta(session, meta, init_count=len(lines))
         return len(new)
