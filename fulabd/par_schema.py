@@ -22,6 +22,7 @@ MAX_PARS_PER_SESSION = 1000
 MAX_TITLE = 500
 MAX_TAGS = 50
 MAX_ID = 200
+OLD_LAB_TITLE = "Session Review"  # the old lab's title for a PAR without one
 
 
 def bad(field: str, detail: str) -> ProtocolError:
@@ -40,6 +41,8 @@ def checked_par(data, author: str | None = None) -> dict:
         raise bad("par", "a PAR must be a JSON object (or EDN map) with a \"title\"")
     par = {key: value for key, value in data.items() if key not in ("id", "par-id")}
     title = data.get("title")
+    if title is None and any(isinstance(data.get(key), str) and data[key].strip() for key in ("text", "summary")):
+        title = OLD_LAB_TITLE  # an old lab's PAR, `text` and `par-id` with no title, as its viewer titled it
     if not isinstance(title, str) or not title.strip():
         raise bad("title", "a PAR needs a non-empty \"title\" string")
     if len(title) > MAX_TITLE:

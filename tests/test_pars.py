@@ -38,6 +38,8 @@ def test_a_par_nested_to_the_limit_is_kept():
 @pytest.mark.parametrize("par, field", [
     ("a string", "par"),
     ({"tags": ["a"]}, "title"),
+    ({"text": "  ", "par-id": "p1"}, "title"),
+    ({"text": "old shape", "title": ""}, "title"),  # a title given must be one
     ({"title": 5}, "title"),
     ({"title": "t", "tags": 5}, "tags"),
     ({"title": "t", "tags": [1]}, "tags"),
@@ -60,6 +62,12 @@ def test_a_bad_par_is_refused_naming_the_field(par, field):
     with pytest.raises(ProtocolError) as refused:
         checked_par(par)
     assert refused.value.code == "bad-par" and refused.value.extra["field"] == field, refused.value.detail
+
+
+def test_an_old_lab_par_with_text_and_no_title_is_titled_as_the_old_lab_showed_it():
+    par = checked_par({"text": "hello", "par-id": "p1", "tags": ["a"], "timestamp": "2026-01-31T20:15:41Z"})
+    assert (par["title"], par["text"], par["id"], par["tags"]) == ("Session Review", "hello", "p1", ["a"])
+    assert checked_par({"summary": "what happened"})["title"] == "Session Review"
 
 
 def test_a_par_without_id_gets_one_from_its_content():
