@@ -48,8 +48,8 @@ class UnknownSession(resource.Resource):
 
     def render(self, request):
         return error(request, 404, UNKNOWN_SESSION,
-                     f"no uploaded session {self.name!r} is stored (PARs are written only to uploaded "
-                     "sessions); see /fulab/lab/sessions for the ids")
+                     f"no session {self.name!r} is listed here; see /fulab/lab/sessions for the ids (a listing's "
+                     "`id`, or its `session-id` URL-encoded)")
 
 
 class SessionPars(resource.Resource):
