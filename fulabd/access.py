@@ -181,6 +181,12 @@ class Gate:
             names = ", ".join(head.repeated)
             return refuse(400, "bad-request", f"the request repeats the header {names}; send each once",
                           f"repeated {names}")
+        if self.tokens is None and not self.origins.host_is_ours(head):
+            host = self.origins.own(head) or head.headers.get("host")
+            return refuse(403, "forbidden", (
+                f"this lab runs without tokens and answers only requests for an IP address or localhost, not "
+                f"{host!r} (a page could point that name at it); open it by address, give --allowed-origin "
+                f"for the name, or run with --token-file"), f"Host {host}")
 
         public = endpoint in (endpoints.HEALTH, endpoints.UI_FILE)
         if principal is None and not public:

@@ -8,6 +8,7 @@ is not a browser page's and is not judged here.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -45,6 +46,27 @@ class Origins:
             scheme = headers.get("x-forwarded-proto", scheme).split(",")[0].strip()
             host = headers.get("x-forwarded-host", host).split(",")[0].strip()
         return normalize(f"{scheme}://{host}") if host else None
+
+    def host_is_ours(self, head) -> bool:
+        """Whether the host the client used names this machine beyond doubt: any over TLS (the certificate
+        names it), else an IP address, `localhost` (or a name under it), or the host of an allowed origin; a
+        request without one is no browser's.
+
+        A page at a name its owner points at 127.0.0.1 (DNS rebinding) is, to the browser, its own origin:
+        it may read the answers.  Without tokens nothing else stops it, so such a name is refused."""
+        own = self.own(head)
+        if own is None:
+            return "host" not in head.headers and "x-forwarded-host" not in head.headers
+        if own.startswith("https://"):
+            return True
+        host = urlsplit(own).hostname
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            pass
+        return host == "localhost" or host.endswith(".localhost") or any(
+            urlsplit(origin).hostname == host for origin in self.allowed_origins if origin)
 
     def allowed(self, head) -> bool:
         origin = head.headers.get("origin")

@@ -117,6 +117,33 @@ def test_origins(origin, headers, peer, secure, allowed):
     assert origins.allowed(Head(b"POST", b"/", {"origin": origin, **headers}, peer, secure)) is allowed
 
 
+@pytest.mark.parametrize("headers, peer, answered", [
+    ({"host": "127.0.0.1:5056"}, "127.0.0.1", True),
+    ({"host": "[::1]:5056"}, "::1", True),
+    ({"host": "localhost:5056"}, "127.0.0.1", True),
+    ({"host": "lab.localhost"}, "127.0.0.1", True),
+    ({}, "127.0.0.1", True),                                             # no Host: no browser
+    ({"host": "other.example:8443"}, "127.0.0.1", True),                 # --allowed-origin's host
+    ({"host": "rebind.evil.example:5056"}, "127.0.0.1", False),          # a name pointed at this machine
+    ({"host": "rebind.evil.example:5056", "origin": "http://rebind.evil.example:5056"}, "127.0.0.1", False),
+    ({"host": "evil_example"}, "127.0.0.1", False),                      # not even a host name
+    ({"host": "127.0.0.1:5056", "x-forwarded-host": "lab.example.org"}, "10.0.0.1", False),  # via the proxy
+    ({"host": "127.0.0.1:5056", "x-forwarded-host": "lab.example.org", "x-forwarded-proto": "https"}, "10.0.0.1",
+     True),  # over TLS: the certificate names the host, a rebound name would not match it
+    ({"host": "127.0.0.1:5056", "x-forwarded-host": "lab.example.org"}, "192.0.2.1", True),  # not trusted
+])
+def test_without_tokens_only_an_address_localhost_or_an_allowed_host_is_answered(headers, peer, answered):
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 is the browser's own origin there, and may read
+    what a token-less lab answers; with tokens it has none to send."""
+    proxies = TrustedProxies([parse_network("10.0.0.0/8")])
+    open_lab = Gate(None, proxies, origins=Origins(proxies, ["https://other.example:8443"]))
+    decision = open_lab.decide(Head(b"GET", b"/fulab/lab/sessions", headers, peer, False))
+    assert (decision.code == 0) is answered, decision
+    if not answered:
+        assert (decision.code, decision.err) == (403, "forbidden") and "--allowed-origin" in decision.detail
+    assert gate().decide(Head(b"GET", b"/healthz", headers, peer, False)).code == 0  # tokens: no such check
+
+
 def test_normalize_drops_default_ports_and_refuses_non_origins():
     assert normalize("HTTPS://Lab.Example.org:443") == "https://lab.example.org"
     assert normalize("http://[::1]:80") == "http://[::1]"
