@@ -195,9 +195,15 @@ class WholeFrames:
                 self._deliver(payload, binary)
                 if self.state != self.STATE_OPEN:
                     return len(data) > start
+                if self.reading_stopped():
+                    return False  # the rest waits in the buffer until the protocol reads on
         finally:
             self.data = data[start:]
         return super().processData()
+
+    def reading_stopped(self) -> bool:
+        """Whether the protocol has stopped reading (it says so again from its own `processData`)."""
+        return False
 
     def _deliver(self, payload: bytes, binary: bool):
         """One whole message, counted as Autobahn counts it, or refused as it refuses invalid UTF-8: a close

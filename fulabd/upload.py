@@ -12,7 +12,9 @@ from collections import deque
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from fulabd import messages, packed
 from fulabd.access import SELF_PROBE
@@ -42,6 +44,7 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         self.unpacker: packed.Unpacker | None = None  # set when this connection agreed to packed frames
         self._streamed = False  # it holds one of the factory's STREAM_CONNECTIONS
         self.held = False
+        self.replies_waiting = False
 
     def onConnect(self, request):
         self._peer = self.factory.admit(request, self)
@@ -57,6 +60,9 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
 
     def onOpen(self):
         self.factory.connections.add(self)
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()  # twisted.web's channel, which no longer owns this connection
+        self.transport.registerProducer(RepliesWaiting(self), True)
         if not self._quiet:
             self._log.info("upload connection open from {peer} (uploader {uploader})" if self.uploader else
                            "upload connection open from {peer}", peer=self._peer, uploader=self.uploader)
@@ -78,15 +84,19 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         if not self._quiet:
             self._log.info("upload connection from {peer} closed (code {code})", peer=self._peer, code=code)
 
-    # The daemon's memory budget (fulabd.budget): a frame that does not fit stops this connection's reading.
+    # The daemon's memory budget (fulabd.budget): a frame that does not fit stops this connection's reading;
+    # and so do replies the client does not read (`RepliesWaiting`).
 
     def frame_begins(self, length: int) -> bool:
         """Asked once per data frame, whichever reads it (`WholeFrames` or Autobahn)."""
         return self.factory.budget.frame(self, length)
 
     def processData(self):
-        """Held by the budget: leave what is buffered unread until `carry_on`."""
-        return False if self.held else super().processData()
+        """Held, or replies waiting: leave what is buffered unread until reading may go on."""
+        return False if self.reading_stopped() else super().processData()
+
+    def reading_stopped(self) -> bool:
+        return self.held or self.replies_waiting
 
     def hold(self):
         self.held = True
@@ -95,16 +105,27 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
 
     def carry_on(self):
         self.held = False
-        self.transport.resumeProducing()
-        self.factory.clock.callLater(0, self._read_buffered)
+        self._read_again()
+
+    def replies_wait(self, waiting: bool):
+        self.replies_waiting = waiting
+        if waiting:
+            self.transport.pauseProducing()
+        else:
+            self._read_again()
+
+    def _read_again(self):
+        if not self.reading_stopped():
+            self.transport.resumeProducing()
+            self.factory.clock.callLater(0, self._read_buffered)
 
     def _read_buffered(self):
-        if not self.held and self.state == self.STATE_OPEN:
+        if not self.reading_stopped() and self.state == self.STATE_OPEN:
             self.consumeData()
 
     def onAutoPingTimeout(self):
         """A held connection's pong sits unread in its buffer: wait for it, rather than drop a live client."""
-        if self.held:
+        if self.reading_stopped():
             self.autoPingTimeoutCall = self.factory.clock.callLater(self.autoPingTimeout, self.onAutoPingTimeout)
             return
         super().onAutoPingTimeout()
@@ -283,6 +304,25 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         if self.state == self.STATE_OPEN:
             self.sendMessage(messages.encode(error.reply(self._session_id)))
         super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
+
+@implementer(IPushProducer)
+class RepliesWaiting:
+    """An upload connection's producer on its transport, paused while more replies wait for the client than
+    the transport's buffer holds: its messages then wait unread too.  A client that sends pings, or anything,
+    and reads no answer would otherwise fill the daemon's memory with them (55 MB in 5 s of pings)."""
+
+    def __init__(self, protocol: UploadProtocol):
+        self.protocol = protocol
+
+    def pauseProducing(self):
+        self.protocol.replies_wait(True)
+
+    def resumeProducing(self):
+        self.protocol.replies_wait(False)
+
+    def stopProducing(self):
+        pass
 
 
 class UploadFactory(WebSocketServerFactory):

@@ -97,7 +97,6 @@ def run(protocol, wire: bytes, cuts: list[int], limits: tuple[int, int] = (LIMIT
     with tempfile.TemporaryDirectory() as root, clocked() as clock:
         _, store, factory, [(server, transport)] = upload_connections(Path(root), 1, 64 * MB, protocol, clock)
         server.maxFramePayloadSize, server.maxMessagePayloadSize = limits
-        transport.registerProducer(server, True)  # as twisted.web's channel is: Autobahn unregisters it to drop
         for start, end in zip([0, *cuts], [*cuts, len(wire)]):
             server.dataReceived(wire[start:end])
             clock.advance(0)
@@ -167,7 +166,6 @@ def test_a_message_whose_handling_raises_does_not_bring_back_the_ones_before_it(
 def test_a_held_whole_frame_on_a_connection_that_begins_closing_asks_the_budget_once():
     with tempfile.TemporaryDirectory() as root, clocked() as clock:
         _, store, factory, [(first, _), (second, wire)] = upload_connections(Path(root), 2, MB, clock=clock)
-        wire.registerProducer(second, True)
         asked, ask = [], factory.budget.frame
         factory.budget.frame = lambda reader, length: (reader is second and asked.append(length)) or ask(reader, length)
         big = init("first", ["x" * 990_000])

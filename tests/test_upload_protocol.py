@@ -331,3 +331,21 @@ def test_a_connection_counts_against_the_caps_until_its_socket_is_gone(tmp_path)
         assert not lab.gate.limits.open and lab.gate.websockets_open == 0
     finally:
         lab.close()
+
+
+def test_a_client_that_reads_no_replies_is_not_read_either_until_it_does(lab):
+    """Pings whose pongs are never read would otherwise pile up in the daemon's memory, one reply each."""
+    client = lab.client()
+    lab.stall(client)
+    for _ in range(20_000):
+        client.send({"type": "ping"})
+    lab.flush()
+    server = lab._server_transport(client)
+    waiting = sum(map(len, server.stream))
+    assert server.producer_paused and waiting < 2 * server.buffer_size, waiting
+    lab.unstall(client)
+    for _ in range(100):  # each turn reads what the last one freed
+        lab.clock.advance(0)
+        lab.flush()
+    replies = client.take()
+    assert len(replies) == 20_000 and {reply["type"] for reply in replies} == {"pong"}
