@@ -255,7 +255,7 @@ def body_refusal(head: Head, limit: int) -> tuple[int, str, str] | None:
             return 413, "too-large", "this request takes no body"
         return 411, "length-required", "send the body with a Content-Length header (no chunked encoding)"
     length = head.headers.get("content-length", "0").strip()
-    if not length.isdigit():
+    if not endpoints.is_decimal(length):
         return 400, "bad-request", "the Content-Length header is not a number"
     if int(length) > limit:
         return 413, "too-large", (f"the body is over {limit} bytes; shorten it" if limit

@@ -44,6 +44,11 @@ METRICS = Endpoint("metrics", ADMIN)
 READING = Endpoint("read", READ)
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: `str.isdigit` also takes "²" (which `int` refuses) and "２" (which it reads as 2)."""
+    return text.isascii() and text.isdigit()
+
+
 def request_path(uri: bytes) -> str:
     """The path as twisted.web routes it: each segment %-decoded.  A segment that decodes to a `/` routes
     to no resource of ours, and its path is left encoded, so that it matches none of ours either."""

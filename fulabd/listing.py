@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import secrets
 
+from fulabd.endpoints import is_decimal
+
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
@@ -42,7 +44,7 @@ class Listing:
     def since(self, token: str) -> list | None:
         """Sessions changed since `token` (and the local ones); None when the token is not this process's."""
         epoch, _, number = token.partition("-")
-        if epoch != self.epoch or not number.isdigit():
+        if epoch != self.epoch or not is_decimal(number):
             return None
         return self.store.index.since(int(number)) + self.local()
 
@@ -54,9 +56,9 @@ def parse_query(args: dict) -> tuple[int | None, int | None, str | None]:
         return raw.decode("utf-8", "replace") if raw is not None else None
 
     limit, cursor, since = value("limit"), value("cursor"), value("since")
-    if limit is not None and not (limit.isdigit() and 1 <= int(limit) <= MAX_PAGE):
+    if limit is not None and not (is_decimal(limit) and 1 <= int(limit) <= MAX_PAGE):
         raise BadListingRequest(f"limit must be a whole number from 1 to {MAX_PAGE}")
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and not is_decimal(cursor):
         raise BadListingRequest("cursor must be the \"next\" of the previous page")
     if since is not None and (limit is not None or cursor is not None):
         raise BadListingRequest("since goes alone: it answers every change since the token, not a page")

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from fulabd.catalog import StoreSource
+from fulabd.endpoints import is_decimal
 from fulabd.export import SessionExport, exported_entry
 from fulabd.messages import BAD_PAR, UNKNOWN_SESSION, ProtocolError
 from fulabd.summaries.http import render_summary
@@ -71,7 +72,7 @@ class SessionPars(resource.Resource):
 
     def render_POST(self, request):
         length = request.getHeader(b"content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        if length is not None and is_decimal(length) and int(length) > MAX_BODY:
             return error(request, 413, "too-large", f"the body is over {MAX_BODY} bytes; shorten the answers")
         body = request.content.read(MAX_BODY + 1)
         if len(body) > MAX_BODY:

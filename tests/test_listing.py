@@ -69,7 +69,7 @@ def test_a_token_from_another_process_gets_the_whole_listing_again(filled):
 
 
 @pytest.mark.parametrize("query", [{"limit": 0}, {"limit": 1001}, {"limit": "x"}, {"cursor": "-1"},
-                                   {"since": "a-1", "limit": 5}])
+                                   {"since": "a-1", "limit": 5}, {"limit": "\uff12"}, {"cursor": "\u00b2"}])
 def test_bad_listing_parameters_get_a_clear_400(filled, query):
     code, reply = listing_of(filled, **query)
     assert code == 400 and reply["err"] == "bad-request" and reply["detail"]

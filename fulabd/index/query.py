@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
+from fulabd.endpoints import is_decimal
 from fulabd.index import Filters, Term
 from fulabd.index.extract import KINDS
 
@@ -110,7 +111,7 @@ def parse_list(value: str) -> tuple[str, ...]:
 def parse_limit(value: str | None, default: int, most: int) -> int:
     if value is None:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= most:
+    if not is_decimal(value) or not 1 <= int(value) <= most:
         raise BadFilter(f"limit={value!r}: give a whole number from 1 to {most}")
     return int(value)
 
