@@ -98,6 +98,7 @@ class GatedChannel(http.HTTPChannel):
 
     _log = Logger()
     _head_timer = None
+    _body_timer = None
     waiting_peer: str | None = None   # counted as waiting for its first head, from this peer
     address: str | None = None        # counted as open for this client, once its first head was let through
 
@@ -125,6 +126,23 @@ class GatedChannel(http.HTTPChannel):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _body_too_slow(self):
+        """A body trickled a byte at a time would hold the connection, and a place under the caps, for ever."""
+        self._body_timer = None
+        self.site.gate.refused["slow-body"] += 1
+        self._log.info("dropped a connection from {peer}: its request body did not arrive within {timeout} s",
+                       peer=host_of(self.transport.getPeer()), timeout=self.site.head_timeout)
+        self.transport.abortConnection()
+
+    def _stop_body_timer(self):
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def allContentReceived(self):
+        self._stop_body_timer()
+        super().allContentReceived()
+
     def allHeadersReceived(self):
         self._stop_head_timer()
         request = self.requests[-1]
@@ -132,6 +150,8 @@ class GatedChannel(http.HTTPChannel):
         request.decision = decision
         if not decision.refused:
             super().allHeadersReceived()
+            if self.length and self.site.head_timeout:  # a body follows: it has as long as a head had
+                self._body_timer = self.callLater(self.site.head_timeout, self._body_too_slow)
             return
         # Answer from the headers alone: no body is read (length 0 makes the channel process the request
         # at once), no 100-continue is sent, and the connection closes after the answer.
@@ -156,6 +176,7 @@ class GatedChannel(http.HTTPChannel):
 
     def connectionLost(self, reason):
         self._stop_head_timer()
+        self._stop_body_timer()
         self.site.released(self)
         super().connectionLost(reason)
 

@@ -193,6 +193,27 @@ def test_a_refused_head_is_answered_before_its_body_and_the_connection_closes():
     assert request is None or request.content.getvalue() == b""
 
 
+def test_a_body_not_complete_within_the_timeout_is_dropped_and_one_in_time_is_served(monkeypatch):
+    monkeypatch.setattr(Recorder, "rendered", 0)  # counted here, and put back for the tests that count none
+    clock = Clock()
+    lab = site(clock, Gate(None), head_timeout=5.0)
+    head = (b"POST /fulab/lab/sessions/s1/pars HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n")
+    protocol, transport = connection(lab)
+    protocol.dataReceived(head)
+    for _ in range(49):  # a byte every 0.1 s: 4.9 s, 49 of the 100
+        protocol.dataReceived(b"x")
+        clock.advance(0.1)
+    assert not transport.disconnected
+    clock.advance(0.2)  # past 5 s from the head
+    assert transport.disconnected and Recorder.rendered == 0 and lab.gate.refused["slow-body"] == 1
+    protocol, transport = connection(lab)
+    protocol.dataReceived(head + b"x" * 100)
+    clock.advance(5.0)
+    assert Recorder.rendered == 1 and transport.value().startswith(b"HTTP/1.1 200 ")
+    assert not transport.disconnected and lab.gate.refused["slow-body"] == 1  # its body's deadline was called off
+
+
 def test_a_head_not_complete_within_the_timeout_is_dropped_however_it_trickles():
     clock = Clock()
     protocol, transport = connection(site(clock, head_timeout=5.0))
