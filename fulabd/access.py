@@ -12,7 +12,6 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 from dataclasses import dataclass, replace
-from urllib.parse import parse_qs, urlsplit
 
 from twisted.logger import Logger
 
@@ -52,7 +51,7 @@ class Head:
 
     @property
     def params(self) -> dict[str, list[str]]:
-        return parse_qs(urlsplit(self.uri.decode("utf-8", "surrogateescape")).query, keep_blank_values=True)
+        return endpoints.request_query(self.uri)
 
     @property
     def upgrade(self) -> bool:

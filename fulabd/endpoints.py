@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 from fulabd.tokens import ADMIN, READ, REVIEW, UPLOAD
 
@@ -50,11 +50,19 @@ def is_decimal(text: str) -> bool:
 
 
 def request_path(uri: bytes) -> str:
-    """The path as twisted.web routes it: each segment %-decoded.  A segment that decodes to a `/` routes
-    to no resource of ours, and its path is left encoded, so that it matches none of ours either."""
-    raw = urlsplit(uri.decode("utf-8", "surrogateescape")).path
-    segments = [unquote(segment, errors="surrogateescape") for segment in raw.split("/")]
-    return raw if any("/" in segment for segment in segments) else "/".join(segments)
+    """The path as twisted.web routes it (`Request.process`): what comes before the first `?`, less its first
+    byte whatever it is, cut at each `/` and each piece %-decoded; a `/` decoded inside a piece is spelled
+    `%2F`, so that the pieces here are Twisted's (`/metrics/%2F` reaches the metrics leaf; `Xmetrics` does too,
+    and a fragment is no fragment)."""
+    raw = uri.split(b"?", 1)[0].decode("utf-8", "surrogateescape")
+    return "/" + "/".join(unquote(segment, errors="surrogateescape").replace("/", "%2F")
+                          for segment in raw[1:].split("/"))
+
+
+def request_query(uri: bytes) -> dict[str, list[str]]:
+    """The query as twisted.web reads it (`Request.args`): what follows the first `?`, blanks kept."""
+    _, _, query = uri.partition(b"?")
+    return parse_qs(query.decode("utf-8", "surrogateescape"), keep_blank_values=True)
 
 
 def is_upload_path(path: str) -> bool:

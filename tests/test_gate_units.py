@@ -82,6 +82,13 @@ def test_admin_may_everything():
     (head(uri=b"/metrics/x", authorization="Bearer " + READER), 403, "forbidden"),
     (head(uri=b"/%68ealthz"), 0, ""),
     (head(uri=b"/fulab%2flab%2fapp.js"), 401, "unauthorized"),   # routes to nothing: not the UI's file
+    (head(uri=b"/%6Detrics/%2F", authorization="Bearer " + READER), 403, "forbidden"),  # the metrics leaf still
+    (head(uri=b"Xmetrics", authorization="Bearer " + READER), 403, "forbidden"),  # Twisted drops the first byte
+    (head(method=b"POST", uri=b"Xfulab/lab/sessions/s1/pars", authorization="Bearer " + READER,
+          content_type="application/json", content_length="2"), 403, "forbidden"),   # a PAR POST all the same
+    (head(method=b"POST", uri=b"/fulab/lab/sessions/a%2Fb/pars", authorization="Bearer " + READER,
+          content_type="application/json", content_length="2"), 403, "forbidden"),   # a raw id with a slash
+    (head(uri=b"/fulab/lab/app.js#/../../sessions"), 401, "unauthorized"),  # no fragment in a request line
     (head(uri=b"/fulab/lab/%73tream/ws?session=s", upgrade="websocket", authorization="Bearer " + ALICE),
      403, "forbidden"),
 ])
