@@ -374,3 +374,20 @@ def test_compressed_rollouts_are_uploaded_decompressed_as_the_same_session(daemo
     [compressed] = uploader.wait_for_output(r"uploaded .*\(compressed: read once, not followed\)")
     assert str(old) in compressed
     assert not any(str(both) in line for line in uploader.output), "the .zst beside its .jsonl is left alone"
+
+
+def test_a_session_with_a_line_that_is_not_utf8_is_resumed_not_started_again(daemon, tmp_path):
+    """Its start-up checks are sent packed, as its lines were: as JSON text they never matched the stored bytes,
+    and every restart uploaded the whole session again as a new generation."""
+    sample = SAMPLES / "claude" / "projects" / "-path-to-Demo" / "5c0375b4-57a5-4f26-b12d-d022ee4e51b7.jsonl"
+    lines = sample.read_bytes().split(b"\n")[:-1]
+    content = b"".join(line + b"\n" for line in [b'{"type":"user","bad":"\xff\xfe\xc3("}'] + lines)  # line 0: checked
+    session = tmp_path / sample.name
+    session.write_bytes(content)
+    args = ("--url", daemon.url + UPLOAD, "--path", str(session), "--once")
+    for _ in range(2):
+        run = Uploader(*args).start()
+        assert run.wait() == 0, "\n".join(run.output)
+        assert not any("conflict" in line for line in run.output), "\n".join(run.output)
+    assert stored(daemon, sample.stem).read_bytes() == content
+    assert [path.name for path in daemon.root.glob("*.jsonl")] == [f"{sample.stem}.jsonl"]

@@ -208,9 +208,15 @@ class Sender:
             self.budget.wait(self)
 
     def _send_check(self, index: int, line: bytes):
-        """A line the server holds, again: refused with `conflict` if the file is not the one it holds."""
-        self.channel.send(orjson.dumps({"type": "events", "session-id": self.session_id, "seq": index,
-                                        "events": [line.decode("utf-8", "replace")]}), self._checked)
+        """A line the server holds, again: refused with `conflict` if the file is not the one it holds.  Sent
+        as the line itself was (packed, when the connection packs): as JSON text, a line that is not UTF-8
+        would never match the bytes stored, and each restart would start the session again."""
+        header = {"type": "events", "session-id": self.session_id, "seq": index}
+        packer = self.channel.packer
+        if packer is not None and not self.legacy:
+            self.channel.send(packer.encode(header, [line]), self._checked, binary=True)
+            return
+        self.channel.send(orjson.dumps(header | {"events": [line.decode("utf-8", "replace")]}), self._checked)
 
     def _checked(self, reply: dict):
         if reply.get("type") != "ack":
