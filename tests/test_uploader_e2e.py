@@ -391,3 +391,21 @@ def test_a_session_with_a_line_that_is_not_utf8_is_resumed_not_started_again(dae
         assert not any("conflict" in line for line in run.output), "\n".join(run.output)
     assert stored(daemon, sample.stem).read_bytes() == content
     assert [path.name for path in daemon.root.glob("*.jsonl")] == [f"{sample.stem}.jsonl"]
+
+
+def test_a_compressed_file_damaged_from_its_start_is_named_and_once_exits_1(daemon, tmp_path):
+    import zstandard
+
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    good = next(sample for sample in sample_files() if "rollout-" in sample.name)
+    (folder / good.name).write_bytes(good.read_bytes())
+    data = bytearray(zstandard.ZstdCompressor().compress(good.read_bytes()))
+    data[20:60] = bytes(40)
+    damaged = folder / "rollout-damaged.jsonl.zst"
+    damaged.write_bytes(bytes(data))
+    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(folder), "--backfill", "--once").start()
+    assert uploader.wait() == 1, "\n".join(uploader.output)
+    uploader.wait_for_output(rf"cannot read {damaged} \(.*does not decompress")
+    uploader.wait_for_output(r"done, but 1 file\(s\) could not be read")
+    assert stored(daemon, identify(folder / good.name).session_id).read_bytes() == good.read_bytes()

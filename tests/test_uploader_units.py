@@ -420,3 +420,56 @@ def test_a_refused_upgrade_names_its_http_status_and_what_to_do(status, token, s
     assert said in output.getvalue()
     assert protocol.factory.refused_handshakes == 1, "counted for the backoff"
     assert "connected" not in output.getvalue()
+
+
+class Said(Events):
+    def say(self, text, always=False):
+        self.seen.append(("say", text))
+
+
+def test_a_file_that_cannot_be_read_is_said_once_and_taken_up_once_it_can(tmp_path, monkeypatch):
+    """Root (as the tests run) reads a file whatever its mode, so a chmod 000 file's refusal is played by `open`.
+    Before, the refusal escaped the watcher's start (nothing else was looked at) or its poll (which stopped)."""
+    import builtins
+
+    from fulabd.uploader import compressed, tail
+    from fulabd.uploader.connection import UploadClientFactory
+    from tests.memory import Lab
+
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 5)
+    denied = [True]
+    real_open = builtins.open
+
+    def guarded_open(name, *args, **kw):
+        if denied[0] and str(name) == str(path):
+            raise PermissionError(13, "Permission denied", str(name))
+        return real_open(name, *args, **kw)
+
+    monkeypatch.setattr(compressed, "open", guarded_open, raising=False)
+    monkeypatch.setattr(tail, "open", guarded_open, raising=False)
+    lab = Lab(tmp_path / "remote")
+    try:
+        said = Said()
+        uploads = Uploads(lab.clock, said, source="codex")
+        lab.connect(UploadClientFactory("ws://127.0.0.1:5056/fulab/lab/upload/ws", uploads, reactor=lab.clock))
+        lab.flush()
+        assert uploads.track(path) is None and uploads.track(path) is None
+        assert said.seen.count(("say", f"cannot read {path} (Permission denied); it is uploaded once it can be "
+                                       "read")) == 1
+        assert uploads.unreadable == {str(path): "Permission denied"}
+        denied[0] = False
+        sender = uploads.track(path)
+        lab.flush()
+        assert uploads.unreadable == {} and lab.store.get(sender.session_id).count == 5
+        write_lines(path, 2, start=5)
+        denied[0] = True
+        sender.pump()  # the poll, after the file changed
+        assert str(path) not in uploads.senders and uploads.unreadable == {str(path): "Permission denied"}
+        denied[0] = False
+        again = uploads.track(path)  # the watcher's next look
+        lab.flush()
+        with open(lab.store.get(again.session_id).path, "rb") as stored:
+            assert stored.read() == path.read_bytes()  # from what the server held: nothing twice
+    finally:
+        lab.close()

@@ -176,7 +176,12 @@ def upload(args) -> int:
             reporter.say(f"done, but {len(problems)} session(s) stopped short of the file's end:", always=True)
             for sender in problems:
                 reporter.say(f"  {sender.session_id} ({sender.reader.path}): {sender.problem}", always=True)
-        else:
+        if uploads.unreadable:
+            outcome["code"] = 1
+            reporter.say(f"done, but {len(uploads.unreadable)} file(s) could not be read:", always=True)
+            for path, reason in uploads.unreadable.items():
+                reporter.say(f"  {path}: {reason}", always=True)
+        if not problems and not uploads.unreadable:
             reporter.say(f"done: {reporter.lines:,} lines ({reporter.bytes / 1e6:,.1f} MB) acknowledged in this run")
         reactor.stop()
 

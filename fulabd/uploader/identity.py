@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fulabd import formats
-from fulabd.uploader.compressed import Unreadable, open_content, session_stem
+from fulabd.uploader.compressed import open_content, session_stem
 
 GENERATION = "~g"
 
@@ -38,10 +38,7 @@ class Identity:
 def read_head(path: Path) -> bytes:
     """The first bytes of the session's lines (decompressed, for a `.jsonl.zst`), as much as formats reads."""
     with open_content(path) as handle:
-        try:
-            return handle.read(formats.HEAD_BYTES)
-        except Unreadable:
-            return b""  # damaged from its start: not a session yet (its lines are read up to the damage)
+        return handle.read(formats.HEAD_BYTES)  # a .zst damaged within its head raises `Unreadable`
 
 
 def identify(path: Path, source: str | None = None, overrides: dict | None = None) -> Identity:

@@ -153,6 +153,8 @@ class Sender:
             return self._unreadable(e)
         except FileNotFoundError:
             return self._gone()
+        except OSError as e:
+            return self.reporter.cannot_read(self, e)
         self._resumed_at = (count, tuple(known))
         if self._checks_pending:
             self.state = CHECKING  # new lines wait until every check is acknowledged: no splice onto another file
@@ -173,6 +175,8 @@ class Sender:
             return self._unreadable(e)
         except FileNotFoundError:
             return self._gone()
+        except OSError as e:
+            return self.reporter.cannot_read(self, e)
         self.state = STREAMING
         if count > 0:
             try:
@@ -200,6 +204,8 @@ class Sender:
                 return self._unreadable(e)
             except FileNotFoundError:
                 return self._gone()
+            except OSError as e:
+                return self.reporter.cannot_read(self, e)
             if not lines:
                 self._check_live()
                 return

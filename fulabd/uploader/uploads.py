@@ -13,6 +13,7 @@ from pathlib import Path
 
 from twisted.internet import defer
 
+from fulabd.uploader.compressed import Unreadable
 from fulabd.uploader.identity import Identity, NotReady, identify
 from fulabd.uploader.sender import Budget, Sender
 from fulabd.uploader.tail import LineReader
@@ -31,6 +32,7 @@ class Uploads:
         self.budget = budget or Budget()
         self.frame = {"max_frame_bytes": max_frame_bytes} if max_frame_bytes else {}
         self.senders: dict[str, Sender] = {}
+        self.unreadable: dict[str, str] = {}  # files that cannot be read now, and why (said once per reason)
         self.channel = None
         self.stopping = False
         self._idle_waiters: list[defer.Deferred] = []
@@ -51,7 +53,18 @@ class Uploads:
             identity = identify(Path(path), self.source, self.overrides)
         except (NotReady, FileNotFoundError):
             return None
+        except (OSError, Unreadable) as e:
+            self._cannot_read(key, e)
+            return None
+        self.unreadable.pop(key, None)
         return self._start(key, identity, 1)
+
+    def _cannot_read(self, key: str, error: Exception):
+        """Said once per reason; the watcher looks at the file again, and `--once` names it at the end."""
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        if self.unreadable.get(key) != reason:
+            self.unreadable[key] = reason
+            self.reporter.say(f"cannot read {key} ({reason}); it is uploaded once it can be read", always=True)
 
     def _start(self, key: str, base: Identity, generation: int, ahead: int = 0) -> Sender:
         sender = Sender(base, LineReader(key), self.budget, self, self.clock, generation=generation, ahead=ahead,
@@ -110,7 +123,7 @@ class Uploads:
         key = sender.reader.path
         try:
             base = identify(Path(key), self.source, self.overrides)
-        except (NotReady, FileNotFoundError):
+        except (NotReady, OSError, Unreadable):
             base = None
         if base is not None and base.session_id != sender.base.session_id:
             successor = self._start(key, base, 1)
@@ -125,6 +138,15 @@ class Uploads:
             del self.senders[key]
             successor = None
         self.reporter.conflict(sender, successor, detail)
+
+    def cannot_read(self, sender: Sender, error: OSError):
+        """A file followed that can no longer be read (its permissions, a failing disk): its session stops, and
+        the file is taken up again, from what the server holds, once the watcher can read it."""
+        sender.stop()
+        if self.senders.get(sender.reader.path) is sender:
+            del self.senders[sender.reader.path]
+        self._cannot_read(sender.reader.path, error)
+        self._check_idle()
 
     def gone(self, sender: Sender):
         if self.senders.get(sender.reader.path) is sender:
