@@ -97,8 +97,7 @@ class GatedChannel(http.HTTPChannel):
     """
 
     _log = Logger()
-    _head_timer = None
-    _body_timer = None
+    _deadline = None  # for the request's head, then its body: each must be all in within --handshake-timeout
     waiting_peer: str | None = None   # counted as waiting for its first head, from this peer
     address: str | None = None        # counted as open for this client, once its first head was let through
 
@@ -107,51 +106,39 @@ class GatedChannel(http.HTTPChannel):
         if not self.site.accepted(self):
             self.transport.abortConnection()
             return
-        self._wait_for_head()
+        self._await("head")
 
-    def _wait_for_head(self):
-        timeout = self.site.head_timeout
-        if timeout:
-            self._head_timer = self.callLater(timeout, self._head_too_slow)
+    def _await(self, part: str):
+        """Start the clock on the request's `part`: a head or a body trickled a byte at a time would otherwise
+        hold the connection, and its place under the caps, for ever."""
+        if self.site.head_timeout:
+            self._deadline = self.callLater(self.site.head_timeout, self._too_slow, part)
 
-    def _head_too_slow(self):
-        self._head_timer = None
-        self.site.gate.refused["slow-head"] += 1
-        self._log.info("dropped a connection from {peer}: no complete request head within {timeout} s",
-                       peer=host_of(self.transport.getPeer()), timeout=self.site.head_timeout)
+    def _too_slow(self, part: str):
+        self._deadline = None
+        self.site.gate.refused[f"slow-{part}"] += 1
+        self._log.info("dropped a connection from {peer}: no complete request {part} within {timeout} s",
+                       peer=host_of(self.transport.getPeer()), part=part, timeout=self.site.head_timeout)
         self.transport.loseConnection()
 
-    def _stop_head_timer(self):
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _body_too_slow(self):
-        """A body trickled a byte at a time would hold the connection, and a place under the caps, for ever."""
-        self._body_timer = None
-        self.site.gate.refused["slow-body"] += 1
-        self._log.info("dropped a connection from {peer}: its request body did not arrive within {timeout} s",
-                       peer=host_of(self.transport.getPeer()), timeout=self.site.head_timeout)
-        self.transport.abortConnection()
-
-    def _stop_body_timer(self):
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+    def _stop_the_clock(self):
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def allContentReceived(self):
-        self._stop_body_timer()
+        self._stop_the_clock()
         super().allContentReceived()
 
     def allHeadersReceived(self):
-        self._stop_head_timer()
+        self._stop_the_clock()
         request = self.requests[-1]
         decision = self.site.decide(self, request, self._command, self._path)
         request.decision = decision
         if not decision.refused:
             super().allHeadersReceived()
-            if self.length and self.site.head_timeout:  # a body follows: it has as long as a head had
-                self._body_timer = self.callLater(self.site.head_timeout, self._body_too_slow)
+            if self.length:  # a body follows (only a PAR POST's is let through): it has as long as a head had
+                self._await("body")
             return
         # Answer from the headers alone: no body is read (length 0 makes the channel process the request
         # at once), no 100-continue is sent, and the connection closes after the answer.
@@ -163,7 +150,7 @@ class GatedChannel(http.HTTPChannel):
     def requestDone(self, request):
         super().requestDone(request)
         if self.persistent and self.transport is not None and not self.transport.disconnecting:
-            self._wait_for_head()
+            self._await("head")
 
     def upgraded(self, transport):
         """The socket now belongs to a WebSocket protocol: release the count once its connection is gone."""
@@ -175,8 +162,7 @@ class GatedChannel(http.HTTPChannel):
         return result
 
     def connectionLost(self, reason):
-        self._stop_head_timer()
-        self._stop_body_timer()
+        self._stop_the_clock()
         self.site.released(self)
         super().connectionLost(reason)
 

