@@ -68,6 +68,22 @@ def test_a_refused_token_is_named_backed_off_and_never_called_connected(tmp_path
 
 
 @pytest.mark.slow
+def test_a_mistyped_upload_path_is_said_once_as_a_connection_failure(tmp_path):
+    server = Daemon(tmp_path / "remote").start()
+    try:
+        uploader = Uploader("--url", server.url + "/fulab/lab/uplaod/ws", "--path", str(sample_files()[0]),
+                            "--once", "--connect-timeout", "4").start()
+        assert uploader.wait() == 1
+        output = "\n".join(uploader.output)
+        assert output.count("the URL's path is not an upload endpoint (invalid-path); use a URL ending in "
+                            "/fulab/lab/upload/ws") == 1, output
+        assert "unexpected message" not in output and "stopped until" not in output, output
+        assert "gave up: no working connection" in output
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
 def test_once_exits_1_and_names_the_session_when_the_server_refuses_a_line(tmp_path):
     server = Daemon(tmp_path / "remote", "--max-message-size", "100000").start()
     session = tmp_path / "limited.jsonl"

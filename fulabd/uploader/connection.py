@@ -127,11 +127,12 @@ class UploadClientProtocol(WebSocketClientProtocol):
             # Sent at once, ahead of the replies still due, and followed by a close: not a reply to match.
             self.factory.uploads.too_large(reply)
             return
-        if reply.get("type") == "error" and reply.get("err") in REFUSALS and not self.confirmed:
-            # Followed by a close: the connection failed, as an HTTP 401/403 would have.
+        if reply.get("type") == "error" and reply.get("err") in (*REFUSALS, WRONG_PATH) and not self.confirmed:
+            # Followed by a close: the connection failed, as an HTTP 401/403 (or 404) would have; said once.
             self.refused = True
             self.factory.refused_handshakes += 1
-            self.factory.uploads.reporter.connect_failed(*self.factory.refusal(reply["err"]))
+            self.factory.uploads.reporter.connect_failed(*(WRONG_PATH_ADVICE if reply["err"] == WRONG_PATH
+                                                           else self.factory.refusal(reply["err"])))
             return
         if reply.get("type") == "pong" and not self.confirmed:
             self.confirmed = True
@@ -167,6 +168,9 @@ class UploadClientProtocol(WebSocketClientProtocol):
 
 
 REFUSALS = ("unauthorized", "forbidden")
+WRONG_PATH = "invalid-path"  # a WebSocket path of the server that is no upload endpoint
+WRONG_PATH_ADVICE = ("the URL's path is not an upload endpoint (invalid-path)",
+                     "use a URL ending in /fulab/lab/upload/ws")
 HTTP_STATUS = re.compile(r"upgrade failed \[(?P<code>\d{3})\]: (?P<text>[^\")]*)")  # Autobahn's words for it
 
 
