@@ -14,6 +14,8 @@ from twisted.internet import task
 
 from fulabd.store import SessionStore
 from fulabd.store.commit import CROWDED_SYNCS, SyncThreads
+from fulabd.store.committing import GATHER_SECONDS
+from tests.test_store import ManualThread, make_store, result_of
 
 
 def test_every_sessions_sync_is_in_progress_at_the_same_time(tmp_path, monkeypatch):
@@ -37,6 +39,7 @@ def test_every_sessions_sync_is_in_progress_at_the_same_time(tmp_path, monkeypat
     try:
         for number in range(sessions):
             store.append(f"s{number}", 0, [b"line"])
+        store.clock.advance(GATHER_SECONDS)  # past CROWDED_SYNCS in flight, the others gather their writes first
         assert all_synced.wait(30), f"only {len(synced)} of {sessions} syncs got past the barrier"
     finally:
         store.stop_syncs()
@@ -120,3 +123,25 @@ def test_sync_threads_stop_interrupting_the_reactor_only_when_many_syncs_are_in_
         assert run(1, wait=False) == [os.SCHED_OTHER]
     finally:
         threads.stop()
+
+
+def test_while_many_syncs_are_in_flight_a_session_gathers_its_writes_before_its_own(tmp_path):
+    """Fewer syncs, each costing CPU on the reactor's core: a line then waits at most GATHER_SECONDS more."""
+    thread = ManualThread()
+    store, clock = make_store(tmp_path, thread=thread)
+    acked = []
+    for number in range(CROWDED_SYNCS + 1):  # in flight, held by the test
+        store.append(f"busy{number}", 0, [b"line"]).addCallback(acked.append)
+    assert len(thread.jobs) == CROWDED_SYNCS + 1
+    first = store.append("late", 0, [b"a"])
+    clock.advance(GATHER_SECONDS / 2)
+    second = store.append("late", 1, [b"b"])
+    assert len(thread.jobs) == CROWDED_SYNCS + 1, "the late session's sync waits, gathering"
+    clock.advance(GATHER_SECONDS / 2)
+    assert len(thread.jobs) == CROWDED_SYNCS + 2, "then one sync takes both of its writes"
+    thread.run_all()
+    assert result_of(first).count == result_of(second).count == 2 and len(acked) == CROWDED_SYNCS + 1
+    lone = store.append("lone", 0, [b"x"])
+    assert len(thread.jobs) == 1, "with few in flight, a sync starts at once"
+    thread.run_all()
+    assert result_of(lone).count == 1

@@ -71,6 +71,8 @@ class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Servic
         self._broken: str | None = None
         self._dirty: set[Session] = set()
         self._syncing: dict[Session, tuple[CommitJob, float]] = {}  # the sync in flight and when it started
+        self._gathering: dict[Session, float] = {}  # dirty sessions with no sync in flight, since when
+        self._gathered = None  # the call that ends the current gathering (`SessionSyncs._kick`)
         self._fenced: set[Session] = set()
         self._housekeeping = None
         self._meta_writes = defer.succeed(None)
