@@ -61,11 +61,10 @@ class SessionSyncs:
         for session in list(self._dirty):
             if session in self._syncing:  # (a job that settled at once may have started another meanwhile)
                 continue
-            since = self._gathering.setdefault(session, now)
-            if crowded and now - since < GATHER_SECONDS:
+            if crowded and now - self._gathering.setdefault(session, now) < GATHER_SECONDS:
                 gathering = True
                 continue
-            del self._gathering[session]
+            self._gathering.pop(session, None)
             meta_due = session.meta_due and not session.meta_writing
             if not (session.sync_lines or session.write_pars or meta_due or session.waiters):
                 continue

@@ -418,7 +418,8 @@ class SessionStore(SessionSyncs, SessionMetadata, SessionReading, service.Servic
                     "a failed write could not be rolled back; check the disk, then restart")
         if not self._root.writable():
             return f"the store folder {self.root} is not writable"
-        if self.min_free_bytes and self._free_space() < self.min_free_bytes:
-            return (f"the disk under the store has {self._free_space() // MiB} MB free, less than --min-free-mb "
+        free = self._free_space() if self.min_free_bytes else None
+        if free is not None and free < self.min_free_bytes:
+            return (f"the disk under the store has {free // MiB} MB free, less than --min-free-mb "
                     f"{self.min_free_bytes // MiB}: uploads are refused until space is freed")
         return None
