@@ -106,7 +106,7 @@ def test_a_token_name_overrides_the_pars_own_author(tmp_path):
 
 
 def test_a_session_takes_at_most_the_documented_number_of_pars(tmp_path, monkeypatch):
-    monkeypatch.setattr("fulabd.store.store.MAX_PARS_PER_SESSION", 3)
+    monkeypatch.setattr("fulabd.store.pars.MAX_PARS_PER_SESSION", 3)
     store, _ = make_store(tmp_path)
     result_of(store.append("s", 0, [b"a"]))
     for number in range(3):

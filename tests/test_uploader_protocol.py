@@ -13,7 +13,8 @@ import pytest
 
 from fulabd import packed
 from fulabd.uploader.connection import UploadClientFactory, UploadClientProtocol
-from fulabd.uploader.sender import BLOCKED, STREAMING, Budget
+from fulabd.uploader.sender import BLOCKED, STREAMING
+from fulabd.uploader.window import Budget
 from fulabd.uploader.uploads import STOP_TIMEOUT, Uploads
 from tests.memory import Commits, Lab
 from tests.test_uploader_units import Events, write_lines

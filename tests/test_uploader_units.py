@@ -9,7 +9,8 @@ import orjson
 from twisted.internet.task import Clock
 
 from fulabd.uploader.identity import NotReady, identify
-from fulabd.uploader.sender import BLOCKED, Budget, Sender
+from fulabd.uploader.sender import BLOCKED, Sender
+from fulabd.uploader.window import Budget
 from fulabd.uploader.tail import LineReader, Replaced
 from fulabd.uploader.uploads import Uploads
 from tests.fixtures import SAMPLES, sample_files

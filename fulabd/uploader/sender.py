@@ -384,37 +384,3 @@ class Sender:
     def _gone(self):
         self.state = STOPPED
         self.reporter.gone(self)
-
-
-class Budget:
-    """The connection's window: bytes and messages in flight, shared by all sessions, and the server's
-    message size limit once it told us (it then closes the connection)."""
-
-    def __init__(self, max_bytes: int = 8 << 20, max_batches: int = 64):
-        self.max_bytes = max_bytes
-        self.max_batches = max_batches
-        self.bytes = 0
-        self.batches = 0
-        self.server_limit: int | None = None
-        self._waiting: deque[Sender] = deque()
-
-    def available(self) -> bool:
-        return self.bytes < self.max_bytes and self.batches < self.max_batches
-
-    def take(self, size: int):
-        self.bytes += size
-        self.batches += 1
-
-    def release(self, size: int):
-        self.bytes -= size
-        self.batches -= 1
-        while self._waiting and self.available():
-            self._waiting.popleft().pump()
-
-    def wait(self, sender: Sender):
-        if sender not in self._waiting:
-            self._waiting.append(sender)
-
-    def reset(self):
-        self.bytes = self.batches = 0
-        self._waiting.clear()

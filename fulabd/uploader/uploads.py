@@ -15,7 +15,8 @@ from twisted.internet import defer
 
 from fulabd.uploader.compressed import Unreadable
 from fulabd.uploader.identity import Identity, NotReady, identify
-from fulabd.uploader.sender import Budget, Sender
+from fulabd.uploader.sender import Sender
+from fulabd.uploader.window import Budget
 from fulabd.uploader.tail import LineReader
 
 STOP_TIMEOUT = 15
