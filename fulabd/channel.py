@@ -58,6 +58,8 @@ class GatedRequest(server.Request):
         for name, value in SECURITY_HEADERS.items():
             self.setHeader(name, value)
         self.setHeader(b"content-security-policy", content_security_policy(self.decision.own_origin))
+        if self.path == b"*" and self.decision.refused:
+            self.path = b"/*"  # twisted.web answers `OPTIONS *` itself, before any resource: this one the gate refused
         super().process()
 
     def render(self, resrc):

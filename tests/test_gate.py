@@ -246,6 +246,16 @@ def test_a_request_that_repeats_a_deciding_header_is_refused_whole(guarded, toke
     assert request(guarded, "GET", "/fulab/lab/sessions", bearer(tokens["reader"]))[0] == 200  # one of each is fine
 
 
+def test_a_request_for_the_whole_server_is_gated_like_any_other(guarded, tokens):
+    """twisted.web answers `OPTIONS *` itself, before any resource: without a token it must still be refused."""
+    for method in (b"OPTIONS", b"DELETE"):
+        answer = raw_exchange(guarded, method + b" * HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 401 "), answer
+    allowed = raw_exchange(guarded, b"OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                           b"Authorization: Bearer " + tokens["reader"].encode() + b"\r\n\r\n")
+    assert allowed.startswith(b"HTTP/1.1 200 "), allowed
+
+
 def test_head_gets_headers_only_and_the_token_stays_out_of_the_log(guarded, tokens):
     wrong = "not-" + tokens["reader"]
     for token in (tokens["reader"], wrong):
