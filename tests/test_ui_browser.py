@@ -1,8 +1,10 @@
 """
 The web UI in a real headless Chromium against a real daemon: a session uploaded
 with a PAR is listed and shown with its PAR card, new lines arrive without a
-reload, a PAR written in the form appears, and a dropped stream resumes without
-duplicates.  On failure the browser's screen is saved under the test's tmp_path.
+reload, a PAR written in the form appears, a dropped stream resumes without
+duplicates, a reader at the end keeps following through bursts, the header shows
+the summary, a line past the end says so, and bidirectional-text controls in names
+are shown.  On failure the browser's screen is saved under the test's tmp_path.
 """
 
 import edn_format
@@ -174,3 +176,75 @@ def test_scrolling_up_stops_following_until_the_reader_jumps_back(daemon, sessio
     wait(browser, EC.invisibility_of_element_located((By.ID, "jump-latest")))
     assert browser.execute_script("const t = document.getElementById('timeline');"
                                   "return t.scrollHeight - t.scrollTop - t.clientHeight < 60")
+
+
+def said_line(session_id: str, n: int) -> str:
+    """A Claude assistant line a few rows tall, as a burst of them fills the view."""
+    return orjson.dumps({"type": "assistant", "sessionId": session_id, "uuid": f"burst-{n}",
+                         "timestamp": "2026-12-04T10:00:00.000Z", "message": {"role": "assistant", "content": [
+                             {"type": "text", "text": f"line {n}\n\nmore text to make the row taller\n\n- a\n- b"}]}}
+                        ).decode()
+
+
+def test_a_reader_at_the_end_keeps_following_when_lines_arrive_in_bursts(daemon, session, browser):
+    """The scroll that following causes can come after the next burst arrived and before it is drawn; it must
+    not be taken for the reader scrolling away."""
+    uploader, entry, lines = session
+    browser.get(f"{daemon.http}/fulab/lab/?session={entry['id']}")
+    line_shown(browser, len(lines) - 2)
+    count = len(lines) - 1
+    for _ in range(3):
+        uploader.call({"type": "events", "seq": count,
+                       "events": [said_line(uploader.session_id, count + i) for i in range(50)]})
+        count += 50
+        line_shown(browser, count - 1)
+        assert not browser.find_element(By.ID, "jump-latest").is_displayed()
+
+
+def test_the_header_shows_the_summary_title_tokens_and_cost(daemon, session, browser):
+    _, entry, _ = session
+    summary = get_json(f"{daemon.http}/fulab/lab/sessions/{entry['id']}")["summary"]
+    assert summary["title"] and summary["cost-usd"] is not None
+    browser.get(f"{daemon.http}/fulab/lab/?session={entry['id']}")
+    wait(browser, EC.text_to_be_present_in_element((By.ID, "session-title"), summary["title"]))
+    meta = wait(browser, EC.visibility_of_element_located((By.ID, "session-meta")))
+    wait(browser, lambda _: "tokens" in meta.text)
+    items = {item.find_element(By.CSS_SELECTOR, ".label").text: item.find_element(By.CSS_SELECTOR, ".value").text
+             for item in meta.find_elements(By.CSS_SELECTOR, ".meta-item")}
+    total = sum(summary["tokens"].values())
+    assert items["tokens"] == (f"{total / 1000:.1f}k" if total < 10_000 else f"{total / 1000:.0f}k"), items
+    assert items["cost"] == (f"${summary['cost-usd']:.2f}" if summary["cost-usd"] >= 0.01
+                             else f"${summary['cost-usd']:.4f}"), items
+
+
+def test_a_line_past_the_end_says_so_and_shows_the_end(daemon, session, browser):
+    _, entry, lines = session
+    for asked in (len(lines) - 1, 99_999):
+        browser.get(f"{daemon.http}/fulab/lab/?session={entry['id']}&line={asked}")
+        note = wait(browser, EC.visibility_of_element_located((By.ID, "line-note")))
+        assert f"{asked:,} is past the end" in note.text and f"{len(lines) - 1} lines" in note.text
+        line_shown(browser, len(lines) - 2)
+
+
+def test_bidirectional_controls_in_names_are_shown_not_obeyed(daemon, browser):
+    """A path `src/<RLO>gnp.js` would be drawn as `src/sj.png`: in a diff's path, a tag, a title it is shown."""
+    rlo = "\u202e"
+    edit = {"type": "assistant", "sessionId": "bidi", "uuid": "u1", "timestamp": "2026-12-04T10:00:00.000Z",
+            "message": {"role": "assistant", "model": "claude-sonnet-4-20250514", "content": [
+                {"type": "tool_use", "id": "toolu_1", "name": "Write",
+                 "input": {"file_path": f"/src/{rlo}gnp.js", "content": "alert(1)\n"}}]}}
+    with connect(daemon.url + "/fulab/lab/upload/ws") as ws:
+        for message in ({"type": "init", "session-id": "bidi", "source": "claude", "project": f"/p/{rlo}txt.exe",
+                         "events": [orjson.dumps(edit).decode()]},
+                        {"type": "par", "session-id": "bidi", "par": {"title": "review", "tags": [f"{rlo}evil"],
+                                                                      "questions": QUESTIONS}}):
+            ws.send(orjson.dumps(message).decode())
+            assert orjson.loads(ws.recv(timeout=30))["type"] == "ack"
+    browser.get(f"{daemon.http}/fulab/lab/?session=bidi")
+    path = wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".diff-path")))
+    assert path.text.startswith("/src/⟨U+202E⟩gnp.js"), path.text
+    assert wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".par-card .tag"))).text == "⟨U+202E⟩evil"
+    wait(browser, EC.text_to_be_present_in_element((By.ID, "session-title"), "⟨U+202E⟩txt.exe"))
+    browser.get(f"{daemon.http}/fulab/lab/")
+    link = wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, "tr[data-id='bidi'] a.title")))
+    assert "⟨U+202E⟩" in link.text and rlo not in link.text

@@ -1,8 +1,9 @@
 // fulab lab web UI: the session list (this file) and one session streamed live (session.js).
 // ES modules, no build step, nothing loaded from elsewhere. Session content is put into the
 // page as text (textContent), or as Markdown rendered with raw HTML disabled.
-import { $, el } from "./dom.js";
+import { $, el, named } from "./dom.js";
 import { ago } from "./time.js";
+import { costNote, formatCost, formatCount, tokenBreakdown, tokenTotal } from "./numbers.js";
 import { showSession } from "./session.js";
 import { showSearch, wireSearchBox } from "./search.js";
 import { showParList } from "./par-list.js";
@@ -127,7 +128,7 @@ function renderList() {
   const chosen = select.value;
   const known = [...select.options].slice(1).map((option) => option.value);
   if (sources.join("\n") !== known.join("\n")) {
-    select.replaceChildren(el("option", null, "All sources"), ...sources.map((s) => el("option", null, s)));
+    select.replaceChildren(el("option", null, "All sources"), ...sources.map((s) => Object.assign(el("option", null, named(s)), { value: s })));
     select.options[0].value = "";
     select.value = sources.includes(chosen) ? chosen : "";
   }
@@ -160,17 +161,6 @@ function formatDuration(seconds) {
   return `${Math.floor(minutes / 1440)} d ${Math.floor((minutes % 1440) / 60)} h`;
 }
 
-function formatCount(n) {
-  if (n < 1000) return String(n);
-  if (n < 1e6) return `${(n / 1000).toFixed(n < 1e4 ? 1 : 0)}k`;
-  return `${(n / 1e6).toFixed(n < 1e7 ? 2 : 1)}M`;
-}
-
-function formatCost(usd) {
-  if (usd === null || usd === undefined) return "—";
-  return usd > 0 && usd < 0.01 ? `$${usd.toFixed(4)}` : `$${usd.toFixed(2)}`;
-}
-
 function startedAt(iso) {
   const then = Date.parse(iso);
   if (Number.isNaN(then)) return "";
@@ -182,20 +172,16 @@ function startedAt(iso) {
 function summaryCells(summary) {
   if (!summary) return Array.from({ length: 7 }, () => el("td", "num pending", "…"));
   const tokens = summary.tokens;
-  const total = tokens.input + tokens.output + tokens["cache-read"] + tokens["cache-write"];
   const started = el("td", "started", startedAt(summary.started));
   if (summary.started) started.title = `${summary.started} to ${summary.ended}`;
   const calls = Object.values(summary["tool-calls"]).reduce((sum, n) => sum + n, 0);
   const tools = el("td", "num tools", String(calls));
   tools.title = Object.entries(summary["tool-calls"]).map(([name, n]) => `${name}: ${n}`).join("\n");
   if (summary["tool-errors"]) tools.append(el("span", "errors", ` · ${summary["tool-errors"]} failed`));
-  const tokenCell = el("td", "num tokens", formatCount(total));
-  tokenCell.title = `input ${tokens.input.toLocaleString()}, output ${tokens.output.toLocaleString()}, ` +
-    `cache read ${tokens["cache-read"].toLocaleString()}, cache write ${tokens["cache-write"].toLocaleString()}`;
+  const tokenCell = el("td", "num tokens", formatCount(tokenTotal(tokens)));
+  tokenCell.title = tokenBreakdown(tokens);
   const cost = el("td", "num cost", formatCost(summary["cost-usd"]));
-  cost.title = summary["cost-usd"] === null
-    ? `no price for ${summary.models.join(", ") || "an unnamed model"} in the table of ${summary["prices-date"]}`
-    : `estimated from list prices of ${summary["prices-date"]} (${summary.models.join(", ")})`;
+  cost.title = costNote(summary);
   return [started, el("td", "num duration", formatDuration(summary["duration-s"])),
     el("td", "num turns", String(summary.turns)), tools, tokenCell, cost,
     el("td", "num subagents", String(summary.subagents.length))];
@@ -207,7 +193,7 @@ function sessionRow(s) {
   const name = el("td", "name");
   const place = s.project ? s.project.split("/").filter(Boolean).pop() || s.project : null;
   const title = s.summary && s.summary.title;
-  const link = el("a", "title", title || place || s["session-id"]);
+  const link = el("a", "title", named(title || place || s["session-id"]));
   link.href = s["viewer-url"] || pageUrl({ session: s.id });  // another lab's session opens in its own UI
   name.append(link);
   if (s["remote-source"]) {
@@ -216,7 +202,7 @@ function sessionRow(s) {
   }
   if (isLive(s)) name.append(el("span", "badge live", "live"));
   else if (s.active) name.append(el("span", "badge active", "active"));
-  name.append(el("div", "sub", [place, s.originator, s["session-id"]].filter(Boolean).join(" · ")));
+  name.append(el("div", "sub", named([place, s.originator, s["session-id"]].filter(Boolean).join(" · "))));
   if (s.project) name.lastChild.title = s.project;
   const modified = el("td", null, ago(s.modified));
   modified.title = `${s.modified}, ${formatSize(s["size-kb"])}, ${(s.events ?? 0).toLocaleString()} lines`;

@@ -13,6 +13,15 @@ export function el(tag, className, text) {
   return node;
 }
 
+// Bidirectional-text controls reorder what is drawn around them (a path "src/\u202egnp.js" is drawn as
+// "src/sj.png"): in names (paths, titles, tags, metadata) they are shown as what they are.
+const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+export function named(text) {
+  return String(text).replace(BIDI_CONTROLS,
+    (c) => `⟨U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`);
+}
+
 export function button(className, text, onClick) {
   const node = el("button", className, text);
   node.type = "button";

@@ -1,6 +1,6 @@
 // The PARs page (`?view=pars`): PARs of every session, newest first, filtered by tags and words, each
 // linking to its session.
-import { $, el } from "./dom.js";
+import { $, el, named } from "./dom.js";
 import { QUESTIONS } from "./pars.js";
 import { indexPages } from "./search.js";
 
@@ -37,15 +37,15 @@ export function showParList(params, { apiUrl, pageUrl }) {
   function card(item) {
     const par = item.par || {};
     const box = el("article", "par-entry");
-    box.append(el("h3", null, par.title || "Session Review"));
+    box.append(el("h3", null, named(par.title || "Session Review")));
     const meta = el("div", "par-entry-meta");
     const when = Date.parse(par.timestamp);
-    const session = el("a", "par-session", item["session-title"] || item["session-id"]);
+    const session = el("a", "par-session", named(item["session-title"] || item["session-id"]));
     const lines = Array.isArray(par.lines) && Number.isInteger(par.lines[0]) ? { line: par.lines[0] } : {};
     session.href = pageUrl({ session: item.id, ...lines });
     meta.append(el("span", null, Number.isNaN(when) ? "" : new Date(when).toLocaleString()), session);
     for (const tag of par.tags || []) {
-      const chip = el("button", "tag", String(tag));
+      const chip = el("button", "tag", named(String(tag)));
       chip.type = "button";
       chip.addEventListener("click", () => filter(String(tag), words));
       meta.append(chip);

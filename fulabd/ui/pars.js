@@ -1,6 +1,6 @@
 // The PAR column: PAR cards (with the lines they are about), the form, and the selection of
 // lines a PAR can be written about.
-import { $, el, button, foldable } from "./dom.js";
+import { $, el, button, foldable, named } from "./dom.js";
 import { clock, ago } from "./time.js";
 
 export const QUESTIONS = [
@@ -57,9 +57,9 @@ function setFormLines(lines) {
 export function addPar(par) {
   const card = el("article", "par-card");
   card.dataset.parId = par["par-id"] || "";
-  card.append(el("h3", "par-title", par.title || "Post-action review"));
+  card.append(el("h3", "par-title", named(par.title || "Post-action review")));
   const info = el("div", "par-info");
-  for (const tag of par.tags || []) info.append(el("span", "tag", String(tag).replace(/^:/, "")));
+  for (const tag of par.tags || []) info.append(el("span", "tag", named(String(tag).replace(/^:/, ""))));
   if (par.timestamp) info.append(el("span", "par-when", `${clock(par.timestamp)} · ${ago(par.timestamp)}`));
   const lines = Array.isArray(par.lines) && par.lines.length === 2 ? par.lines.map(Number) : null;
   if (lines && lines.every(Number.isInteger)) {

@@ -54,10 +54,14 @@ export function showSession(id, helpers) {
   document.title = `fulab lab — ${id}`;
   const timeline = $("timeline");
   timeline.addEventListener("scroll", () => {
-    const atBottom = isAtEnd() && view.rendered === view.events.length;
-    if (atBottom !== view.following) {
-      view.following = atBottom;
-      if (atBottom) schedule();
+    // A reader who follows stops only by scrolling away from the end (the scroll `scrollToEnd` causes may
+    // come after more events arrived, before they are drawn); one who does not starts again only at the
+    // session's end, not at the end of a window of it.
+    const atEnd = isAtEnd();
+    const follow = view.following ? atEnd : atEnd && view.rendered === view.events.length;
+    if (follow !== view.following) {
+      view.following = follow;
+      if (follow) schedule();
       updateJump();
     }
   }, { passive: true });
@@ -86,9 +90,10 @@ async function fetchJson(url) {
 async function loadMeta() {
   try {
     const query = view.listingToken ? { since: view.listingToken } : {};
-    const [listing, summary] = await Promise.all([
+    const [listing, reply] = await Promise.all([
       fetchJson(api.apiUrl("sessions", query)), fetchJson(api.apiUrl(`sessions/${encodeURIComponent(view.id)}`)),
     ]);
+    const summary = reply && reply.summary;  // null while the daemon is still reading the session's file
     if (listing) {
       if (!view.listingToken || listing.reset) view.listing = new Map();
       for (const s of listing.sessions || []) view.listing.set(s.id, s);
@@ -192,6 +197,12 @@ function receive(frame) {
       break;
     case "history-end":
       view.loading = false;
+      if (view.target && view.events.length === 0 && view.base > 0) {  // asked from past the session's end
+        const { first } = view.target;
+        view.target = null;
+        showPastEnd(first);
+        break;
+      }
       showProgress();
       schedule();
       // Lines skipped at the end (duplicates the server leaves out) are not asked for again.
@@ -363,6 +374,19 @@ function indexOf(line) {
   return low < view.events.length ? low : -1;
 }
 
+// A line asked for (`?line=`, a search hit, a PAR's) that the session does not have: say so, and follow its end.
+function showPastEnd(line) {
+  const last = view.events.findLast((event) => typeof event.line === "number");
+  const count = Math.max(view.historyEnd, last ? last.line + 1 : 0);
+  const note = $("line-note");
+  note.textContent = `Line ${line.toLocaleString()} is past the end of this session, which has ` +
+    `${count.toLocaleString()} line${count === 1 ? "" : "s"} so far: showing its end.`;
+  note.hidden = false;
+  if (view.events.length === 0 && view.base > 0) restart(Math.max(0, count - BEFORE_TARGET));
+  view.following = true;
+  renderTail();
+}
+
 function reached(line) {
   return view.events.length > 0 && (view.events[view.events.length - 1].line >= line || !view.loading);
 }
@@ -376,9 +400,13 @@ function goToLine(first, last = first, mark = true) {
     if (view.base > first) restart(Math.max(0, first - BEFORE_TARGET));
     return;
   }
-  if (mark) view.highlight = { first, last };
   const index = indexOf(first);
-  if (index < 0) return;
+  if (index < 0) {
+    showPastEnd(first);
+    return;
+  }
+  $("line-note").hidden = true;
+  if (mark) view.highlight = { first, last };
   view.following = false;
   if (index < view.first || index >= view.rendered) {
     renderWindow(Math.max(0, index - PAGE / 2), Math.min(view.events.length, index + PAGE / 2));

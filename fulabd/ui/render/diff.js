@@ -2,7 +2,7 @@
 // apply_patch texts. The line diff is a plain LCS on the lines between the common prefix
 // and suffix, which is exact for the short strings edits carry; past MAX_CELLS it gives up
 // and shows the old lines removed and the new ones added.
-import { el, button } from "../dom.js";
+import { el, button, named } from "../dom.js";
 
 const CONTEXT = 3;
 const MAX_CELLS = 2_000_000;
@@ -153,7 +153,7 @@ function lineNode([sign, text]) {
 // One file's diff: its path, then the lines, folded past FOLD_LINES.
 export function renderDiff(diff) {
   const box = el("div", "diff");
-  const head = el("div", "diff-path", diff.path || "(no path)");
+  const head = el("div", "diff-path", diff.path ? named(diff.path) : "(no path)");
   if (diff.note) head.append(el("span", "dim", ` · ${diff.note}`));
   const added = diff.lines.filter(([sign]) => sign === "+").length;
   const removed = diff.lines.filter(([sign]) => sign === "-").length;

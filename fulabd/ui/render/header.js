@@ -1,14 +1,15 @@
 // The session header and the sub-agent sessions of a session, from the listings.
-import { $, el } from "../dom.js";
+import { $, el, named } from "../dom.js";
 import { parse, ago, full, duration } from "../time.js";
+import { costNote, formatCost, formatCount, tokenBreakdown, tokenTotal } from "../numbers.js";
 
 // The header: title and metadata from the listing entry `s` and the summary (`GET sessions/<id>`,
 // when the daemon has it); start, end and duration from the lines held (`times`) otherwise.
 export function describeSession(s, summary, times, formatSize) {
   const title = summary.title || (s.project ? s.project.split("/").filter(Boolean).pop() || s.project : s["session-id"]);
   if (title) {
-    $("session-title").textContent = title;
-    document.title = `fulab lab — ${title}`;
+    $("session-title").textContent = named(title);
+    document.title = `fulab lab — ${named(title)}`;
   }
   const started = summary.started || (times.firstTs !== null && new Date(times.firstTs).toISOString());
   const ended = summary.ended || (times.lastTs !== null && new Date(times.lastTs).toISOString());
@@ -17,8 +18,8 @@ export function describeSession(s, summary, times, formatSize) {
     ["source", s.source], ["originator", s.originator], ["folder", s.cwd || s.project],
     ["session", s["session-id"]], ["started", started], ["ended", ended],
     ["duration", typeof seconds === "number" ? duration(seconds * 1000) : null],
-    ["tokens", typeof summary.tokens === "number" ? summary.tokens.toLocaleString() : null],
-    ["cost", typeof summary.cost === "number" ? `$${summary.cost.toFixed(2)}` : null],
+    ["tokens", summary.tokens ? formatCount(tokenTotal(summary.tokens)) : null],
+    ["cost", summary.tokens ? formatCost(summary["cost-usd"]) : null],
     ["last write", s.modified && ago(s.modified)], ["size", formatSize(s["size-kb"])],
   ];
   const meta = $("session-meta");
@@ -28,8 +29,10 @@ export function describeSession(s, summary, times, formatSize) {
     if (!value) continue;
     const item = el("span", "meta-item");
     const shown = label === "started" || label === "ended" ? new Date(parse(value)).toLocaleString() : value;
-    const text = el("span", "value", shown);
+    const text = el("span", "value", named(shown));
     if (label === "started" || label === "ended") text.title = full(value);
+    if (label === "tokens") text.title = tokenBreakdown(summary.tokens);
+    if (label === "cost") text.title = costNote(summary);
     item.append(el("span", "label", label), text);
     meta.append(item);
   }
