@@ -124,6 +124,8 @@ class Catalog:
 
     def by_path(self, requested: str):
         """(session, source) for a listed `path`, or None: the same None whatever is on disk there."""
+        if "\0" in requested:  # no file is named so (and `realpath` would raise)
+            return None
         wanted = os.path.realpath(requested)
         for source in self.sources:
             if not any(inside(wanted, os.path.realpath(root)) for root in source.roots):

@@ -102,7 +102,7 @@ def test_new_local_files_are_found_and_outside_files_refused(local):
     assert line_indexes(history) == [0, 1, 2, 3, 4]
     (local.claude.parent / "outside.jsonl").write_bytes(real.read_bytes())
     for asked in (str(local.claude.parent / "outside.jsonl"), f"{local.claude}/../outside.jsonl",
-                  str(next(local.claude.rglob("agent-*.jsonl")))):
+                  str(next(local.claude.rglob("agent-*.jsonl"))), f"{path}\0"):
         assert refusal(local, path=asked)["err"] == "invalid-path"
 
 
