@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.web import resource
 
 from fulabd.catalog import find_session
-from fulabd.messages import now_iso
+from fulabd.messages import json_bytes, now_iso
 from fulabd.store import safe_id
 from fulabd.web import render_data
 
@@ -144,7 +144,7 @@ def message_lines(archive: dict, problems: list[str]) -> list[bytes]:
                 line["timestamp"] = timestamp
             if _string(fields.get("id")) is not None:
                 line["uuid"] = fields["id"]
-            keyed.append(((last, rank, position), orjson.dumps(line)))
+            keyed.append(((last, rank, position), json_bytes(line)))
     keyed.sort(key=lambda pair: pair[0])
     return [line for _, line in keyed]
 

@@ -198,6 +198,12 @@ def seq_of(message: dict, required: bool) -> int | None:
     return seq
 
 
+def json_bytes(value) -> bytes:
+    """`value` as compact JSON, in bytes of its own size: what `orjson.dumps` returns keeps the 4 KiB it wrote
+    into (orjson 3.13), so 333,000 `[]` events of one 1 MB message took 1.4 GB until they were freed."""
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def encode_lines(events: list) -> list[bytes]:
     """Each event as the bytes of one stored line (without its newline).
 
@@ -216,7 +222,7 @@ def encode_lines(events: list) -> list[bytes]:
                 raise ProtocolError(BAD_EVENT, f"event {index} is not valid UTF-8 text", index=index) from None
         else:
             try:
-                lines.append(orjson.dumps(event))
+                lines.append(json_bytes(event))
             except orjson.JSONEncodeError as e:  # nested deeper than orjson writes (it reads deeper than that)
                 raise ProtocolError(BAD_EVENT, f"event {index} cannot be stored as a JSON line ({e}); send the "
                                                "line as a string", index=index) from None

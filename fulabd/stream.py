@@ -150,7 +150,7 @@ class StreamProtocol(ClosesGracefully, WebSocketServerProtocol):
 
     def _queue(self, event: dict | None):
         if event is not None:
-            self._pending.append(orjson.dumps(event))
+            self._pending.append(messages.json_bytes(event))  # a page of them waits here
 
     def _event(self, raw: bytes, index: int) -> dict | None:
         if self._raw:

@@ -61,3 +61,22 @@ def test_sixteen_sixty_mb_messages_under_a_256_mb_budget_are_all_acked_in_bounde
         server.stop()
     size = sum(len(each) + 1 for each in lines)
     assert all((tmp_path / "remote" / f"big-{number}.jsonl").stat().st_size == size for number in range(CLIENTS))
+
+
+@pytest.mark.slow
+def test_a_message_of_many_tiny_events_costs_memory_near_its_size(tmp_path):
+    """Each non-string event is stored as compact JSON; `orjson.dumps` keeps 4 KiB per result, so 1 MB of `0`
+    events (333,000 of them) took 1.4 GB of the daemon's memory and kept it."""
+    server = Daemon(tmp_path / "remote").start()
+    try:
+        start = peak_rss(server.process.pid)
+        events = [0] * 333_000
+        with connect(server.url + "/fulab/lab/upload/ws", max_size=1 << 20) as ws:
+            ws.send(orjson.dumps({"type": "init", "session-id": "tiny", "events": events}).decode())
+            reply = orjson.loads(ws.recv(timeout=60))
+        assert reply["type"] == "ack" and reply["appended"] == len(events), reply
+        growth = peak_rss(server.process.pid) - start
+        assert growth < 200 * 1000 * 1000, f"the daemon grew by {growth / 1e6:.0f} MB for a 1 MB message"
+        assert (tmp_path / "remote" / "tiny.jsonl").read_bytes() == b"0\n" * len(events)
+    finally:
+        server.stop()
