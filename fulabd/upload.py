@@ -88,8 +88,12 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
     # and so do replies the client does not read (`RepliesWaiting`).
 
     def frame_begins(self, length: int) -> bool:
-        """Asked once per data frame, whichever reads it (`WholeFrames` or Autobahn)."""
-        return self.factory.budget.frame(self, length)
+        """Asked once per data frame, whichever reads it (`WholeFrames` or Autobahn); on a packed connection a
+        message may inflate to the message size limit, and asks for that until it is decoded."""
+        return self.factory.budget.frame(self, length, self._packed_limit() if self.unpacker is not None else 0)
+
+    def _packed_limit(self) -> int:
+        return self.maxMessagePayloadSize or UNBOUNDED_PACKED
 
     def processData(self):
         """Held, or replies waiting: leave what is buffered unread until reading may go on."""
@@ -142,7 +146,7 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         decoded = None
         try:
             if isBinary:
-                message = self.unpacker.decode(payload, self.maxMessagePayloadSize or UNBOUNDED_PACKED)
+                message = self.unpacker.decode(payload, self._packed_limit())
             else:
                 decoded = messages.decode(payload)
                 message = messages.parse_message(decoded)
@@ -155,8 +159,9 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
             else:
                 self._reply(defer.fail(e), size, self._named_in(decoded))
             return
-        if isBinary:
-            size += self.factory.budget.inflated(sum(map(len, message.lines)) + len(message.lines) - size)
+        if self.unpacker is not None:
+            held = sum(map(len, message.lines)) + len(message.lines) if isBinary else len(payload)
+            size = self.factory.budget.decoded(size, held)
         self._reply(defer.maybeDeferred(self._handle, message), size,
                     getattr(message, "session_id", None) or self._session_id)
 

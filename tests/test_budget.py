@@ -64,6 +64,25 @@ def test_held_connections_carry_on_in_the_order_their_messages_began():
     assert d.held
 
 
+def test_messages_that_grow_once_decoded_ask_for_what_they_may_grow_to():
+    """24 packed frames of 600 bytes that inflate to 15 MB each: asking for 600 bytes, all were let in at once."""
+    budget = InflightBudget(16 * MB)
+    readers = connections(24)
+    granted = [budget.frame(reader, 600, grows_to=16 * MB) for reader in readers]
+    assert granted == [True] + [False] * 23
+    size = budget.decoded(budget.message_received(readers[0]), 15 * MB)
+    assert size == 15 * MB and budget.reserved == 15 * MB
+    assert all(reader.held for reader in readers[1:]), "a second one would go past the limit"
+    budget.release(size)
+    assert [reader.held for reader in readers[:3]] == [False, False, True]
+    assert budget.reserved == 16 * MB
+    small = budget.decoded(budget.message_received(readers[1]), 1000)
+    assert budget.reserved == 1000 and small == 1000, "what it did not grow to is free at once"
+    assert readers[2].held, "16 MB more would still go past the limit while that one waits for its commit"
+    budget.release(small)
+    assert not readers[2].held and budget.reserved == 16 * MB
+
+
 def test_a_message_larger_than_the_budget_passes_alone():
     budget = InflightBudget(10 * MB)
     small, big = connections(2)

@@ -1,7 +1,9 @@
 """
 The daemon's memory budget on a real daemon: many clients sending big
 messages at once are all stored and acked, while the daemon's memory stays
-far below the sum of the messages.
+far below the sum of the messages; and messages whose size on the wire is far
+below what they take once decoded (tiny events, packed frames) are bounded by
+what they take.
 """
 
 import re
@@ -78,5 +80,33 @@ def test_a_message_of_many_tiny_events_costs_memory_near_its_size(tmp_path):
         growth = peak_rss(server.process.pid) - start
         assert growth < 200 * 1000 * 1000, f"the daemon grew by {growth / 1e6:.0f} MB for a 1 MB message"
         assert (tmp_path / "remote" / "tiny.jsonl").read_bytes() == b"0\n" * len(events)
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_small_packed_frames_that_inflate_stay_within_the_budget(tmp_path):
+    """24 connections each send a 1 KB packed frame of 15 MiB of lines under a 16 MiB budget: asked for by their
+    compressed size, they were all let in at once (345 MiB in flight, 390 MB more memory)."""
+    import zstandard
+
+    server = Daemon(tmp_path / "remote", "--max-inflight-mb", "16", "--max-message-size", str(16 << 20)).start()
+    try:
+        start = peak_rss(server.process.pid)
+        body = zstandard.ZstdCompressor(level=19).compress(b"".join(
+            orjson.dumps({"type": "user", "n": n, "text": "x" * 1_000_000}) + b"\n" for n in range(15)))
+        assert len(body) < 4096
+        clients = [connect(server.url + "/fulab/lab/upload/ws", additional_headers={"Fulab-Packed": "zstd"},
+                           legacy=True, max_size=1 << 20) for _ in range(24)]
+        try:
+            for number, ws in enumerate(clients):
+                ws.send(orjson.dumps({"type": "events", "session-id": f"packed-{number}", "seq": 0}) + b"\n" + body)
+            replies = [orjson.loads(ws.recv(timeout=120)) for ws in clients]
+        finally:
+            for ws in clients:
+                ws.close()
+        assert [(reply["type"], reply["appended"]) for reply in replies] == [("ack", 15)] * 24, replies
+        growth = peak_rss(server.process.pid) - start
+        assert growth < 200 * 1000 * 1000, f"the daemon grew by {growth / 1e6:.0f} MB under a 16 MiB budget"
     finally:
         server.stop()
