@@ -201,13 +201,11 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         self._attach(session_id)
         self._touched[session_id] += result.appended
         self.factory.lines_in += result.appended
-        self._record_uploader(session_id)
         return messages.ack(session_id, result.count, result.appended, result.dedup)
 
     def _par_added(self, result, session_id: str) -> dict:
         index, par, added = result
         self._attach(session_id)
-        self._record_uploader(session_id)
         return {"type": "ack", "session-id": session_id, "par-id": par["id"], "pars": index + 1, "dedup": not added}
 
     def _attach(self, session_id: str):
@@ -230,9 +228,10 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         session = store.get(session_id)
         if session is not None or store.problem() is None:
             self._check_owner(session_id, session)
-            return then()
+            return self._claimed(session_id, then())
         return store.resume(session_id).addCallback(
-            lambda _: self._check_owner(session_id, store.get(session_id))).addCallback(lambda _: then())
+            lambda _: self._check_owner(session_id, store.get(session_id))).addCallback(
+            lambda _: self._claimed(session_id, then()))
 
     def _check_owner(self, session_id: str, session):
         """A session belongs to the token that created it: others may not add to it (or learn its count),
@@ -247,13 +246,17 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
                                        "another token; upload under a new session id, or ask the operator for "
                                        "an admin token")
 
-    def _record_uploader(self, session_id: str):
-        """Name the token's holder in the meta of a session this connection created, once something is stored.
+    def _claimed(self, session_id: str, result):
+        """Name the token's holder in the meta of a session this connection created, as soon as the store has
+        made its file (the store writes at once; the meta is made durable with it), so that another token's
+        message is `forbidden` from then on, not only once the first commit is acknowledged.
 
         A session is never re-attributed: one created without a token stays no one's."""
-        if self.uploader and session_id in self._created \
-                and self.factory.store.get(session_id).meta.get("uploader") is None:
+        session = self.factory.store.get(session_id)
+        if self.uploader and session_id in self._created and session is not None and session.stored \
+                and session.meta.get("uploader") is None:
             self.factory.store.update_meta(session_id, uploader=self.uploader)
+        return result
 
     def _reply(self, result: defer.Deferred, size: int, session_id: str | None):
         """Queue a reply; replies leave in the order their messages came, and free the message's `size` bytes.

@@ -170,7 +170,7 @@ class Lab:
     listeners (connect clients with `client` or `connect`), metrics and local sources."""
 
     def __init__(self, root, clock: Clock | None = None, commits: Commits | None = None,
-                 max_message_size: int = 64 << 20):
+                 max_message_size: int = 64 << 20, gate: Gate | None = None):
         self.root = Path(root)
         self.clock = clock or Clock()
         self.commits = commits or Commits()
@@ -178,7 +178,7 @@ class Lab:
         self.store = SessionStore(str(root), clock=self.clock, hub=self.hub, run_in_thread=self.commits)
         self.store.startService()
         self.commits.run()  # the store's start-up load, which runs as a thread job too
-        self.gate = Gate()
+        self.gate = gate or Gate()
         self.catalog = Catalog([StoreSource(self.store)])
         self.uploads = UploadFactory(self.store, clock=self.clock, max_message_size=max_message_size,
                                      admit=self.gate.admit, principal_of=self.gate.handshake_principal, reactor=self.clock)

@@ -223,6 +223,38 @@ def test_an_ack_waits_for_the_commit_and_replies_keep_message_order(pending):
     assert [reply["type"] for reply in client.take()] == ["ack", "pong", "error"]
 
 
+def test_a_new_session_is_its_creators_before_its_first_commit(tmp_path):
+    """Another upload token's message for a session whose first lines are written but not yet durable is
+    `forbidden`: the owner used to be named only with the first ack, and the other token's line went in."""
+    from fulabd.access import Gate
+    from fulabd.tokens import Principal, Tokens
+
+    gate = Gate(Tokens({"a" * 32: Principal("alice", frozenset({"upload"})),
+                        "b" * 32: Principal("bob", frozenset({"upload"}))}))
+    lab = Lab(tmp_path / "remote", commits=Commits(at_once=False), gate=gate)
+    try:
+        alice, bob = (lab.client(headers={"Authorization": f"Bearer {secret * 32}"}) for secret in "ab")
+        alice.send({"type": "init", "session-id": "new", "events": ["a"]})
+        lab.flush()
+        for message in ({"type": "events", "session-id": "new", "seq": 1, "events": ["squat"]},
+                        {"type": "init", "session-id": "new", "events": ["a"], "project": "/elsewhere"}):
+            bob.send(message)
+            lab.flush()
+            lab.commits.run()
+            lab.flush()
+            [reply] = bob.take()
+            assert reply["err"] == "forbidden", reply
+        alice.send({"type": "events", "session-id": "new", "seq": 1, "events": ["b"]})
+        lab.flush()
+        lab.commits.run()
+        lab.flush()
+        assert [reply["type"] for reply in alice.take()] == ["ack", "ack"]
+        assert (tmp_path / "remote" / "new.jsonl").read_bytes() == b"a\nb\n"
+        assert lab.store.get("new").meta["uploader"] == "alice" and "project" not in lab.store.get("new").meta
+    finally:
+        lab.close()
+
+
 def test_a_resume_is_answered_with_the_count_when_the_reply_is_sent(pending):
     """docs/protocol.md: a pipelined client can see a count larger than when it asked."""
     client = pending.client()
