@@ -167,7 +167,8 @@ def test_a_held_whole_frame_on_a_connection_that_begins_closing_asks_the_budget_
     with tempfile.TemporaryDirectory() as root, clocked() as clock:
         _, store, factory, [(first, _), (second, wire)] = upload_connections(Path(root), 2, MB, clock=clock)
         asked, ask = [], factory.budget.frame
-        factory.budget.frame = lambda reader, length: (reader is second and asked.append(length)) or ask(reader, length)
+        factory.budget.frame = lambda reader, length, *more: (
+            reader is second and asked.append(length)) or ask(reader, length, *more)
         big = init("first", ["x" * 990_000])
         first.dataReceived(big[:16])                       # its frame takes nearly all the budget
         held = init("second", ["y" * 300_000])
