@@ -7,6 +7,7 @@ Nothing here touches sockets or files. Every way a message can be wrong ends in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -132,6 +133,8 @@ def parse_message(message: dict):
 
 
 SESSION_ID_KEYS = ("session-id", "session/id", "id")  # the old clients' spellings, first found wins
+# No session id needs one, and in the log one would cut a line in two (or make `grep` call the log binary).
+CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def session_id_of(message: dict) -> str | None:
@@ -148,6 +151,10 @@ def session_id_of(message: dict) -> str | None:
         if len(value) > MAX_SESSION_ID_LENGTH:
             raise ProtocolError(MISSING_SESSION_ID,
                                 f"session id is {len(value)} characters; at most {MAX_SESSION_ID_LENGTH} are accepted")
+        control = CONTROL_CHARACTER.search(value)
+        if control:
+            raise ProtocolError(MISSING_SESSION_ID, f"session id holds the control character "
+                                                    f"U+{ord(control[0]):04X}; use printable characters only")
         return value
     return None
 
