@@ -252,10 +252,10 @@ class UploadProtocol(ClosesGracefully, WholeFrames, WebSocketServerProtocol):
         message is `forbidden` from then on, not only once the first commit is acknowledged.
 
         A session is never re-attributed: one created without a token stays no one's."""
-        session = self.factory.store.get(session_id)
-        if self.uploader and session_id in self._created and session is not None and session.stored \
-                and session.meta.get("uploader") is None:
-            self.factory.store.update_meta(session_id, uploader=self.uploader)
+        if self.uploader and session_id in self._created:
+            session = self.factory.store.get(session_id)
+            if session is not None and session.stored and session.meta.get("uploader") is None:
+                self.factory.store.update_meta(session_id, uploader=self.uploader)
         return result
 
     def _reply(self, result: defer.Deferred, size: int, session_id: str | None):
