@@ -129,6 +129,9 @@ def test_the_ui_opened_with_a_token_loads_and_keeps_the_token_out_of_urls(tmp_pa
         browser.find_element(By.ID, "export-md").click()  # fetched with the token in a header, then saved
         saved = WebDriverWait(browser, 30).until(lambda b: b.execute_script("return window.saved"))
         assert saved.startswith("# ") and "| session |" in saved
+        browser.execute_script("sessionStorage.clear()")
+        browser.get(server.http + "/fulab/lab/")  # no token: the list says what the server said, how to give one
+        WebDriverWait(browser, 30).until(EC.text_to_be_present_in_element((By.ID, "list-error"), "?token=TOKEN"))
     finally:
         server.stop()
     assert token not in "\n".join(server.log)

@@ -96,7 +96,10 @@ async function refreshList() {
   if (Date.now() - (list.fullAt || 0) > LIST_FULL_MS) list.token = null;
   try {
     const response = await fetch(apiUrl("sessions", list.token ? { since: list.token } : {}), { cache: "no-store" });
-    if (!response.ok) throw new Error(`the server answered ${response.status}`);
+    if (!response.ok) {  // the server says why (a missing token: how to give one)
+      const refusal = await response.json().catch(() => ({}));
+      throw new Error(refusal.detail || `the server answered ${response.status}`);
+    }
     const reply = await response.json();
     const now = Date.now();
     for (const s of reply.sessions || []) s.liveUntil = now + (s["live-for"] || 0) * 1000;
