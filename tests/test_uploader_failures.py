@@ -103,6 +103,21 @@ def test_once_exits_1_and_names_the_session_when_the_server_refuses_a_line(tmp_p
 
 
 @pytest.mark.slow
+def test_once_with_nothing_to_send_is_done_at_once(tmp_path):
+    """An empty folder, or a file with no complete line yet: nothing to wait for (it waited forever)."""
+    server = Daemon(tmp_path / "remote").start()
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "partial.jsonl").write_text('{"type":"user","partial')
+    try:
+        for where in (["--watch", str(tmp_path / "empty")], ["--path", str(tmp_path / "partial.jsonl")]):
+            uploader = Uploader("--url", server.url + UPLOAD, *where, "--once").start()
+            assert uploader.wait() == 0, uploader.output
+            assert any("done: 0 lines" in line for line in uploader.output), uploader.output
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
 def test_a_daemon_restart_reads_server_restarted_and_ctrl_c_says_what_was_done(tmp_path):
     server = Daemon(tmp_path / "remote").start()
     session = sample_files()[0]

@@ -87,6 +87,7 @@ class Uploads:
         if self._deadline_call is not None and self._deadline_call.active():
             self._deadline_call.cancel()
         self.reporter.connected(len(self.senders))
+        self._check_idle()  # with no session to send (or none with a line yet), caught up at once
 
     def connect_deadline(self, seconds: float, give_up):
         """Call `give_up` if no connection works within `seconds` now, or after any connection is lost."""
