@@ -77,6 +77,36 @@ def test_shrink_replace_and_rewrite_are_reported(tmp_path):
         reader.read(100)
 
 
+def test_a_file_rewritten_in_place_past_its_first_bytes_is_reported_not_spliced(tmp_path):
+    """The same inode, the same first 4 KiB and no shorter: an edited line before the position and new lines
+    after it.  Read on from the old offset, the stored copy got a fragment of a line."""
+    path = tmp_path / "s.jsonl"
+    head = b"".join(b'{"n":%d,"text":"%s"}\n' % (n, b"x" * 100) for n in range(60))
+    path.write_bytes(head + b'{"n":60,"text":"a long line that will be edited"}\n')
+    reader = LineReader(str(path))
+    assert len(reader.read(1 << 20)) == 61
+    with open(path, "r+b") as f:  # rewritten as editors and `open(path, "w")` do: same file, new content
+        f.write(head + b'{"n":60,"text":"short"}\n' + b'{"n":61}\n' * 5)
+        f.truncate()
+    with pytest.raises(Replaced, match="rewritten"):
+        reader.read(1 << 20)
+    reader.reset()
+    assert len(reader.read(1 << 20)) == 66
+
+
+def test_lines_appended_are_read_on_after_a_seek(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_bytes(b"one\ntwo\n")
+    reader = LineReader(str(path))
+    assert reader.seek(1)
+    with open(path, "ab") as f:
+        f.write(b"three\n")
+    assert reader.read(100) == [b"two", b"three"]
+    with open(path, "ab") as f:
+        f.write(b"four\n")
+    assert reader.read(100) == [b"four"]
+
+
 # Identity.
 
 def test_codex_session_id_and_metadata_come_from_the_first_session_meta():

@@ -4,7 +4,9 @@ A session file as a sequence of complete lines with byte offsets.
 The file on the laptop is the write-ahead log: nothing is kept in memory
 beyond the lines of one read.  A partial last line (no newline yet) is held
 back until its newline arrives.  A file that shrinks below the read position,
-is replaced (another inode) or whose first line changes is reported as
+is replaced (another inode), whose first bytes change or whose bytes just
+before the read position change (a file rewritten in place, an edited line
+making it shorter and new lines making it long again) is reported as
 `Replaced`; the caller decides what that means (a new generation).
 """
 
@@ -18,6 +20,7 @@ from fulabd.uploader.compressed import Decompressed, is_compressed
 
 CHUNK = 1 << 20
 FINGERPRINT_BYTES = 4096
+TAIL_BYTES = 64  # of the lines read, checked again before reading on
 
 
 class Replaced(Exception):
@@ -46,6 +49,7 @@ class LineReader:
         self.position = Position(0, 0)
         self._inode: tuple[int, int] | None = None
         self._fingerprint: bytes | None = None
+        self._tail: bytes | None = None  # the last bytes read, up to the position (uncompressed files)
 
     def _open(self, check_size: bool = True):
         handle = open(self.path, "rb")
@@ -106,6 +110,7 @@ class LineReader:
                     at = found + 1
                 offset += at if line == index else len(chunk)
         self.position = Position(index, offset)
+        self._tail = None
         return True
 
     def read(self, max_bytes: int) -> list[bytes]:
@@ -115,7 +120,7 @@ class LineReader:
         of its time on a 100 MB backfill).
         """
         with self._open() as handle:
-            handle.seek(self.position.offset)
+            self._check_tail(handle)
             data = handle.read(max_bytes)  # a damaged compressed file: what precedes the damage, or Unreadable
             taken = data.rfind(b"\n") + 1
             if not taken:  # the first line is longer than max_bytes (or incomplete): read on to its end
@@ -128,7 +133,24 @@ class LineReader:
                 self._close_stream()  # read to the end: a compressed file keeps no descriptor
         lines = bytes(memoryview(data)[:taken - 1]).split(b"\n") if taken else []
         self.position = Position(self.position.index + len(lines), self.position.offset + taken)
+        if taken and not self.compressed:
+            last = bytes(memoryview(data)[max(0, taken - TAIL_BYTES):taken])
+            self._tail = ((self._tail or b"") + last)[-TAIL_BYTES:]
         return lines
+
+    def _check_tail(self, handle):
+        """Leave `handle` at the position, once the bytes before it are still the ones read (the first read
+        after a `seek` takes them as they are)."""
+        offset = self.position.offset
+        if self.compressed or offset == 0:
+            handle.seek(offset)
+            return
+        size = min(TAIL_BYTES, offset)
+        handle.seek(offset - size)
+        tail = handle.read(size)
+        if self._tail is not None and tail != self._tail[-size:]:
+            raise Replaced(f"{self.path} was rewritten: the lines before byte {offset} changed")
+        self._tail = tail
 
     def _close_stream(self):
         if self._stream is not None:
@@ -141,3 +163,4 @@ class LineReader:
         self.position = Position(0, 0)
         self._inode = None
         self._fingerprint = None
+        self._tail = None
