@@ -409,3 +409,26 @@ def test_a_compressed_file_damaged_from_its_start_is_named_and_once_exits_1(daem
     uploader.wait_for_output(rf"cannot read {damaged} \(.*does not decompress")
     uploader.wait_for_output(r"done, but 1 file\(s\) could not be read")
     assert stored(daemon, identify(folder / good.name).session_id).read_bytes() == good.read_bytes()
+
+
+def test_a_compressed_file_still_being_written_is_uploaded_once_it_is_whole(daemon, tmp_path):
+    """zstd's reader ends a frame cut short as if it were the file's end: half a file was said to be
+    uploaded, and the rest was never read."""
+    import zstandard
+
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    sample = next(sample for sample in sample_files() if "rollout-" in sample.name)
+    data = zstandard.ZstdCompressor().compress(sample.read_bytes())
+    growing = folder / sample.name.replace(".jsonl", "-late.jsonl.zst")
+    uploader = Uploader("--url", daemon.url + UPLOAD, "--watch", str(folder)).start()
+    try:
+        uploader.wait_for_output(r"connected")
+        growing.write_bytes(data[:len(data) // 2])
+        uploader.wait_for_output(rf"cannot read {growing} \(it ends inside a zstd frame: it is still being written")
+        with open(growing, "ab") as f:
+            f.write(data[len(data) // 2:])
+        uploader.wait_for_output(rf"uploaded .* from {growing} \(compressed")
+        assert stored(daemon, identify(sample).session_id).read_bytes() == sample.read_bytes()
+    finally:
+        uploader.terminate()

@@ -45,6 +45,25 @@ class Unreadable(Exception):
     """A compressed file that does not decompress (damaged, or still being written)."""
 
 
+class Unfinished(Unreadable):
+    """A compressed file that ends inside a frame: read again once it changes, as a file that cannot be read."""
+
+
+def ends_whole(path: str) -> bool:
+    """Whether the file's last zstd frame is complete (it is decompressed once more, its output dropped)."""
+    frame = None  # the frame being read, until its end
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                while chunk:
+                    frame = frame or zstandard.ZstdDecompressor().decompressobj()
+                    frame.decompress(chunk)
+                    chunk, frame = (frame.unused_data, None) if frame.eof else (b"", frame)
+    except zstandard.ZstdError:
+        return False
+    return frame is None
+
+
 class Decompressed:
     """A file's decompressed bytes, read forward.
 
@@ -95,7 +114,12 @@ class Decompressed:
                 if out:
                     break
                 raise self._damage from None
-            if not data:
+            if not data:  # zstd's reader ends a frame cut short without a word: the file is asked
+                if not ends_whole(self.path):
+                    self._damage = Unfinished("it ends inside a zstd frame: it is still being written, or was cut "
+                                              "short")
+                    if not out:
+                        raise self._damage
                 break
             out += data
             self._position += len(data)

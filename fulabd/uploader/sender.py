@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from fulabd.uploader.compressed import Unreadable
+from fulabd.uploader.compressed import Unfinished, Unreadable
 from fulabd.uploader.connection import SKIPPED
 from fulabd.uploader.identity import Identity
 from fulabd.uploader.tail import LineReader, Position, Replaced
@@ -379,6 +379,8 @@ class Sender:
         self.reporter.conflict(self, str(error))
 
     def _unreadable(self, error: Unreadable):
+        if isinstance(error, Unfinished):
+            return self.reporter.cannot_read(self, error)
         self._block({"err": "unreadable", "detail": str(error)})
 
     def _gone(self):
