@@ -432,3 +432,30 @@ def test_a_compressed_file_still_being_written_is_uploaded_once_it_is_whole(daem
         assert stored(daemon, identify(sample).session_id).read_bytes() == sample.read_bytes()
     finally:
         uploader.terminate()
+
+
+def test_a_compressed_session_is_uploaded_again_to_a_server_that_lost_it(tmp_path):
+    """A compressed file is read once, not followed, but a server that comes back without it (another store, a
+    restored backup) is asked, as for any session: it was never sent again."""
+    import zstandard
+
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    sample = next(sample for sample in sample_files() if "rollout-" in sample.name)
+    compressed = folder / (sample.name + ".zst")
+    compressed.write_bytes(zstandard.ZstdCompressor().compress(sample.read_bytes()))
+    first = Daemon(tmp_path / "first").start()
+    uploader = Uploader("--url", first.url + UPLOAD, "--watch", str(folder), "--backfill").start()
+    try:
+        uploader.wait_for_output(r"uploaded .*\(compressed: read once, not followed\)")
+        assert stored(first, identify(sample).session_id).read_bytes() == sample.read_bytes()
+        first.stop()
+        second = Daemon(tmp_path / "second", port=f"tcp:{first.port}:interface=127.0.0.1").start()
+        try:
+            wait_until(lambda: stored(second, identify(sample).session_id).exists()
+                       and stored(second, identify(sample).session_id).read_bytes() == sample.read_bytes(),
+                       what="the compressed session on the new server")
+        finally:
+            second.stop()
+    finally:
+        uploader.terminate()

@@ -34,6 +34,7 @@ CHECKING = "checking"      # the server's copy is compared with the file before 
 STREAMING = "streaming"    # sending lines as the file grows
 RESYNCING = "resyncing"    # a message was refused: let the rest settle, then resume
 BLOCKED = "blocked"        # cannot go on without the user (or a new generation)
+READ = "read"              # a compressed file, all acknowledged: it does not grow, but a new server is asked again
 STOPPED = "stopped"
 
 
@@ -80,7 +81,7 @@ class Sender:
     @property
     def caught_up(self) -> bool:
         """Every complete line of the file is acknowledged (or the session cannot go on)."""
-        return self.state in (BLOCKED, STOPPED) or (self.state == STREAMING and self.idle and not self.inflight)
+        return self.state in (BLOCKED, STOPPED, READ) or (self.state == STREAMING and self.idle and not self.inflight)
 
     def attach(self, channel):
         self.channel = channel
@@ -351,7 +352,7 @@ class Sender:
             self.reporter.live(self)
         if not self.inflight:
             if self.reader.compressed:
-                self.state = STOPPED  # a compressed file does not grow: read once, not followed
+                self.state = READ  # a compressed file does not grow: read once, not followed
             self.reporter.idle(self)
 
     def _block(self, reply: dict):
