@@ -8,6 +8,7 @@ import os
 import orjson
 from twisted.internet.task import Clock
 
+from fulabd.uploader.connection import MAX_INCOMING_BYTES, describe_close
 from fulabd.uploader.identity import NotReady, identify
 from fulabd.uploader.sender import BLOCKED, Sender
 from fulabd.uploader.window import Budget
@@ -105,6 +106,16 @@ def test_lines_appended_are_read_on_after_a_seek(tmp_path):
     with open(path, "ab") as f:
         f.write(b"four\n")
     assert reader.read(100) == [b"four"]
+
+
+def test_a_close_over_a_message_size_says_whose_message_it_was():
+    ours, ended_by_server = describe_close(False, 1009, "received WebSocket message size 3000107 exceeds payload limit of "
+                                                         "1000000 octets")
+    assert ours.startswith("the server refused a message of ours as larger than its --max-message-size")
+    assert not ended_by_server, "the server is not restarting"
+    theirs, _ = describe_close(False, 1009, f"the server's message of 5000000 bytes exceeds payload limit of "
+                                            f"{MAX_INCOMING_BYTES}")
+    assert theirs.startswith("the server sent a message over")
 
 
 # Identity.

@@ -179,9 +179,11 @@ def describe_close(was_clean: bool, code, reason: str | None) -> tuple[str, bool
     reason = reason or ""
     if "ping timeout" in reason:
         return "the server did not answer pings (a dead link, or the server is stuck)", False
-    if "exceeds payload limit" in reason:
+    if "the server's message of" in reason:  # our own words, when we end it (`onMessageFrameData`)
         return (f"the server sent a message over the {MAX_INCOMING_BYTES} bytes the uploader accepts "
                 "(a broken or hostile server)"), False
+    if code == 1009:
+        return f"the server refused a message of ours as larger than its --max-message-size ({reason})", False
     if code == 1001:
         return "the server is going away (shutting down or restarting)", True
     if not was_clean and "peer dropped the TCP connection" in reason:
