@@ -19,9 +19,9 @@ _KEYWORD = re.compile(rf"{_NAME}(/{_NAME})?")
 
 def keyword_or_string(text: str, written_as_keyword: bool = False) -> Keyword | str:
     """`text` as a keyword when it makes one that reads back as this name (Clojure's reader refuses a name
-    that ends in `:` or holds `::`, and a namespace that ends in `:`); otherwise it stays a string.  `written_as_keyword`: a leading `:` is
-    EDN spelling (a tag `:flaky` is the tag `flaky`), not part of the name; a map key keeps it, so that
-    the keys `k` and `:k` stay two keys."""
+    that ends in `:` or holds `::`, and a namespace that ends in `:`); otherwise it stays a string.
+    `written_as_keyword`: a leading `:` is EDN spelling (a tag `:flaky` is the tag `flaky`), not part of the
+    name; a map key keeps it, so that the keys `k` and `:k` stay two keys."""
     name = text[1:] if written_as_keyword and text.startswith(":") else text
     if _KEYWORD.fullmatch(name) and not name.endswith(":") and "::" not in name and ":/" not in name:
         return Keyword(name)

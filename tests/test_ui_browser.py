@@ -243,7 +243,8 @@ def test_bidirectional_controls_in_names_are_shown_not_obeyed(daemon, browser):
     browser.get(f"{daemon.http}/fulab/lab/?session=bidi")
     path = wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".diff-path")))
     assert path.text.startswith("/src/⟨U+202E⟩gnp.js"), path.text
-    assert wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".par-card .tag"))).text == "⟨U+202E⟩evil"
+    tag = wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".par-card .tag")))
+    assert tag.text == "⟨U+202E⟩evil"
     wait(browser, EC.text_to_be_present_in_element((By.ID, "session-title"), "⟨U+202E⟩txt.exe"))
     browser.get(f"{daemon.http}/fulab/lab/")
     link = wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, "tr[data-id='bidi'] a.title")))

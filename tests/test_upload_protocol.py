@@ -113,8 +113,8 @@ def test_an_error_names_the_session_of_the_message_it_answers(lab):
     ('{"type": "init", "session-id": "", "events": []}', "missing-session-id"),
     ('{"type": "init", "session-id": true, "events": []}', "missing-session-id"),
     ('{"type": "resume"}', "missing-session-id"),
-    ('{"type": "init", "session-id": "a\\u0000", "events": []}', "missing-session-id"),  # control characters,
-    ('{"type": "init", "session-id": "a\\nforged log line", "events": []}', "missing-session-id"),  # which cut log lines
+    ('{"type": "init", "session-id": "a\\u0000", "events": []}', "missing-session-id"),  # control characters, which cut log lines
+    ('{"type": "init", "session-id": "a\\nforged log line", "events": []}', "missing-session-id"),
     ('{"type": "init", "session-id": "a\\r\\u2028", "events": []}', "missing-session-id"),
     ('{"type": "nonsense", "session-id": "a"}', "unknown-type"),
     ('{"session-id": "a"}', "unknown-type"),

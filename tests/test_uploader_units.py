@@ -109,8 +109,8 @@ def test_lines_appended_are_read_on_after_a_seek(tmp_path):
 
 
 def test_a_close_over_a_message_size_says_whose_message_it_was():
-    ours, ended_by_server = describe_close(False, 1009, "received WebSocket message size 3000107 exceeds payload limit of "
-                                                         "1000000 octets")
+    ours, ended_by_server = describe_close(
+        False, 1009, "received WebSocket message size 3000107 exceeds payload limit of 1000000 octets")
     assert ours.startswith("the server refused a message of ours as larger than its --max-message-size")
     assert not ended_by_server, "the server is not restarting"
     theirs, _ = describe_close(False, 1009, f"the server's message of 5000000 bytes exceeds payload limit of "

@@ -131,7 +131,8 @@ function renderList() {
   const chosen = select.value;
   const known = [...select.options].slice(1).map((option) => option.value);
   if (sources.join("\n") !== known.join("\n")) {
-    select.replaceChildren(el("option", null, "All sources"), ...sources.map((s) => Object.assign(el("option", null, named(s)), { value: s })));
+    const options = sources.map((s) => Object.assign(el("option", null, named(s)), { value: s }));
+    select.replaceChildren(el("option", null, "All sources"), ...options);
     select.options[0].value = "";
     select.value = sources.includes(chosen) ? chosen : "";
   }
