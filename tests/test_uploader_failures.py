@@ -149,3 +149,22 @@ def test_a_par_to_a_closed_port_gives_up_after_a_few_tries_with_exit_1(tmp_path)
     output = "\n".join(uploader.output)
     assert f"gave up after 3 tries; run: fulab doctor {url}" in output
     assert "Traceback" not in output and output.count("could not connect") == 1
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_server_is_away_says_what_was_not_sent(tmp_path):
+    """Lines written while the daemon was down were not in flight: the stop said nothing of them."""
+    server = Daemon(tmp_path / "remote").start()
+    session = tmp_path / "s.jsonl"
+    session.write_text('{"n":0}\n')
+    try:
+        uploader = Uploader("--url", server.url + UPLOAD, "--path", str(session)).start()
+        uploader.wait_for_output(r"live ")
+    finally:
+        server.stop()
+    with open(session, "a") as f:
+        f.write('{"n":1}\n{"n":2}\n')
+    uploader.process.send_signal(signal.SIGINT)
+    uploader.wait()
+    assert uploader.output[-1].endswith("0 line(s) not acknowledged, 16 bytes of the files not sent yet; they are "
+                                        "sent on the next start"), uploader.output

@@ -156,9 +156,11 @@ def upload(args) -> int:
         def closed(settled):
             unacked = 0 if settled else sum(batch.lines for sender in uploads.senders.values()
                                             for batch in sender.inflight)
-            if not outcome["said"] or not settled:
-                reporter.say(f"stopped: {summary(uploads, reporter)}, {unacked:,} line(s) not acknowledged"
-                             f"{'; they are sent on the next start' if unacked else ''}", always=True)
+            unsent = sum(sender.reader.pending_bytes() for sender in uploads.senders.values())
+            if not outcome["said"] or not settled or unsent:
+                behind = f", {unsent:,} bytes of the files not sent yet" if unsent else ""
+                reporter.say(f"stopped: {summary(uploads, reporter)}, {unacked:,} line(s) not acknowledged{behind}"
+                             f"{'; they are sent on the next start' if unacked or unsent else ''}", always=True)
             if not settled:
                 outcome["code"] = 1
             if uploads.channel is not None:
