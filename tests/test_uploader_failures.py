@@ -168,3 +168,24 @@ def test_a_stop_while_the_server_is_away_says_what_was_not_sent(tmp_path):
     uploader.wait()
     assert uploader.output[-1].endswith("0 line(s) not acknowledged, 16 bytes of the files not sent yet; they are "
                                         "sent on the next start"), uploader.output
+
+
+@pytest.mark.slow
+def test_older_files_left_alone_at_start_are_counted_with_what_to_do(tmp_path):
+    import os
+
+    server = Daemon(tmp_path / "remote").start()
+    folder = tmp_path / "sessions"
+    folder.mkdir()
+    old = folder / "old.jsonl"
+    old.write_text('{"n":0}\n')
+    os.utime(old, (0, 0))
+    try:
+        uploader = Uploader("--url", server.url + UPLOAD, "--watch", str(folder), "--once").start()
+        assert uploader.wait() == 0, uploader.output
+        assert any(line.endswith("1 session file(s) not written in the last 60 minutes were not checked; to check "
+                                 "them against the server (lines written while the uploader was not running), add "
+                                 "--backfill") for line in uploader.output), uploader.output
+        assert not (server.root / "old.jsonl").exists()
+    finally:
+        server.stop()

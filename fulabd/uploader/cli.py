@@ -135,9 +135,6 @@ def upload(args) -> int:
     if args.path and not Path(args.path).expanduser().is_file():
         print(f"fulab-upload: no such file: {args.path}", file=sys.stderr)
         return 1
-    if args.once and args.watch and not args.backfill:
-        print("fulab-upload: note: --once with --watch uploads only files written in the last "
-              f"{args.active_minutes:g} minutes; add --backfill for all", file=sys.stderr)
     reporter = Reporter(quiet=args.quiet, clock=reactor, url=args.url)
     overrides = {"project": args.project, "originator": args.originator, "cwd": args.cwd}
     uploads = Uploads(reactor, reporter, source=args.source, overrides=overrides)

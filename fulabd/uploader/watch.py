@@ -82,6 +82,11 @@ class Watcher(Service):
         for file in self.files:
             self._track(str(file))
         self.scan(initial=True)
+        if self._dormant:  # lines written to them while the uploader was not running wait for --backfill
+            self.uploads.reporter.say(
+                f"{len(self._dormant):,} session file(s) not written in the last {self.active_seconds / 60:g} "
+                "minutes were not checked; to check them against the server (lines written while the uploader "
+                "was not running), add --backfill", always=True)
         if self.use_events:
             self._observer = self._start_observer()
         interval = POLL_WITH_EVENTS if self._observer is not None else POLL_WITHOUT_EVENTS
