@@ -118,6 +118,25 @@ def test_a_close_over_a_message_size_says_whose_message_it_was():
     assert theirs.startswith("the server sent a message over")
 
 
+def test_a_compressed_file_ends_whole_only_where_a_frame_ends(tmp_path):
+    import zstandard
+
+    from fulabd.uploader.compressed import ends_whole
+
+    data = b"".join(b'{"n":%d,"text":"%s"}\n' % (n, b"abc" * (n % 7)) for n in range(50_000))
+    whole = zstandard.ZstdCompressor().compress(data)
+    checked = zstandard.ZstdCompressor(write_checksum=True, write_content_size=False).compress(data)
+    runs = zstandard.ZstdCompressor().compress(b"\n" * 1_000_000)  # RLE blocks: one byte stands for many
+    skippable = (0x184D2A53).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"notes"
+    for blob, whole_file in ((whole, True), (whole[:len(whole) // 2], False), (checked, True), (checked[:-2], False),
+                             (runs, True), (runs[:-1], False), (whole + runs, True), (whole + runs[:-3], False),
+                             (whole + skippable, True), (whole + skippable[:-1], False), (b"", True),
+                             (b"not zstd at all", False), (whole[:6], False)):
+        path = tmp_path / "s.jsonl.zst"
+        path.write_bytes(blob)
+        assert ends_whole(str(path)) == whole_file, (len(blob), whole_file)
+
+
 # Identity.
 
 def test_codex_session_id_and_metadata_come_from_the_first_session_meta():

@@ -49,19 +49,37 @@ class Unfinished(Unreadable):
     """A compressed file that ends inside a frame: read again once it changes, as a file that cannot be read."""
 
 
+SKIPPABLE = 0x184D2A50  # the magic number of a skippable frame, its low 4 bits free
+FRAME_HEADER_MOST = 18  # bytes
+
+
 def ends_whole(path: str) -> bool:
-    """Whether the file's last zstd frame is complete (it is decompressed once more, its output dropped)."""
-    frame = None  # the frame being read, until its end
-    try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                while chunk:
-                    frame = frame or zstandard.ZstdDecompressor().decompressobj()
-                    frame.decompress(chunk)
-                    chunk, frame = (frame.unused_data, None) if frame.eof else (b"", frame)
-    except zstandard.ZstdError:
-        return False
-    return frame is None
+    """Whether the file ends where a zstd frame does, read from the frames' headers and their blocks' (nothing
+    is decompressed: zstd's stream reader ends a frame cut short as if it were the end of the file)."""
+    with open(path, "rb") as f:
+        size, at = os.fstat(f.fileno()).st_size, 0
+        while at < size:
+            f.seek(at)
+            head = f.read(FRAME_HEADER_MOST)
+            if len(head) >= 8 and int.from_bytes(head[:4], "little") & ~0xF == SKIPPABLE:
+                at += 8 + int.from_bytes(head[4:8], "little")
+                continue
+            try:
+                at += zstandard.frame_header_size(head)
+                checksum = zstandard.get_frame_parameters(head).has_checksum
+            except zstandard.ZstdError:
+                return False
+            last = False
+            while not last:
+                f.seek(at)
+                block = f.read(3)
+                if len(block) < 3:
+                    return False
+                header = int.from_bytes(block, "little")  # last block: bit 0; type: bits 1-2; size: the rest
+                last, rle = bool(header & 1), (header >> 1) & 3 == 1
+                at += 3 + (1 if rle else header >> 3)
+            at += 4 if checksum else 0
+        return at == size
 
 
 class Decompressed:
