@@ -1,6 +1,6 @@
 // One session, streamed live from /fulab/lab/stream/ws: the transcript with paired tool
 // cards, folded bookkeeping, date and pause markers, opened at its end or at `?line=N`.
-import { $, el } from "./dom.js";
+import { $, el, named } from "./dom.js";
 import { describeSession, subAgentSessions } from "./render/header.js";
 import { renderRow, subAgentLink } from "./render/events.js";
 import { newReading, classify } from "./render/classify.js";
@@ -49,9 +49,10 @@ export function showSession(id, helpers) {
   reset(view.target ? Math.max(0, line - BEFORE_TARGET) : 0);
   $("session-view").hidden = false;
   document.body.classList.add("session-page");
-  $("session-title").textContent = id;
-  $("crumb").textContent = "/ " + id;
-  document.title = `fulab lab — ${id}`;
+  const shown = named(id);  // until the listing says more
+  $("session-title").textContent = shown;
+  $("crumb").textContent = "/ " + shown;
+  document.title = `fulab lab — ${shown}`;
   const timeline = $("timeline");
   timeline.addEventListener("scroll", () => {
     // A reader who follows stops only by scrolling away from the end (the scroll `scrollToEnd` causes may

@@ -8,8 +8,9 @@ import { costNote, formatCost, formatCount, tokenBreakdown, tokenTotal } from ".
 export function describeSession(s, summary, times, formatSize) {
   const title = summary.title || (s.project ? s.project.split("/").filter(Boolean).pop() || s.project : s["session-id"]);
   if (title) {
-    $("session-title").textContent = named(title);
-    document.title = `fulab lab — ${named(title)}`;
+    const shown = named(title);
+    $("session-title").textContent = shown;
+    document.title = `fulab lab — ${shown}`;
   }
   const started = summary.started || (times.firstTs !== null && new Date(times.firstTs).toISOString());
   const ended = summary.ended || (times.lastTs !== null && new Date(times.lastTs).toISOString());
