@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 
 from fulabd.uploader.connection import MAX_INCOMING_BYTES, describe_close
 from fulabd.uploader.identity import NotReady, identify
-from fulabd.uploader.sender import BLOCKED, Sender
+from fulabd.uploader.sender import BLOCKED, CHECKING, Sender
 from fulabd.uploader.window import Budget
 from fulabd.uploader.tail import LineReader, Replaced
 from fulabd.uploader.uploads import Uploads
@@ -273,6 +273,45 @@ def test_on_a_legacy_connection_a_session_goes_from_its_start_without_resume(tmp
     sender.attach(server)
     assert [message["type"] for message, _ in server.pending] == ["init", "event", "event"]
     assert events.seen[0][0] == "warning"
+
+
+def answer(server, count=None):
+    """Ack the oldest message the server holds: a resume with `count`, lines with where they end."""
+    message, on_reply = server.pending.pop(0)
+    on_reply({"type": "ack", "count": message.get("seq", 0) + len(message["events"]) if count is None else count})
+
+
+def test_what_is_unsent_counts_lines_the_server_holds_as_sent_through_checks_drops_and_stops(tmp_path):
+    """A resume's checks move the reader back to line 0, and the last stored line is sent again after them:
+    neither makes the stored lines count as unsent, nor does losing the connection or stopping meanwhile."""
+    path = tmp_path / "s.jsonl"
+    write_lines(path, 50)
+    sender, _ = make_sender(path)
+    server = OldServer()
+    sender.attach(server)
+    answer(server, count=0)
+    while server.pending:
+        answer(server)
+    assert sender.caught_up and sender.unsent_bytes() == 0
+    sender.detach()
+    sender.attach(server)
+    answer(server, count=50)
+    assert sender.state == CHECKING and sender.unsent_bytes() == 0
+    answer(server)  # line 0's check: the last stored line goes again
+    assert [message["seq"] for message, _ in server.pending] == [49]
+    sender.detach()
+    assert sender.unsent_bytes() == 0
+    server.pending.clear()
+    write_lines(path, 5, start=50)
+    sender.attach(server)
+    answer(server, count=50)
+    answer(server)
+    sender.stop()
+    answer(server)  # the ack of the last stored line and the 5 new ones comes after the stop
+    assert sender.unsent_bytes() == 0
+    grown = path.stat().st_size
+    write_lines(path, 3, start=55)
+    assert sender.unsent_bytes() == path.stat().st_size - grown
 
 
 def test_only_writes_creations_and_moves_of_session_files_wake_the_uploader():

@@ -153,7 +153,7 @@ def upload(args) -> int:
         def closed(settled):
             unacked = 0 if settled else sum(batch.lines for sender in uploads.senders.values()
                                             for batch in sender.inflight)
-            unsent = sum(sender.reader.pending_bytes() for sender in uploads.senders.values())
+            unsent = sum(sender.unsent_bytes() for sender in uploads.senders.values())
             if not outcome["said"] or not settled or unsent:
                 behind = f", {unsent:,} bytes of the files not sent yet" if unsent else ""
                 reporter.say(f"stopped: {summary(uploads, reporter)}, {unacked:,} line(s) not acknowledged{behind}"

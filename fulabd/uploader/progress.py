@@ -157,7 +157,7 @@ class Reporter:
                 self.stream.flush()
                 self._drawn = False
             return
-        to_go = sum(sender.reader.pending_bytes() for sender in behind)
+        to_go = sum(sender.unsent_bytes() for sender in behind)
         self.stream.write(f"\r\x1b[Kcatching up {len(behind)} session(s): {self.lines:,} lines, "
                           f"{self.bytes / 1e6:,.1f} MB sent, {to_go / 1e6:,.1f} MB to go, {self._rate / 1e6:,.1f} MB/s")
         self.stream.flush()

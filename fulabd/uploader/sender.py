@@ -83,6 +83,15 @@ class Sender:
         """Every complete line of the file is acknowledged (or the session cannot go on)."""
         return self.state in (BLOCKED, STOPPED, READ) or (self.state == STREAMING and self.idle and not self.inflight)
 
+    def unsent_bytes(self) -> int:
+        """Bytes of the file past what was sent or acknowledged.
+
+        Not the reader's position: a resume's checks move it back to line 0
+        while the server already holds every line.
+        """
+        sent = max((self.acked, *(batch.end for batch in self.inflight)), key=lambda p: p.offset)
+        return self.reader.bytes_after(sent)
+
     def attach(self, channel):
         self.channel = channel
         self._resume()
@@ -188,6 +197,7 @@ class Sender:
                 return self._unreadable(e)
             if not lines:
                 return self._server_ahead(count)
+            self.acked = Position(count, self.acked.offset + len(lines[0]) + 1)  # it holds that last line too
             self._send_lines(start, lines, self.reader.position)
         self.pump()
 
@@ -308,6 +318,8 @@ class Sender:
         self.inflight.popleft()
         self.budget.release(batch.size)
         if self.state in (BLOCKED, STOPPED):
+            if reply.get("type") == "ack":  # stored all the same: a stop's count of what is unsent relies on it
+                self.acked = batch.end
             if not self.inflight:
                 self.reporter.idle(self)
             return

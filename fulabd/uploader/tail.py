@@ -78,12 +78,12 @@ class LineReader:
             raise Replaced(f"{self.path} was rewritten: its first bytes changed")
         self._fingerprint = head
 
-    def pending_bytes(self) -> int:
-        """Bytes on disk past the read position (0 if the file is gone; unknown, so 0, when compressed)."""
+    def bytes_after(self, position: Position) -> int:
+        """Bytes on disk past `position` (0 if the file is gone; unknown, so 0, when compressed)."""
         if self.compressed:
             return 0
         try:
-            return max(0, os.stat(self.path).st_size - self.position.offset)
+            return max(0, os.stat(self.path).st_size - position.offset)
         except OSError:
             return 0
 
