@@ -27,6 +27,7 @@ CHECK_LINES = 8
 RETRY_SECONDS = 5
 FULL_RETRY_SECONDS = 60
 MAX_AHEAD = 2  # generations of a file, in one run, whose server copy claimed more lines than the file has
+READ_ERRORS = (Replaced, Unreadable, OSError)  # what reading the file may raise (see Sender._read_failed)
 
 WAITING = "waiting"        # no connection
 RESUMING = "resuming"      # asked the server where the session stands
@@ -157,14 +158,8 @@ class Sender:
                 self._send_check(index, line[0])
                 self._checks_pending += 1
                 known.append(self.reader.position)
-        except Replaced as e:
-            return self._replaced(e)
-        except Unreadable as e:
-            return self._unreadable(e)
-        except FileNotFoundError:
-            return self._gone()
-        except OSError as e:
-            return self.reporter.cannot_read(self, e)
+        except READ_ERRORS as e:
+            return self._read_failed(e)
         self._resumed_at = (count, tuple(known))
         if self._checks_pending:
             self.state = CHECKING  # new lines wait until every check is acknowledged: no splice onto another file
@@ -179,22 +174,14 @@ class Sender:
             if not self.reader.seek(start, known):
                 return self._server_ahead(count)
             self.acked = self.reader.position
-        except Replaced as e:
-            return self._replaced(e)
-        except Unreadable as e:
-            return self._unreadable(e)
-        except FileNotFoundError:
-            return self._gone()
-        except OSError as e:
-            return self.reporter.cannot_read(self, e)
+        except READ_ERRORS as e:
+            return self._read_failed(e)
         self.state = STREAMING
         if count > 0:
             try:
                 lines = self.reader.read(self._frame_bytes())
-            except Replaced as e:
-                return self._replaced(e)
-            except Unreadable as e:
-                return self._unreadable(e)
+            except READ_ERRORS as e:
+                return self._read_failed(e)
             if not lines:
                 return self._server_ahead(count)
             self.acked = Position(count, self.acked.offset + len(lines[0]) + 1)  # it holds that last line too
@@ -209,14 +196,8 @@ class Sender:
             try:
                 seq = self.reader.position.index
                 lines = self.reader.read(self._frame_bytes())
-            except Replaced as e:
-                return self._replaced(e)
-            except Unreadable as e:
-                return self._unreadable(e)
-            except FileNotFoundError:
-                return self._gone()
-            except OSError as e:
-                return self.reporter.cannot_read(self, e)
+            except READ_ERRORS as e:
+                return self._read_failed(e)
             if not lines:
                 self._check_live()
                 return
@@ -387,14 +368,17 @@ class Sender:
         self.state = BLOCKED
         self.reporter.conflict(self, detail)
 
-    def _replaced(self, error: Replaced):
-        self.state = BLOCKED
-        self.reporter.conflict(self, str(error))
-
-    def _unreadable(self, error: Unreadable):
-        if isinstance(error, Unfinished):
-            return self.reporter.cannot_read(self, error)
-        self._block({"err": "unreadable", "detail": str(error)})
+    def _read_failed(self, error: Exception):
+        """The file could not be read where the session stands: each cause has its own way on."""
+        if isinstance(error, Replaced):
+            self.state = BLOCKED
+            self.reporter.conflict(self, str(error))
+        elif isinstance(error, Unreadable) and not isinstance(error, Unfinished):
+            self._block({"err": "unreadable", "detail": str(error)})
+        elif isinstance(error, FileNotFoundError):
+            self._gone()
+        else:  # an Unfinished compressed file, or a file that cannot be read for now: taken up once it can
+            self.reporter.cannot_read(self, error)
 
     def _gone(self):
         self.state = STOPPED
