@@ -40,6 +40,11 @@ def content_security_policy(origin: str | None) -> bytes:
             b"connect-src 'self'" + sockets + b"; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
+TLS_HANDSHAKE = b"\x16"  # the first byte a TLS client sends (a handshake record)
+PLAIN_PORT_ANSWER = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n"
+                     b"This port speaks plain HTTP: use ws:// or http:// (or the port with TLS).\n")
+
+
 class GatedRequest(server.Request):
     """A request the gate decided on at header time (`decision`), whose HEAD gets headers only."""
 
@@ -100,6 +105,7 @@ class GatedChannel(http.HTTPChannel):
 
     _log = Logger()
     _deadline = None  # for the request's head, then its body: each must be all in within --handshake-timeout
+    _first = True  # no byte of the connection read yet
     waiting_peer: str | None = None   # counted as waiting for its first head, from this peer
     address: str | None = None        # counted as open for this client, once its first head was let through
 
@@ -109,6 +115,24 @@ class GatedChannel(http.HTTPChannel):
             self.transport.abortConnection()
             return
         self._await("head")
+
+    def dataReceived(self, data: bytes):
+        if self._first and data[:1] == TLS_HANDSHAKE:
+            return self._tls_on_plain_port()
+        self._first = False
+        super().dataReceived(data)
+
+    def _tls_on_plain_port(self):
+        """A TLS client (a wss:// or https:// URL) on this plain port: told at once, not left to time out.
+        No HTTP request begins with this byte; the answer is plain HTTP, which its TLS layer reports
+        as not TLS ("wrong version number")."""
+        self._first = False
+        self._stop_the_clock()
+        self.site.gate.refused["tls-on-plain-port"] += 1
+        self._log.info("dropped a connection from {peer}: it began a TLS handshake, and this port is plain HTTP "
+                       "(its URL should be ws:// or http://)", peer=host_of(self.transport.getPeer()))
+        self.transport.write(PLAIN_PORT_ANSWER)
+        self.transport.loseConnection()
 
     def _await(self, part: str):
         """Start the clock on the request's `part`: a head or a body trickled a byte at a time would otherwise

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import struct
 
 import edn_format
@@ -184,6 +185,15 @@ def test_garbage_bytes_after_the_handshake_never_hurt_the_daemon(daemon, garbage
     for opcode, payload in frames:
         if opcode == 0x1:
             check_reply(orjson.loads(payload), garbage)
+
+
+def test_a_tls_client_on_the_plain_port_hears_that_it_is_not_tls_without_waiting_for_the_timeout(daemon):
+    """A wss:// URL given for the plain port: the TLS layer's own error, not a hang until --handshake-timeout."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=60) as raw:
+        with pytest.raises(ssl.SSLError, match="WRONG_VERSION_NUMBER|wrong version number"):
+            context.wrap_socket(raw)
 
 
 def test_half_open_and_slow_handshakes_do_not_block_other_clients(daemon):

@@ -235,6 +235,21 @@ def test_a_head_not_complete_within_the_timeout_is_dropped_however_it_trickles()
     assert transport.disconnecting and Recorder.rendered == 0  # the 5 s deadline: no byte moved it
 
 
+def test_a_tls_handshake_on_the_plain_port_is_answered_at_once_in_plain_http():
+    clock = Clock()
+    lab = site(clock)
+    protocol, transport = connection(lab)
+    protocol.dataReceived(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's first bytes
+    assert transport.value().startswith(b"HTTP/1.1 400 ") and b"use ws:// or http://" in transport.value()
+    assert transport.disconnecting and Recorder.rendered == 0
+    clock.advance(5.0)
+    assert lab.gate.refused == {"tls-on-plain-port": 1}  # its head's deadline was called off
+    protocol, transport = connection(lab)
+    protocol.dataReceived(b"GET /fulab HTTP/1.1\r\n")
+    protocol.dataReceived(b"\x16\r\n\r\n")  # only a connection's first byte tells TLS
+    assert lab.gate.refused["tls-on-plain-port"] == 1
+
+
 def test_waiting_connections_are_capped_and_released():
     clock = Clock()
     limits = ConnectionLimits(total=2, per_address=0)

@@ -36,6 +36,32 @@ def test_a_watch_folder_that_does_not_exist_is_refused_at_start(tmp_path, capsys
     assert not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.parametrize("url, said", [
+    ("http://lab:5056/fulab/lab/upload/ws", "'http://lab:5056/fulab/lab/upload/ws' is not a WebSocket URL: "
+                                            "use ws://lab:5056/fulab/lab/upload/ws"),
+    ("HTTPS://lab/fulab/lab/upload/ws", "use wss://lab/fulab/lab/upload/ws"),
+    ("lab:5056", "'lab:5056' is not a WebSocket URL: give ws://HOST:PORT/fulab/lab/upload/ws"),
+])
+def test_a_url_that_is_not_a_websocket_url_is_a_usage_error_naming_the_one_to_give(tmp_path, capsys, url, said):
+    session = tmp_path / "s.jsonl"
+    session.write_text("{}\n")
+    with pytest.raises(SystemExit) as exit:
+        cli.upload_args(["--url", url, "--path", str(session)])
+    assert exit.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_path_that_is_a_folder_or_missing_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.upload_args(["--path", str(tmp_path)])
+    assert exit.value.code == 2
+    assert f"--path {tmp_path} is a folder: --path takes one session file; --watch {tmp_path}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit:
+        cli.upload_args(["--path", str(tmp_path / "nowhere.jsonl")])
+    assert exit.value.code == 2
+    assert "nowhere.jsonl: no such file" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_once_against_a_closed_port_says_why_and_gives_up_with_exit_1(tmp_path):
     url = f"ws://127.0.0.1:{free_port()}{UPLOAD}"

@@ -3,6 +3,7 @@ The uploader's parts in memory: tailing files, telling sessions apart, and what 
 sender sends a server too old to know `resume` (a deterministic Clock, no network).
 """
 
+import io
 import os
 
 import orjson
@@ -10,6 +11,7 @@ from twisted.internet.task import Clock
 
 from fulabd.uploader.connection import MAX_INCOMING_BYTES, describe_close
 from fulabd.uploader.identity import NotReady, identify
+from fulabd.uploader.progress import Reporter
 from fulabd.uploader.sender import BLOCKED, CHECKING, Sender
 from fulabd.uploader.window import Budget
 from fulabd.uploader.tail import LineReader, Replaced
@@ -116,6 +118,19 @@ def test_a_close_over_a_message_size_says_whose_message_it_was():
     theirs, _ = describe_close(False, 1009, f"the server's message of 5000000 bytes exceeds payload limit of "
                                             f"{MAX_INCOMING_BYTES}")
     assert theirs.startswith("the server sent a message over")
+
+
+def test_a_failed_tls_handshake_is_said_with_what_to_do():
+    """Autobahn's words for it, as a wss:// URL to a plain port made them; the advice is the Reporter's."""
+    said, ended_by_server = describe_close(
+        False, 1006, 'connection was closed uncleanly ("SSL error: wrong version number (in )")')
+    assert said == "the TLS handshake failed (wrong version number)" and not ended_by_server
+    out = io.StringIO()
+    Reporter(stream=out, bar=False, url="wss://lab:5056/x").connect_failed(said)
+    assert "that port does not speak TLS: use ws:// for a daemon without TLS" in out.getvalue()
+    said, _ = describe_close(False, 1006, 'connection was closed uncleanly ("SSL error: certificate verify failed '
+                                          '(in tls_process_server_certificate)")')
+    assert said == "the TLS handshake failed (certificate verify failed)"
 
 
 def test_a_compressed_file_ends_whole_only_where_a_frame_ends(tmp_path):

@@ -25,8 +25,18 @@ PAR_ATTEMPTS = 3
 CONNECT_TIMEOUT = 30.0
 
 
+def websocket_url(url: str) -> str:
+    """--url's type: a ws:// or wss:// URL, or a usage error that names the URL to give instead."""
+    scheme, colon, rest = url.partition(":")
+    if colon and scheme.lower() in ("ws", "wss"):
+        return url
+    instead = {"http": "ws", "https": "wss"}.get(scheme.lower()) if colon else None
+    hint = f"use {instead}:{rest}" if instead else "give ws://HOST:PORT/fulab/lab/upload/ws (wss:// with TLS)"
+    raise argparse.ArgumentTypeError(f"{url!r} is not a WebSocket URL: {hint}")
+
+
 def connection_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--url", default=os.environ.get("FULAB_URL", DEFAULT_URL),
+    parser.add_argument("--url", type=websocket_url, default=os.environ.get("FULAB_URL", DEFAULT_URL),
                         help="the server's upload WebSocket (default $FULAB_URL, else %(default)s)")
     parser.add_argument("--token", default=os.environ.get("FULAB_TOKEN"),
                         help="sent as 'Authorization: Bearer TOKEN' (default $FULAB_TOKEN)")
@@ -82,9 +92,10 @@ def start_logging(verbose: bool):
     from twisted.logger import FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner
     from twisted.logger import textFileLogObserver
 
-    level = LogLevel.info if verbose else LogLevel.warn
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr),
-                                    [LogLevelFilterPredicate(defaultLogLevel=level)])
+    levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info if verbose else LogLevel.warn)
+    if not verbose:  # Autobahn's own words for a failed connection ("SSL error: ... (in )"): the uploader says it
+        levels.setLogLevelForNamespace("autobahn", LogLevel.critical)
+    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [levels])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
@@ -116,6 +127,11 @@ def upload_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.path and not args.watch:
         parser.error("give --path FILE or --watch DIR")
+    if args.path and Path(args.path).expanduser().is_dir():
+        parser.error(f"--path {args.path} is a folder: --path takes one session file; "
+                     f"--watch {args.path} uploads the sessions in a folder")
+    if args.path and not Path(args.path).expanduser().is_file():
+        parser.error(f"--path {args.path}: no such file (check the path)")
     for folder in args.watch or ():
         if not Path(folder).expanduser().is_dir():
             parser.error(f"--watch {folder}: no such folder (create it, or check the path)")
@@ -132,9 +148,6 @@ def upload(args) -> int:
     from fulabd.uploader.uploads import Uploads
     from fulabd.uploader.watch import Watcher
 
-    if args.path and not Path(args.path).expanduser().is_file():
-        print(f"fulab-upload: no such file: {args.path}", file=sys.stderr)
-        return 1
     reporter = Reporter(quiet=args.quiet, clock=reactor, url=args.url)
     overrides = {"project": args.project, "originator": args.originator, "cwd": args.cwd}
     uploads = Uploads(reactor, reporter, source=args.source, overrides=overrides)

@@ -174,6 +174,9 @@ WRONG_PATH_ADVICE = ("the URL's path is not an upload endpoint (invalid-path)",
 HTTP_STATUS = re.compile(r"upgrade failed \[(?P<code>\d{3})\]: (?P<text>[^\")]*)")  # Autobahn's words for it
 
 
+TLS_ERROR = re.compile(r"SSL error: (?P<why>.+?)(?: \(in [^)]*\))?\"?\)?$")  # in Autobahn's words for a lost TLS connection
+
+
 def describe_close(was_clean: bool, code, reason: str | None) -> tuple[str, bool]:
     """Why a connection ended, in plain words, and whether the server ended it (it may be restarting)."""
     reason = reason or ""
@@ -186,6 +189,8 @@ def describe_close(was_clean: bool, code, reason: str | None) -> tuple[str, bool
         return f"the server refused a message of ours as larger than its --max-message-size ({reason})", False
     if code == 1001:
         return "the server is going away (shutting down or restarting)", True
+    if tls := TLS_ERROR.search(reason):
+        return f"the TLS handshake failed ({tls['why']})", False
     if not was_clean and "peer dropped the TCP connection" in reason:
         return "the server closed the connection without a WebSocket goodbye", True
     return reason or f"closed with code {code}", not was_clean

@@ -26,6 +26,7 @@ ADVICE = {
 
 CONNECT_ADVICE = {
     "certificate verify failed": "the server's certificate is not trusted: pass --cafile with the CA that signed it",
+    "wrong version number": "that port does not speak TLS: use ws:// for a daemon without TLS, or the port with TLS",
     "404": "nothing serves that URL path: use a URL ending in /fulab/lab/upload/ws",
     "502": "the proxy in front of the server could not reach it: is the daemon running?",
 }
