@@ -133,6 +133,28 @@ def test_a_failed_tls_handshake_is_said_with_what_to_do():
     assert said == "the TLS handshake failed (certificate verify failed)"
 
 
+def test_sessions_the_server_held_whole_are_said_in_one_line_those_with_lines_sent_one_each(tmp_path):
+    clock, out = Clock(), io.StringIO()
+    reporter = Reporter(stream=out, bar=False, clock=clock)
+    senders = []
+    for name in "abc":
+        path = tmp_path / f"{name}.jsonl"
+        write_lines(path, 3)
+        senders.append(make_sender(path)[0])
+    sent, *held = senders
+    reporter.acked(sent, 3, 300, 3)
+    for sender in senders:
+        reporter.live(sender)
+    assert out.getvalue().count("fulab-upload: ") == 1 and f"live {sent.session_id} " in out.getvalue()
+    clock.advance(1.0)
+    assert out.getvalue().splitlines()[-1] == ("fulab-upload: 2 session(s) already complete on the server: "
+                                               "nothing new to send, followed for new lines")
+    reporter.live(held[0])
+    reporter.say_unchanged()  # a run's end says what was gathered at once
+    assert out.getvalue().splitlines()[-1].startswith("fulab-upload: 1 session(s) already complete")
+    assert not clock.getDelayedCalls()
+
+
 def test_a_compressed_file_ends_whole_only_where_a_frame_ends(tmp_path):
     import zstandard
 

@@ -148,7 +148,7 @@ def upload(args) -> int:
     from fulabd.uploader.uploads import Uploads
     from fulabd.uploader.watch import Watcher
 
-    reporter = Reporter(quiet=args.quiet, clock=reactor, url=args.url)
+    reporter = Reporter(quiet=args.quiet, clock=reactor, url=args.url, once=args.once)
     overrides = {"project": args.project, "originator": args.originator, "cwd": args.cwd}
     uploads = Uploads(reactor, reporter, source=args.source, overrides=overrides)
     try:
@@ -164,6 +164,7 @@ def upload(args) -> int:
 
     def shut_down():
         def closed(settled):
+            reporter.say_unchanged()
             unacked = 0 if settled else sum(batch.lines for sender in uploads.senders.values()
                                             for batch in sender.inflight)
             unsent = sum(sender.unsent_bytes() for sender in uploads.senders.values())
@@ -181,6 +182,7 @@ def upload(args) -> int:
         return uploads.stop().addCallback(closed)
 
     def caught_up(_):
+        reporter.say_unchanged()
         problems = uploads.problems()
         outcome["said"] = True
         if problems:

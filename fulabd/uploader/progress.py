@@ -31,10 +31,12 @@ CONNECT_ADVICE = {
     "502": "the proxy in front of the server could not reach it: is the daemon running?",
 }
 RESTART_GRACE = 10.0  # a server that closed and is back within this is said to have restarted
+UNCHANGED_SAID_AFTER = 1.0  # seconds over which sessions found complete on the server are gathered into one line
 
 
 class Reporter:
-    def __init__(self, stream=None, quiet: bool = False, bar: bool | None = None, clock=None, url: str = ""):
+    def __init__(self, stream=None, quiet: bool = False, bar: bool | None = None, clock=None, url: str = "",
+                 once: bool = False):
         self.stream = stream or sys.stderr
         self.url = url
         self.quiet = quiet
@@ -46,6 +48,10 @@ class Reporter:
         self._last = (0.0, 0)
         self._rate = 0.0
         self._backlog = set()
+        self._sent = set()  # senders with lines acknowledged in this run
+        self._unchanged = 0  # sessions found complete on the server, not said yet
+        self._unchanged_call = None
+        self._once = once
         self._last_failure = None
         self._loss_pending = None   # a server that closed the connection may be restarting: wait before saying so
         self._loss_said = False
@@ -102,7 +108,14 @@ class Reporter:
             self._ticker.start(0.5, now=False)
 
     def live(self, sender):
+        """Said per session that had lines to send; the sessions the server already held whole are counted
+        and said in one line (a laptop's thousands of old sessions are otherwise a line each at every start)."""
         self._backlog.discard(sender)
+        if sender not in self._sent and self.clock is not None:
+            self._unchanged += 1
+            if self._unchanged_call is None:
+                self._unchanged_call = self.clock.callLater(UNCHANGED_SAID_AFTER, self.say_unchanged)
+            return
         meta = sender.identity.meta
         where = meta.get("project") or meta.get("cwd") or ""
         state = "uploaded" if sender.reader.compressed else "live"
@@ -110,7 +123,19 @@ class Reporter:
                  f"{sender.acked.index} lines on the server, from {sender.reader.path}"
                  f"{' (compressed: read once, not followed)' if sender.reader.compressed else ''}")
 
+    def say_unchanged(self):
+        """The sessions found complete on the server since this was last said (at once: before a run's end)."""
+        if self._unchanged_call is not None and self._unchanged_call.active():
+            self._unchanged_call.cancel()
+        self._unchanged_call = None
+        if self._unchanged:
+            self.say(f"{self._unchanged:,} session(s) already complete on the server: nothing new to send"
+                     f"{'' if self._once else ', followed for new lines'}")
+        self._unchanged = 0
+
     def acked(self, sender, lines: int, size: int, count: int):
+        if lines:
+            self._sent.add(sender)
         self.lines += lines
         self.bytes += size
         if self._ticker is not None and not self._drawn and not sender.live:
