@@ -55,7 +55,8 @@ def test_a_path_that_is_a_folder_or_missing_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         cli.upload_args(["--path", str(tmp_path)])
     assert exit.value.code == 2
-    assert f"--path {tmp_path} is a folder: --path takes one session file; --watch {tmp_path}" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert f"--path {tmp_path} is a folder: --path takes one session file; --watch {tmp_path}" in said
     with pytest.raises(SystemExit) as exit:
         cli.upload_args(["--path", str(tmp_path / "nowhere.jsonl")])
     assert exit.value.code == 2

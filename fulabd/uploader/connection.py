@@ -172,9 +172,7 @@ WRONG_PATH = "invalid-path"  # a WebSocket path of the server that is no upload 
 WRONG_PATH_ADVICE = ("the URL's path is not an upload endpoint (invalid-path)",
                      "use a URL ending in /fulab/lab/upload/ws")
 HTTP_STATUS = re.compile(r"upgrade failed \[(?P<code>\d{3})\]: (?P<text>[^\")]*)")  # Autobahn's words for it
-
-
-TLS_ERROR = re.compile(r"SSL error: (?P<why>.+?)(?: \(in [^)]*\))?\"?\)?$")  # in Autobahn's words for a lost TLS connection
+TLS_ERROR = re.compile(r"SSL error: (?P<why>.+?)(?: \(in [^)]*\))?\"?\)?$")  # and for a failed TLS handshake
 
 
 def describe_close(was_clean: bool, code, reason: str | None) -> tuple[str, bool]:
